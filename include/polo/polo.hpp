@@ -14,6 +14,7 @@
 #include "polo/core/view.hpp"
 
 #include "polo/advantages.hpp"
+#include "polo/policy.hpp"
 
 #include "polo/cpu/advantages.hpp"
 #include "polo/cpu/eigen_interop.hpp"
