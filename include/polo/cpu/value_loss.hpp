@@ -1,0 +1,88 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// \file
+/// CPU implementation of <polo/value_loss.hpp>. Pass 1 checks the inputs and counts valid
+/// tokens per sequence (the local divisors); pass 2 computes the per-token loss, writes the
+/// gradient and sums in double in a fixed order (bitwise deterministic, packed == padded).
+
+#include <vector>
+
+#include "polo/cpu/eigen_interop.hpp"
+#include "polo/cpu/whiten.hpp"
+#include "polo/value_loss.hpp"
+
+namespace polo::detail {
+
+template <>
+struct backend_impl<cpu, value_loss_tag> {
+  template <class T, TokenLayout L>
+  static value_loss_stats value_loss(const cpu&, const L& layout, layout_tensor<L, const T> v,
+                                     layout_tensor<L, const T> vo, layout_tensor<L, const T> R,
+                                     layout_tensor<L, T> grad, bool write_grad, const value_loss_config& c,
+                                     const normalizers& norm) {
+    constexpr const char* fn = "value_loss";
+    const index_t B = layout.num_seqs();
+    const bool clipping = c.clip != value_clip::none;
+
+    // Pass 1: checks and counts.
+    std::vector<index_t> n(static_cast<std::size_t>(B), 0);
+    value_loss_stats st;
+    for (index_t i = 0; i < B; ++i) {
+      const index_t len = layout.row_len(i);
+      if (len == 0) continue;
+      const auto* m = layout.mask_row(i);
+      cpu_check_row_finite(fn, "values", layout, i, layout.row_ptr(v, i), m, len);
+      if (clipping) cpu_check_row_finite(fn, "old_values", layout, i, layout.row_ptr(vo, i), m, len);
+      cpu_check_row_finite(fn, "returns", layout, i, layout.row_ptr(R, i), m, len);
+      index_t k = len;
+      if (m != nullptr) {
+        k = 0;
+        for (index_t t = 0; t < len; ++t) k += is_valid(m[t]) ? 1 : 0;
+      }
+      n[i] = k;
+      st.tokens += k;
+      st.sequences += k > 0 ? 1 : 0;
+    }
+    const double divisor = aggregation_divisor(c.agg, norm, st.tokens, st.sequences);
+    const bool per_seq = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
+
+    // Pass 2: loss terms, gradient, sums.
+    const T cr = T(c.clip_range);
+    neumaier_sum num, clipped, sq;
+    for (index_t i = 0; i < B; ++i) {
+      const index_t len = layout.row_len(i);
+      if (len == 0) continue;
+      const auto* m = layout.mask_row(i);
+      const T* vr = layout.row_ptr(v, i);
+      const T* vor = layout.row_ptr(vo, i);
+      const T* rr = layout.row_ptr(R, i);
+      T* gr = write_grad ? layout.row_ptr(grad, i) : nullptr;
+      const double w = c.coef * aggregation_weight(c.agg, norm.scale, divisor, n[i]);
+      double row = 0.0, row_sq = 0.0;
+      index_t row_clipped = 0;
+      for (index_t t = 0; t < len; ++t) {
+        if (m != nullptr && !is_valid(m[t])) {
+          if (gr) gr[t] = T(0);
+          continue;
+        }
+        value_term term = value_loss_term<T>(vr[t], clipping ? vor[t] : vr[t], rr[t], c.clip, cr);
+        row += term.loss;
+        row_sq += term.sq;
+        row_clipped += term.clipped ? 1 : 0;
+        if (gr) gr[t] = T(w * term.grad);
+      }
+      if (n[i] == 0) continue;
+      num.add(c.agg == aggregation::seq_mean_token_mean ? row / double(n[i]) : row);
+      clipped.add(double(row_clipped));
+      sq.add(row_sq);
+    }
+    st.parts = {num.value(), per_seq ? st.sequences : st.tokens};
+    st.clipped = {clipped.value(), st.tokens};
+    st.squared_error = {sq.value(), st.tokens};
+    st.loss = divisor > 0.0 ? c.coef * norm.scale * st.parts.sum / divisor : 0.0;
+    return st;
+  }
+};
+
+}  // namespace polo::detail

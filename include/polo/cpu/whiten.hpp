@@ -1,0 +1,146 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// \file
+/// CPU implementation of <polo/whiten.hpp>, and the row helpers the other PPO primitives on the
+/// CPU share (finiteness checks at valid tokens, row moments). Single-threaded, fixed-order,
+/// bitwise deterministic; statistics in double. Pass 1 checks every valid input and takes the
+/// moments row by row (each row is reread from cache for its squared deviations); pass 2
+/// writes. A throw therefore leaves the output untouched.
+
+#include <string>
+#include <type_traits>
+
+#include "polo/cpu/eigen_interop.hpp"
+#include "polo/whiten.hpp"
+
+namespace polo::detail {
+
+/// Throws nonfinite_error naming `arg` and the flat index of the first non-finite value at a
+/// valid token of row i (masked values are never looked at).
+template <class T, class Mask, TokenLayout L>
+void cpu_check_row_finite(const char* fn, const char* arg, const L& layout, index_t i, const T* x, const Mask* m,
+                          index_t len, const char* hint = "") {
+  // Vectorized test first (x - x is 0 exactly for finite x, NaN otherwise), then locate.
+  const_row_array_map<T> xr(x, len);
+  bool bad = false;
+  if (m == nullptr) {
+    bad = ((xr - xr) != T(0)).any();
+  } else {
+    const_row_array_map<Mask> mm(m, len);
+    bad = ((mm != Mask(0)) && ((xr - xr) != T(0))).any();
+  }
+  if (!bad) return;
+  for (index_t t = 0; t < len; ++t) {
+    if (m != nullptr && !is_valid(m[t])) continue;
+    if (!is_finite(x[t])) throw_nonfinite(fn, arg, flat_index(layout, i, t), double(x[t]), hint);
+  }
+}
+
+/// Moments of the valid values of one row, in double: the mean as x0 + mean(x − x0) (x0 the
+/// first valid value, so a constant row has mean exactly x0), then the squared deviations.
+template <class T, class Mask>
+moments cpu_row_moments(const T* x, const Mask* m, index_t len) {
+  moments r;
+  index_t n = 0;
+  double x0 = 0.0, s = 0.0;
+  for (index_t t = 0; t < len; ++t) {
+    if (m != nullptr && !is_valid(m[t])) continue;
+    double v = double(x[t]);
+    if (n == 0) x0 = v;
+    s += v - x0;
+    ++n;
+  }
+  if (n == 0) return r;
+  const double off = s / double(n);
+  const double mean = x0 + off;
+  double m2 = 0.0;
+  for (index_t t = 0; t < len; ++t) {
+    if (m != nullptr && !is_valid(m[t])) continue;
+    double d = double(x[t]) - mean;
+    m2 += d * d;
+  }
+  r.count = n;
+  r.mean = mean;
+  r.m2 = m2;
+  return r;
+}
+
+/// Moments of every valid value of a per-token tensor (rows merged in order), checking that
+/// each is finite.
+template <class T, TokenLayout L>
+moments cpu_masked_moments(const char* fn, const char* arg, const L& layout, layout_tensor<L, const T> x) {
+  moments total;
+  const index_t B = layout.num_seqs();
+  for (index_t i = 0; i < B; ++i) {
+    const index_t len = layout.row_len(i);
+    if (len == 0) continue;
+    const T* xr = layout.row_ptr(x, i);
+    const auto* m = layout.mask_row(i);
+    cpu_check_row_finite(fn, arg, layout, i, xr, m, len);
+    total += cpu_row_moments(xr, m, len);
+  }
+  return total;
+}
+
+/// out = (x − mean)·inv + add at valid tokens, and at masked ones either 0 or the same map.
+template <class T, class Mask>
+void cpu_affine_row(const T* x, const Mask* m, T* out, index_t len, double mean, double inv, double add,
+                    bool masked_zero) {
+  const_row_array_map<T> xr(x, len);
+  row_array_map<T> o(out, len);
+  if (m == nullptr || !masked_zero) {
+    o = ((xr.template cast<double>() - mean) * inv + add).template cast<T>();
+  } else {
+    const_row_array_map<Mask> mm(m, len);
+    o = (mm != Mask(0)).select(((xr.template cast<double>() - mean) * inv + add).template cast<T>(),
+                               Eigen::Array<T, Eigen::Dynamic, 1>::Zero(len));
+  }
+}
+
+template <>
+struct backend_impl<cpu, whiten_tag> {
+  template <class T, TokenLayout L>
+  static moments masked_moments(const cpu&, const L& layout, layout_tensor<L, const T> x) {
+    if constexpr (L::is_packed) layout.check_offsets_host("masked_moments");
+    return cpu_masked_moments<T>("masked_moments", "x", layout, x);
+  }
+
+  /// Writes the whitened tensor given the coefficients (also used by gae.hpp's composites).
+  template <class T, TokenLayout L>
+  static void apply(const L& layout, layout_tensor<L, const T> x, layout_tensor<L, T> out, const whiten_coeffs& w,
+                    const whiten_config& c) {
+    const index_t B = layout.num_seqs();
+    const double add = c.shift_mean ? 0.0 : w.mean;
+    for (index_t i = 0; i < B; ++i) {
+      const index_t len = layout.row_len(i);
+      if (len == 0) continue;
+      T* o = layout.row_ptr(out, i);
+      if (w.degenerate) {
+        row_array_map<T>(o, len).setZero();
+        continue;
+      }
+      cpu_affine_row(layout.row_ptr(x, i), layout.mask_row(i), o, len, w.mean, w.inv_scale, add,
+                     c.write == whiten_write::zero_masked);
+    }
+  }
+
+  template <class T, TokenLayout L>
+  static whiten_stats whiten(const cpu&, const L& layout, layout_tensor<L, const T> x, layout_tensor<L, T> out,
+                             const moments* batch, const whiten_config& c) {
+    constexpr const char* fn = "whiten";
+    if constexpr (L::is_packed) layout.check_offsets_host(fn);
+    whiten_stats st;
+    st.local = cpu_masked_moments<T>(fn, "x", layout, x);
+    st.used = batch ? *batch : st.local;
+    whiten_coeffs w = whiten_coefficients(st.used, c);
+    if (w.degenerate && c.degenerate == whiten_degenerate::error) throw_degenerate(fn, st.used, c);
+    st.mean = w.mean;
+    st.inv_scale = w.inv_scale;
+    st.degenerate = w.degenerate;
+    apply<T>(layout, x, out, w, c);
+    return st;
+  }
+};
+
+}  // namespace polo::detail
