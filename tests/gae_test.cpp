@@ -1,0 +1,634 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+// GAE, discounted returns, ReMax, REINFORCE++(-baseline) and OPO against the float64 oracles
+// of tests/reference/gae.hpp, on every option, mask pattern and edge case; run on every backend
+// in polo::test::backends (the CUDA twin pairs with cuda/polo/gae.cuh).
+
+#include "support/polo_test.hpp"
+#include "reference/gae.hpp"
+
+#include "polo/gae.hpp"
+#if defined(__CUDACC__)
+#include "polo/gae.cuh"
+#else
+#include "polo/cpu/gae.hpp"
+#endif
+
+#include <array>
+
+namespace {
+
+using namespace polo;
+using polo::test::backends;
+using polo::test::buffer;
+using polo::test::mask_pattern;
+
+constexpr std::array<mask_pattern, 6> patterns{mask_pattern::all_valid,      mask_pattern::right_pad,
+                                               mask_pattern::left_pad,       mask_pattern::interior_spans,
+                                               mask_pattern::random,         mask_pattern::with_empty_rows};
+
+/// Inputs of one padded batch, already rounded to T (stored as double for the oracle).
+template <class T>
+struct batch {
+  index_t B = 0, Tn = 0;
+  std::vector<double> r, v;
+  std::vector<std::uint8_t> m;
+};
+
+template <class T>
+batch<T> make_batch(std::mt19937_64& g, index_t B, index_t Tn, mask_pattern p) {
+  batch<T> b;
+  b.B = B;
+  b.Tn = Tn;
+  b.m = test::make_mask(g, B, Tn, p);
+  auto rt = test::cast<T>(test::normal(g, B * Tn, 0.1, 1.0));
+  auto vt = test::cast<T>(test::normal(g, B * Tn, 0.3, 1.0));
+  b.r.assign(rt.begin(), rt.end());
+  b.v.assign(vt.begin(), vt.end());
+  return b;
+}
+
+template <class T>
+struct gae_run {
+  std::vector<T> A, R;
+  gae_stats st;
+};
+
+/// GAE on backend Bk over the padded batch (optionally with bootstrap flags and values).
+template <class Bk, class T>
+gae_run<T> run_padded(const batch<T>& b, const gae_config& c, const std::vector<int>* trunc = nullptr,
+                      const std::vector<double>* boot = nullptr) {
+  using S = typename Bk::memory_space;
+  buffer<T, Bk> r(test::cast<T>(b.r)), v(test::cast<T>(b.v)), A(b.B * b.Tn, T(-7)), R(b.B * b.Tn, T(-7));
+  buffer<std::uint8_t, Bk> m(b.m);
+  padded<std::uint8_t, S> L(m.cview2(b.B, b.Tn));
+  gae_run<T> out;
+  if (trunc) {
+    buffer<int, Bk> tb(*trunc);
+    buffer<T, Bk> bb(test::cast<T>(*boot));
+    out.st = gae(test::make_backend<Bk>(), L, r.cview2(b.B, b.Tn), v.cview2(b.B, b.Tn), tb.cview1(), bb.cview1(),
+                 A.view2(b.B, b.Tn), R.view2(b.B, b.Tn), c);
+  } else {
+    out.st = gae(test::make_backend<Bk>(), L, r.cview2(b.B, b.Tn), v.cview2(b.B, b.Tn), A.view2(b.B, b.Tn),
+                 R.view2(b.B, b.Tn), c);
+  }
+  out.A = A.to_host();
+  out.R = R.to_host();
+  return out;
+}
+
+/// GAE on the packed form of the same batch; outputs scattered back to [B,T] (fill -7).
+template <class Bk, class T>
+gae_run<T> run_packed(const batch<T>& b, const gae_config& c, const std::vector<int>* trunc = nullptr,
+                      const std::vector<double>* boot = nullptr) {
+  using S = typename Bk::memory_space;
+  auto pk = test::pack(b.m, b.B, b.Tn);
+  const index_t N = pk.tokens();
+  buffer<T, Bk> r(pk.take(test::cast<T>(b.r))), v(pk.take(test::cast<T>(b.v))), A(N, T(-7)), R(N, T(-7));
+  buffer<std::uint8_t, Bk> m(pk.mask);
+  buffer<std::int64_t, Bk> off(pk.offsets);
+  packed<std::uint8_t, std::int64_t, S> L(off.cview1(), N, m.cview1());
+  gae_run<T> out;
+  if (trunc) {
+    buffer<int, Bk> tb(*trunc);
+    buffer<T, Bk> bb(test::cast<T>(*boot));
+    out.st = gae(test::make_backend<Bk>(), L, r.cview1(), v.cview1(), tb.cview1(), bb.cview1(), A.view1(), R.view1(), c);
+  } else {
+    out.st = gae(test::make_backend<Bk>(), L, r.cview1(), v.cview1(), A.view1(), R.view1(), c);
+  }
+  out.A = pk.scatter(A.to_host(), T(-7));
+  out.R = pk.scatter(R.to_host(), T(-7));
+  return out;
+}
+
+std::string describe(const gae_config& c) {
+  std::ostringstream os;
+  os << "gamma " << c.gamma << " lambda " << c.lambda << " mask " << int(c.mask) << " fill " << int(c.fill)
+     << " lambda_mode " << int(c.lambda_mode) << " alpha " << c.alpha << " returns " << int(c.returns)
+     << " lambda_value " << c.lambda_value;
+  return os.str();
+}
+
+template <class T>
+std::vector<T> only_valid(const std::vector<T>& x, const std::vector<std::uint8_t>& m) {
+  std::vector<T> y(x.size(), T(0));
+  for (std::size_t k = 0; k < x.size(); ++k)
+    if (m[k]) y[k] = x[k];
+  return y;
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("gae matches the float64 peer loops for every option and mask pattern", "[gae]", backends) {
+  using Bk = TestType;
+  auto g = test::rng(101);
+  INFO("seed " << test::base_seed());
+  for (mask_pattern p : patterns) {
+    auto bd = make_batch<double>(g, 6, 17, p);
+    auto bf = make_batch<float>(g, 6, 17, p);
+    for (auto mode : {gae_mask_mode::skip, gae_mask_mode::through})
+      for (auto fill : {masked_fill::zero, masked_fill::recursion})
+        for (double gamma : {0.0, 0.5, 0.95, 1.0})
+          for (double lambda : {0.0, 0.5, 0.95, 1.0}) {
+            gae_config c{.gamma = gamma, .lambda = lambda, .mask = mode, .fill = fill};
+            INFO(test::name(p) << " " << describe(c));
+            auto want = ref::gae(bd.r, bd.v, bd.m, bd.B, bd.Tn, c);
+            auto got = run_padded<Bk, double>(bd, c);
+            test::require_close(got.A, want.adv);
+            test::require_close(got.R, want.ret);
+            auto wf = ref::gae(bf.r, bf.v, bf.m, bf.B, bf.Tn, c);
+            auto gf = run_padded<Bk, float>(bf, c);
+            test::require_close(gf.A, wf.adv, 2e-5, 1e-5);
+            test::require_close(gf.R, wf.ret, 2e-5, 1e-5);
+            // statistics: valid tokens and the moments of A there
+            long long n = 0;
+            double s = 0.0;
+            for (std::size_t k = 0; k < bd.m.size(); ++k)
+              if (bd.m[k]) {
+                ++n;
+                s += want.adv[k];
+              }
+            CHECK(got.st.tokens == n);
+            CHECK(got.st.advantages.count == n);
+            CHECK(got.st.advantages.mean == Approx(n ? s / double(n) : 0.0).margin(1e-9));
+          }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("gae agrees with the explicit sum of discounted TD errors", "[gae]", backends) {
+  using Bk = TestType;
+  auto g = test::rng(102);
+  INFO("seed " << test::base_seed());
+  for (mask_pattern p : patterns) {
+    auto b = make_batch<double>(g, 5, 23, p);
+    for (auto mode : {gae_mask_mode::skip, gae_mask_mode::through})
+      for (double gamma : {0.5, 0.95, 1.0})
+        for (double lambda : {0.0, 0.5, 0.95, 1.0}) {
+          gae_config c{.gamma = gamma, .lambda = lambda, .mask = mode, .fill = masked_fill::zero};
+          INFO(test::name(p) << " " << describe(c));
+          test::require_close(run_padded<Bk, double>(b, c).A, ref::gae_direct(b.r, b.v, b.m, b.B, b.Tn, c), 1e-9, 1e-9);
+        }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("gae: length-adaptive and decoupled lambda (VAPO)", "[gae]", backends) {
+  using Bk = TestType;
+  auto g = test::rng(103);
+  INFO("seed " << test::base_seed());
+  for (mask_pattern p : patterns) {
+    auto b = make_batch<double>(g, 7, 40, p);
+    for (auto mode : {gae_mask_mode::skip, gae_mask_mode::through})
+      for (double alpha : {0.05, 0.3})
+        for (auto lm : {gae_lambda_mode::fixed, gae_lambda_mode::length_adaptive})
+          for (double lv : {1.0, 0.5, 0.0}) {
+            gae_config c{.gamma = 0.97, .lambda = 0.9, .mask = mode, .fill = masked_fill::recursion,
+                         .lambda_mode = lm, .alpha = alpha, .returns = gae_returns::value_lambda, .lambda_value = lv};
+            INFO(test::name(p) << " " << describe(c));
+            auto want = ref::gae(b.r, b.v, b.m, b.B, b.Tn, c);
+            auto got = run_padded<Bk, double>(b, c);
+            test::require_close(got.A, want.adv);
+            test::require_close(got.R, want.ret);
+            double lsum = 0.0;
+            long long rows = 0;
+            for (index_t i = 0; i < b.B; ++i) {
+              bool any = false;
+              for (index_t t = 0; t < b.Tn; ++t) any = any || b.m[i * b.Tn + t];
+              if (any) {
+                lsum += want.lambda[i];
+                ++rows;
+              }
+            }
+            CHECK(got.st.lambda.count == rows);
+            CHECK(got.st.lambda.sum == Approx(lsum).margin(1e-12));
+          }
+  }
+  // The adaptive λ of a sequence of n valid tokens is 1 − 1/max(αn, 1): 0 for short ones.
+  gae_config c{.lambda_mode = gae_lambda_mode::length_adaptive, .alpha = 0.05};
+  CHECK(detail::gae_lambda_of(c, 10) == 0.0);
+  CHECK(detail::gae_lambda_of(c, 20) == 0.0);
+  CHECK(detail::gae_lambda_of(c, 200) == Approx(0.9));
+}
+
+TEMPLATE_LIST_TEST_CASE("gae: truncation bootstrap (AReaL)", "[gae]", backends) {
+  using Bk = TestType;
+  auto g = test::rng(104);
+  INFO("seed " << test::base_seed());
+  for (mask_pattern p : patterns) {
+    auto b = make_batch<double>(g, 8, 19, p);
+    std::vector<int> trunc{1, 0, 1, 1, 0, 0, 1, 0};
+    auto boot = test::normal(g, 8, 0.5, 1.0);
+    boot[1] = std::numeric_limits<double>::quiet_NaN();  // not truncated: never read
+    for (auto mode : {gae_mask_mode::skip, gae_mask_mode::through})
+      for (auto fill : {masked_fill::zero, masked_fill::recursion})
+        for (double gamma : {0.0, 0.5, 1.0}) {
+          gae_config c{.gamma = gamma, .lambda = 0.95, .mask = mode, .fill = fill};
+          INFO(test::name(p) << " " << describe(c));
+          auto want = ref::gae(b.r, b.v, b.m, b.B, b.Tn, c, trunc, boot);
+          auto got = run_padded<Bk, double>(b, c, &trunc, &boot);
+          test::require_close(got.A, want.adv);
+          test::require_close(got.R, want.ret);
+          CHECK(got.st.truncated == 4);
+        }
+  }
+  // A single valid token that is truncated: A = r + γ·bootstrap − v.
+  batch<double> one{1, 3, {0.0, 2.0, 0.0}, {0.0, 0.5, 0.0}, {0, 1, 0}};
+  std::vector<int> tr{1};
+  std::vector<double> bs{4.0};
+  auto got = run_padded<Bk, double>(one, gae_config{.gamma = 0.5, .lambda = 0.3}, &tr, &bs);
+  CHECK(got.A == std::vector<double>{0.0, 2.0 + 0.5 * 4.0 - 0.5, 0.0});
+  CHECK(got.R == std::vector<double>{0.0, 2.0 + 0.5 * 4.0, 0.0});
+}
+
+TEMPLATE_LIST_TEST_CASE("gae: packed equals padded bitwise", "[gae][layout]", backends) {
+  using Bk = TestType;
+  auto g = test::rng(105);
+  INFO("seed " << test::base_seed());
+  for (mask_pattern p : patterns) {
+    auto b = make_batch<float>(g, 9, 21, p);
+    std::vector<int> trunc{1, 0, 1, 0, 0, 1, 1, 0, 1};
+    auto boot = test::normal(g, 9);
+    for (auto mode : {gae_mask_mode::skip, gae_mask_mode::through})
+      for (auto fill : {masked_fill::zero, masked_fill::recursion})
+        for (auto lm : {gae_lambda_mode::fixed, gae_lambda_mode::length_adaptive}) {
+          gae_config c{.gamma = 0.99, .lambda = 0.95, .mask = mode, .fill = fill, .lambda_mode = lm,
+                       .returns = gae_returns::value_lambda, .lambda_value = 0.9};
+          INFO(test::name(p) << " " << describe(c));
+          auto pad = run_padded<Bk, float>(b, c);
+          auto pk = run_packed<Bk, float>(b, c);
+          // Compare on the positions the packed layout keeps (first to last valid of each row).
+          auto pkinfo = test::pack(b.m, b.B, b.Tn);
+          auto keep = pkinfo.scatter(std::vector<std::uint8_t>(std::size_t(pkinfo.tokens()), 1), std::uint8_t(0));
+          auto sel = [&](const std::vector<float>& x) {
+            std::vector<float> y;
+            for (std::size_t k = 0; k < x.size(); ++k)
+              if (keep[k]) y.push_back(x[k]);
+            return y;
+          };
+          CHECK(test::bitwise_equal(sel(pad.A), sel(pk.A)));
+          CHECK(test::bitwise_equal(sel(pad.R), sel(pk.R)));
+          CHECK(pad.st.tokens == pk.st.tokens);
+          CHECK(pad.st.advantages.mean == pk.st.advantages.mean);
+          // With the bootstrap, "through" decays it across trailing padding in the padded form
+          // (documented); skip is layout-independent.
+          if (mode == gae_mask_mode::skip) {
+            auto pad2 = run_padded<Bk, float>(b, c, &trunc, &boot);
+            auto pk2 = run_packed<Bk, float>(b, c, &trunc, &boot);
+            CHECK(test::bitwise_equal(sel(pad2.A), sel(pk2.A)));
+            CHECK(test::bitwise_equal(sel(pad2.R), sel(pk2.R)));
+          }
+        }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("gae: skip and through agree on right and left padding, differ on interior spans",
+                        "[gae][semantics]", backends) {
+  using Bk = TestType;
+  auto g = test::rng(106);
+  INFO("seed " << test::base_seed());
+  gae_config skip{.gamma = 0.9, .lambda = 0.95, .mask = gae_mask_mode::skip, .fill = masked_fill::zero};
+  gae_config thru = skip;
+  thru.mask = gae_mask_mode::through;
+  for (mask_pattern p : {mask_pattern::all_valid, mask_pattern::right_pad, mask_pattern::left_pad,
+                         mask_pattern::with_empty_rows}) {
+    INFO(test::name(p));
+    auto b = make_batch<double>(g, 8, 30, p);
+    auto a = run_padded<Bk, double>(b, skip), c = run_padded<Bk, double>(b, thru);
+    test::require_close(a.A, test::cast<double>(c.A), 1e-13, 1e-13);
+    test::require_close(a.R, test::cast<double>(c.R), 1e-13, 1e-13);
+  }
+  // Left padding: valid tokens agree, but under masked_fill::recursion the padding differs
+  // (skip echoes the first valid A; through decays it by γλ per position and drops v).
+  {
+    auto b = make_batch<double>(g, 4, 12, mask_pattern::left_pad);
+    b.m.assign(b.m.size(), 0);
+    for (index_t i = 0; i < 4; ++i)
+      for (index_t t = 5; t < 12; ++t) b.m[i * 12 + t] = 1;
+    gae_config s2 = skip, t2 = thru;
+    s2.fill = t2.fill = masked_fill::recursion;
+    auto a = run_padded<Bk, double>(b, s2), c = run_padded<Bk, double>(b, t2);
+    test::require_close(only_valid(a.A, b.m), test::cast<double>(only_valid(c.A, b.m)), 1e-13, 1e-13);
+    CHECK(a.A[4] == a.A[5]);                                  // skip: echo of the first valid A
+    CHECK(c.A[4] == Approx(0.9 * 0.95 * c.A[5] + 0.9 * b.v[5]));  // through: δ = γ v_5 at t = 4
+  }
+  // Interior spans: a valid token before a masked span bootstraps from the next valid value
+  // under skip, from 0 under through.
+  {
+    batch<double> b{1, 5, {1.0, 0.0, 0.0, 2.0, 0.0}, {0.5, 9.0, 9.0, 0.25, 0.0}, {1, 0, 0, 1, 0}};
+    gae_config s1{.gamma = 1.0, .lambda = 1.0, .mask = gae_mask_mode::skip};
+    gae_config t1 = s1;
+    t1.mask = gae_mask_mode::through;
+    auto a = run_padded<Bk, double>(b, s1), c = run_padded<Bk, double>(b, t1);
+    // skip: A_3 = 2 − 0.25, A_0 = (1 + 0.25 − 0.5) + A_3 = 2.5
+    CHECK(a.A == std::vector<double>{2.5, 0.0, 0.0, 1.75, 0.0});
+    // through: A_3 = 1.75; t=2,1: δ = γ v'_{t+1} − 0 = 0.25, 0 → A_2 = 2.0, A_1 = 2.0;
+    // A_0 = (1 + 0 − 0.5) + 2.0 = 2.5 — equal only because γ = λ = 1; with γλ < 1 they differ.
+    CHECK(c.A == std::vector<double>{2.5, 0.0, 0.0, 1.75, 0.0});
+    s1.gamma = t1.gamma = 0.5;
+    a = run_padded<Bk, double>(b, s1);
+    c = run_padded<Bk, double>(b, t1);
+    // skip:    A_3 = 1.75; A_0 = 1 + 0.5·0.25 − 0.5 + 0.5·1.75 = 1.5
+    // through: A_3 = 1.75; A_2 = 0.5·0.25 + 0.5·1.75 = 1.0; A_1 = 0 + 0.5·1.0 = 0.5;
+    //          A_0 = 1 + 0 − 0.5 + 0.5·0.5 = 0.75
+    CHECK(a.A[0] == Approx(1.5));
+    CHECK(c.A[0] == Approx(0.75));
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("gae: edge cases (empty batch, fully masked rows, a single valid token)", "[gae][edge]",
+                        backends) {
+  using Bk = TestType;
+  // Empty batch and zero-length rows.
+  for (auto [B, Tn] : {std::pair<index_t, index_t>{0, 5}, {3, 0}, {0, 0}}) {
+    batch<double> b{B, Tn, std::vector<double>(std::size_t(B * Tn), 1.0), std::vector<double>(std::size_t(B * Tn), 1.0),
+                    std::vector<std::uint8_t>(std::size_t(B * Tn), 1)};
+    auto got = run_padded<Bk, double>(b, gae_config{});
+    CHECK(got.st.tokens == 0);
+    CHECK(got.st.sequences == B);
+  }
+  // A fully masked row writes 0 (zero fill) and its NaN inputs are never read.
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  batch<double> b{2, 4, {1.0, 2.0, 3.0, 4.0, nan, nan, nan, nan}, {0.5, 0.5, 0.5, 0.5, nan, nan, nan, nan},
+                  {1, 1, 1, 1, 0, 0, 0, 0}};
+  for (auto mode : {gae_mask_mode::skip, gae_mask_mode::through}) {
+    auto got = run_padded<Bk, double>(b, gae_config{.gamma = 1.0, .lambda = 1.0, .mask = mode});
+    CHECK(got.A == std::vector<double>{9.5, 8.5, 6.5, 3.5, 0, 0, 0, 0});
+    CHECK(got.R == std::vector<double>{10.0, 9.0, 7.0, 4.0, 0, 0, 0, 0});
+    CHECK(got.st.tokens == 4);
+  }
+  // Through with recursion fill on a fully masked row: r' = v' = 0, so 0 everywhere.
+  auto got = run_padded<Bk, double>(b, gae_config{.mask = gae_mask_mode::through, .fill = masked_fill::recursion});
+  CHECK(got.A[4] == 0.0);
+  CHECK(got.R[7] == 0.0);
+  // A single valid token anywhere: A = r − v (no next value), R = r.
+  for (index_t pos : {0, 3, 6}) {
+    batch<double> s{1, 7, std::vector<double>(7, nan), std::vector<double>(7, nan), std::vector<std::uint8_t>(7, 0)};
+    s.r[pos] = 3.0;
+    s.v[pos] = 1.25;
+    s.m[pos] = 1;
+    for (auto mode : {gae_mask_mode::skip, gae_mask_mode::through}) {
+      auto o = run_padded<Bk, double>(s, gae_config{.gamma = 0.9, .lambda = 0.5, .mask = mode});
+      std::vector<double> wa(7, 0.0), wr(7, 0.0);
+      wa[pos] = 1.75;
+      wr[pos] = 3.0;
+      CHECK(o.A == wa);
+      CHECK(o.R == wr);
+    }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("gae: errors name the argument and write nothing", "[gae][errors]", backends) {
+  using Bk = TestType;
+  using S = typename Bk::memory_space;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  buffer<double, Bk> r(std::vector<double>{1, 2, 3, 4, 5, 6}), v(std::vector<double>{0, 0, nan, 0, 0, 0});
+  buffer<std::uint8_t, Bk> m(std::vector<std::uint8_t>{1, 1, 0, 1, 1, 1});
+  buffer<double, Bk> A(6, -7.0), R(6, -7.0);
+  padded<std::uint8_t, S> L(m.cview2(2, 3));
+  auto be = test::make_backend<Bk>();
+  auto untouched = [&] {
+    CHECK(A.to_host() == std::vector<double>(6, -7.0));
+    CHECK(R.to_host() == std::vector<double>(6, -7.0));
+  };
+  // A masked NaN is fine.
+  REQUIRE_NOTHROW(gae(be, L, r.cview2(2, 3), v.cview2(2, 3), A.view2(2, 3), R.view2(2, 3)));
+  A = buffer<double, Bk>(6, -7.0);
+  R = buffer<double, Bk>(6, -7.0);
+  // A valid NaN reward: nonfinite_error with the flat index.
+  buffer<double, Bk> rbad(std::vector<double>{1, 2, 3, 4, nan, 6});
+  try {
+    gae(be, L, rbad.cview2(2, 3), v.cview2(2, 3), A.view2(2, 3), R.view2(2, 3));
+    FAIL("no throw");
+  } catch (const nonfinite_error& e) {
+    CHECK(e.index() == 4);
+    CHECK(std::string(e.what()).find("'rewards'") != std::string::npos);
+  }
+  untouched();
+  // Options out of their domain.
+  for (gae_config c : {gae_config{.gamma = 1.5}, gae_config{.lambda = -0.1}, gae_config{.lambda_value = nan},
+                       gae_config{.lambda_mode = gae_lambda_mode::length_adaptive, .alpha = 0.0}}) {
+    REQUIRE_THROWS_AS(gae(be, L, r.cview2(2, 3), v.cview2(2, 3), A.view2(2, 3), R.view2(2, 3), c), config_error);
+    untouched();
+  }
+  // Wrong output shape.
+  REQUIRE_THROWS_AS(gae(be, L, r.cview2(2, 3), v.cview2(2, 3), A.view2(3, 2), R.view2(2, 3)), shape_error);
+  untouched();
+  // A NaN bootstrap of a truncated sequence.
+  buffer<int, Bk> tr(std::vector<int>{0, 1});
+  buffer<double, Bk> bs(std::vector<double>{0.0, nan});
+  REQUIRE_THROWS_AS(gae(be, L, r.cview2(2, 3), v.cview2(2, 3), tr.cview1(), bs.cview1(), A.view2(2, 3), R.view2(2, 3)),
+                    nonfinite_error);
+  untouched();
+  buffer<double, Bk> bs_short(std::vector<double>{0.0});
+  REQUIRE_THROWS_AS(
+      gae(be, L, r.cview2(2, 3), v.cview2(2, 3), tr.cview1(), bs_short.cview1(), A.view2(2, 3), R.view2(2, 3)),
+      shape_error);
+  untouched();
+  // Malformed packed offsets.
+  buffer<std::int64_t, Bk> off(std::vector<std::int64_t>{0, 4, 3, 6});
+  packed<std::uint8_t, std::int64_t, S> P(off.cview1(), 6);
+  REQUIRE_THROWS_AS(gae(be, P, r.cview1(), v.cview1(), A.view1(), R.view1()), value_error);
+  untouched();
+}
+
+// ---------------------------------------------------------------------------------------------
+// Returns, ReMax, REINFORCE++, REINFORCE++-baseline, OPO
+// ---------------------------------------------------------------------------------------------
+
+TEMPLATE_LIST_TEST_CASE("discounted_returns and remax_advantages match verl's scans", "[returns]", backends) {
+  using Bk = TestType;
+  using S = typename Bk::memory_space;
+  auto g = test::rng(107);
+  INFO("seed " << test::base_seed());
+  for (mask_pattern p : patterns) {
+    auto b = make_batch<double>(g, 6, 19, p);
+    auto base = test::normal(g, 6);
+    for (auto fill : {masked_fill::zero, masked_fill::recursion})
+      for (double gamma : {0.0, 0.5, 0.95, 1.0}) {
+        INFO(test::name(p) << " gamma " << gamma << " fill " << int(fill));
+        auto want = ref::returns(b.r, b.m, b.B, b.Tn, gamma, fill, &base);
+        buffer<double, Bk> r(b.r), R(b.B * b.Tn, -7.0), A(b.B * b.Tn, -7.0), bl(base);
+        buffer<std::uint8_t, Bk> m(b.m);
+        padded<std::uint8_t, S> L(m.cview2(b.B, b.Tn));
+        auto st = discounted_returns(test::make_backend<Bk>(), L, r.cview2(b.B, b.Tn), R.view2(b.B, b.Tn),
+                                     returns_config{gamma, fill});
+        test::require_close(R.to_host(), want.ret);
+        long long n = 0;
+        for (auto x : b.m) n += x ? 1 : 0;
+        CHECK(st.tokens == n);
+        CHECK(st.returns.count == n);
+        R = buffer<double, Bk>(b.B * b.Tn, -7.0);
+        remax_advantages(test::make_backend<Bk>(), L, r.cview2(b.B, b.Tn), bl.cview1(), A.view2(b.B, b.Tn),
+                         R.view2(b.B, b.Tn), returns_config{gamma, fill});
+        test::require_close(R.to_host(), want.ret);
+        test::require_close(A.to_host(), want.adv);
+        // packed == padded
+        auto pk = test::pack(b.m, b.B, b.Tn);
+        buffer<double, Bk> pr(pk.take(b.r)), pR(pk.tokens(), -7.0);
+        buffer<std::uint8_t, Bk> pm(pk.mask);
+        buffer<std::int64_t, Bk> off(pk.offsets);
+        packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
+        discounted_returns(test::make_backend<Bk>(), P, pr.cview1(), pR.view1(), returns_config{gamma, fill});
+        CHECK(test::bitwise_equal(pR.to_host(), pk.take(R.to_host())));
+      }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("reinforce_plus_plus matches returns then masked whitening", "[returns][reinforce]",
+                        backends) {
+  using Bk = TestType;
+  using S = typename Bk::memory_space;
+  auto g = test::rng(108);
+  INFO("seed " << test::base_seed());
+  for (mask_pattern p : patterns) {
+    auto b = make_batch<float>(g, 6, 25, p);
+    for (const reinforce_pp_config& c : {presets::verl::reinforce_pp, presets::openrlhf::reinforce_pp,
+                                         reinforce_pp_config{.gamma = 0.9}}) {
+      INFO(test::name(p) << " gamma " << c.gamma << " write " << int(c.whiten.write));
+      std::vector<double> wantR;
+      auto want = ref::reinforce_plus_plus(b.r, b.m, b.B, b.Tn, c, &wantR);
+      buffer<float, Bk> r(test::cast<float>(b.r)), R(b.B * b.Tn, -7.f), A(b.B * b.Tn, -7.f);
+      buffer<std::uint8_t, Bk> m(b.m);
+      padded<std::uint8_t, S> L(m.cview2(b.B, b.Tn));
+      auto st = reinforce_plus_plus(test::make_backend<Bk>(), L, r.cview2(b.B, b.Tn), R.view2(b.B, b.Tn),
+                                    A.view2(b.B, b.Tn), c);
+      test::require_close(R.to_host(), wantR, 2e-5, 1e-5);
+      test::require_close(A.to_host(), want.out, 1e-4, 1e-5);
+      CHECK(st.whiten.used.count == want.count);
+      // In place: advantages aliasing the returns.
+      buffer<float, Bk> RA(b.B * b.Tn, -7.f);
+      reinforce_plus_plus(test::make_backend<Bk>(), L, r.cview2(b.B, b.Tn), RA.view2(b.B, b.Tn), RA.view2(b.B, b.Tn), c);
+      CHECK(test::bitwise_equal(RA.to_host(), A.to_host()));
+    }
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("reinforce_pp_baseline and opo_advantages match the oracles", "[reinforce][opo]", backends) {
+  using Bk = TestType;
+  using S = typename Bk::memory_space;
+  auto g = test::rng(109);
+  INFO("seed " << test::base_seed());
+  const index_t Bn = 12, Tn = 15;
+  for (mask_pattern p : patterns) {
+    auto m = test::make_mask(g, Bn, Tn, p);
+    auto s = test::discrete(g, Bn, {0.0, 1.0, 0.5});
+    std::vector<long long> lab{4, 4, 4, 1, 1, 7, 2, 2, 2, 2, 9, 9};  // includes a group of one
+    buffer<double, Bk> sb(s), seq(Bn, -7.0), tok(Bn * Tn, -7.0);
+    buffer<std::int64_t, Bk> lb(std::vector<std::int64_t>(lab.begin(), lab.end()));
+    buffer<std::uint8_t, Bk> mb(m);
+    padded<std::uint8_t, S> L(mb.cview2(Bn, Tn));
+    long long valid = 0;
+    for (auto x : m) valid += x ? 1 : 0;
+    for (const reinforce_pp_baseline_config& c :
+         {presets::verl::reinforce_pp_baseline, presets::openrlhf::reinforce_pp_baseline,
+          presets::nemo::reinforce_pp_baseline}) {
+      INFO(test::name(p) << " singleton " << int(c.group.singleton) << " write " << int(c.whiten.write));
+      std::vector<double> wseq;
+      auto want = ref::reinforce_pp_baseline(s, lab, m, Bn, Tn, c, &wseq);
+      if (c.whiten.degenerate == whiten_degenerate::error && valid < 2) {
+        REQUIRE_THROWS_AS(reinforce_pp_baseline(test::make_backend<Bk>(), sb.cview1(), groups_by_label(lb.cview1()), L,
+                                                seq.view1(), tok.view2(Bn, Tn), c),
+                          value_error);
+        continue;
+      }
+      auto st = reinforce_pp_baseline(test::make_backend<Bk>(), sb.cview1(), groups_by_label(lb.cview1()), L,
+                                      seq.view1(), tok.view2(Bn, Tn), c);
+      test::require_close(seq.to_host(), wseq);
+      test::require_close(tok.to_host(), want.out, 1e-9, 1e-9);
+      CHECK(st.whiten.used.count == want.count);
+    }
+    std::vector<double> wtok;
+    auto wa = ref::opo(s, lab, m, Bn, Tn, &wtok);
+    auto st = opo_advantages(test::make_backend<Bk>(), sb.cview1(), groups_by_label(lb.cview1()), L, seq.view1(),
+                             tok.view2(Bn, Tn));
+    test::require_close(seq.to_host(), wa);
+    test::require_close(tok.to_host(), wtok);
+    CHECK(st.groups == 5);
+    CHECK(st.singleton_groups == 1);
+  }
+  // OPO by hand: lengths 2 and 6, scores 1 and 0: b = 2/8, A = 0.75 and −0.25.
+  std::vector<std::uint8_t> m(2 * 6, 0);
+  for (int t = 0; t < 2; ++t) m[t] = 1;
+  for (int t = 0; t < 6; ++t) m[6 + t] = 1;
+  buffer<double, Bk> sb(std::vector<double>{1.0, 0.0}), a(2, -7.0), tok(12, -7.0);
+  buffer<std::uint8_t, Bk> mb(m);
+  padded<std::uint8_t, S> L(mb.cview2(2, 6));
+  opo_advantages(test::make_backend<Bk>(), sb.cview1(), contiguous_groups{2}, L, a.view1(), tok.view2(2, 6));
+  CHECK(a.to_host() == std::vector<double>{0.75, -0.25});
+  // Non-finite scores: error, nothing written.
+  buffer<double, Bk> bad(std::vector<double>{1.0, std::numeric_limits<double>::infinity()});
+  REQUIRE_THROWS_AS(opo_advantages(test::make_backend<Bk>(), bad.cview1(), contiguous_groups{2}, L, a.view1(),
+                                   tok.view2(2, 6)),
+                    nonfinite_error);
+  CHECK(a.to_host() == std::vector<double>{0.75, -0.25});
+}
+
+TEMPLATE_LIST_TEST_CASE("returns entries: errors write nothing", "[returns][errors]", backends) {
+  using Bk = TestType;
+  using S = typename Bk::memory_space;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  buffer<double, Bk> r(std::vector<double>{1, nan, 3, 4}), R(4, -7.0), A(4, -7.0);
+  buffer<std::uint8_t, Bk> m(std::vector<std::uint8_t>{1, 1, 1, 0});
+  padded<std::uint8_t, S> L(m.cview2(2, 2));
+  auto be = test::make_backend<Bk>();
+  REQUIRE_THROWS_AS(discounted_returns(be, L, r.cview2(2, 2), R.view2(2, 2)), nonfinite_error);
+  REQUIRE_THROWS_AS(reinforce_plus_plus(be, L, r.cview2(2, 2), R.view2(2, 2), A.view2(2, 2)), nonfinite_error);
+  REQUIRE_THROWS_AS(discounted_returns(be, L, r.cview2(2, 2), R.view2(2, 2), returns_config{.gamma = -1.0}),
+                    config_error);
+  buffer<double, Bk> base(std::vector<double>{0.0, nan}), r2(std::vector<double>{1, 2, 3, 4});
+  REQUIRE_THROWS_AS(remax_advantages(be, L, r2.cview2(2, 2), base.cview1(), A.view2(2, 2), R.view2(2, 2)),
+                    nonfinite_error);
+  // REINFORCE++ with verl's whitening on a single valid token: the degenerate batch throws first.
+  buffer<std::uint8_t, Bk> m1(std::vector<std::uint8_t>{1, 0, 0, 0});
+  padded<std::uint8_t, S> L1(m1.cview2(2, 2));
+  REQUIRE_THROWS_AS(reinforce_plus_plus(be, L1, r2.cview2(2, 2), R.view2(2, 2), A.view2(2, 2),
+                                        presets::verl::reinforce_pp),
+                    value_error);
+  CHECK(R.to_host() == std::vector<double>(4, -7.0));
+  CHECK(A.to_host() == std::vector<double>(4, -7.0));
+}
+
+#if !defined(__CUDACC__)
+TEST_CASE("gae: AReaL's bootstrap from the last column as a strided view", "[gae][cpu]") {
+  // AReaL keeps V(s_end) in the last column of a [B,T+1] values tensor at a masked position.
+  auto g = test::rng(110);
+  const index_t Bn = 5, Tn = 9, W = Tn + 1;
+  auto r = test::normal(g, Bn * W), v = test::normal(g, Bn * W);
+  auto m = test::make_mask(g, Bn, W, mask_pattern::right_pad);
+  for (index_t i = 0; i < Bn; ++i) m[i * W + Tn] = 0;
+  std::vector<int> trunc{1, 0, 1, 0, 1};
+  std::vector<double> A(std::size_t(Bn * W), -7.0), R(std::size_t(Bn * W), -7.0);
+  padded<std::uint8_t> L(view<const std::uint8_t, 2>{m.data(), Bn, W, W});
+  view<const double, 1> boot{v.data() + Tn, Bn, W};
+  gae(cpu{}, L, view<const double, 2>{r.data(), Bn, W, W}, view<const double, 2>{v.data(), Bn, W, W}, view_of(trunc),
+      boot, view_of(A.data(), Bn, W, W), view_of(R.data(), Bn, W, W), presets::verl::gae);
+  std::vector<double> bvals;
+  for (index_t i = 0; i < Bn; ++i) bvals.push_back(v[i * W + Tn]);
+  auto want = ref::gae(r, v, m, Bn, W, presets::verl::gae, trunc, bvals);
+  test::require_close(A, want.adv);
+  test::require_close(R, want.ret);
+}
+
+TEST_CASE("gae presets carry their peers' options", "[gae][presets]") {
+  CHECK(presets::verl::gae.mask == gae_mask_mode::skip);
+  CHECK(presets::verl::gae.lambda == 1.0);
+  CHECK(presets::openrlhf::gae.mask == gae_mask_mode::through);
+  CHECK(presets::trl::gae.lambda == 0.95);
+  CHECK(presets::trl::gae.fill == masked_fill::zero);
+  CHECK(presets::nemo::gae_vapo.lambda_mode == gae_lambda_mode::length_adaptive);
+  CHECK(presets::nemo::gae_vapo.returns == gae_returns::value_lambda);
+}
+
+TEST_CASE("gae per-position functions compose as a scan", "[gae][hd]") {
+  // Folding affine_compose over a row from the right gives the sequential recursion.
+  auto g = test::rng(111);
+  auto d = test::normal(g, 50);
+  detail::affine_step acc{1.0, 0.0};
+  double seq = 0.0;
+  for (int t = 49; t >= 0; --t) {
+    auto f = detail::gae_step(gae_mask_mode::skip, t % 7 != 3, d[t], 0.25, 0.5, 0.9, 0.9 * 0.95);
+    seq = detail::affine_apply(f, seq);
+    acc = detail::affine_compose(f, acc);
+  }
+  CHECK(detail::affine_apply(acc, 0.0) == Approx(seq).epsilon(1e-12));
+}
+#endif
