@@ -467,6 +467,14 @@ POLO_HD_INLINE ratio_point ratio_from_log_ratio(const policy_loss_config& c, dou
 /// s * dr without inf*0: a zero sensitivity stays exactly 0 even where the ratio overflowed.
 POLO_HD_INLINE double times_sensitivity(double s, double dr) { return s == 0.0 ? 0.0 : s * dr; }
 
+/// Schulman's k3 of the sampling policy, (r-1) - log r with the clamped token log-ratio lr
+/// (policy_loss_stats::approx_kl_k3), computed as expm1(x) - x.
+POLO_HD_INLINE double approx_kl_k3(const policy_loss_config& c, double lr) {
+  bool active = false;
+  const double x = clamp_flag(lr, c.log_ratio_min, c.log_ratio_max, active);
+  return expm1_hd(x) - x;
+}
+
 /// The per-token objective of the file comment at ratio r, advantage a and log-prob lp.
 POLO_HD_INLINE surrogate_point surrogate(const policy_loss_config& c, double r, double a, double lp) {
   surrogate_point p;

@@ -1,0 +1,247 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// \file
+/// CPU implementation of <polo/policy_loss.hpp>. Single-threaded and fixed-order, so bitwise
+/// deterministic, and a packed batch gives bitwise the results of the same batch padded.
+/// Everything is computed in double from the per-token formulas of the backend-neutral header
+/// (`detail::ratio_from_log_ratio`, `detail::surrogate`, `detail::kl_term`), the same ones the
+/// CUDA kernels run.
+///
+/// Pass 1 reads the mask and checks every used input at valid positions (throwing before
+/// anything is written under `token_nonfinite_policy::error`), counting valid tokens per
+/// sequence for the local normalizers. Pass 2 goes row by row: per-row sums of the objective
+/// and the KL term (Neumaier-compensated), the gradient of each token written once, statistics
+/// added in row order. A row's loss enters the total as w_i * S_i with the row's weight w_i.
+
+#include <vector>
+
+#include "polo/kl.hpp"
+#include "polo/policy_loss.hpp"
+
+namespace polo::detail {
+
+template <>
+struct backend_impl<cpu, policy_loss_tag> {
+  template <TokenLayout L>
+  static token_counts count_tokens(const cpu&, const L& layout) {
+    if constexpr (L::is_packed) layout.check_offsets_host("count_tokens");
+    token_counts c;
+    for (index_t i = 0; i < layout.num_seqs(); ++i) {
+      const index_t n = row_valid_count(layout, i);
+      c.tokens += n;
+      c.sequences += n > 0 ? 1 : 0;
+    }
+    return c;
+  }
+
+  template <TokenLayout L>
+  static index_t row_valid_count(const L& layout, index_t i) {
+    const index_t len = layout.row_len(i);
+    const auto* m = layout.mask_row(i);
+    if (m == nullptr) return len;
+    index_t k = 0;
+    for (index_t t = 0; t < len; ++t) k += is_valid(m[t]) ? 1 : 0;
+    return k;
+  }
+
+  template <TokenLayout L, class T, int R>
+  static policy_loss_result policy_loss(const cpu&, const L& layout, view<const T, R, host_space> logp,
+                                        view<const T, R, host_space> logp_old, view<const T, R, host_space> logp_ref,
+                                        view<const T, R, host_space> adv, view<T, R, host_space> grad,
+                                        const policy_loss_config& c, const normalizers& norm) {
+    constexpr const char* fn = "policy_loss";
+    if constexpr (L::is_packed) layout.check_offsets_host(fn);
+    const index_t B = layout.num_seqs();
+    const bool use_kl = uses_kl(c);
+    const bool seq_ratio = uses_ratio_level_sequence(c);
+    const bool seq_kl = uses_sequence_kl(c);
+    const bool read_ref = use_kl && !logp_ref.is_null();
+    const bool skip = c.nonfinite == token_nonfinite_policy::skip;
+
+    policy_loss_result res;
+    policy_loss_stats& st = res.stats;
+
+    // ---- pass 1: counts and non-finite inputs at valid positions (nothing written) ----
+    std::vector<index_t> n(static_cast<std::size_t>(B), 0);
+    std::vector<unsigned char> row_bad(static_cast<std::size_t>(B), 0);
+    for (index_t i = 0; i < B; ++i) {
+      const index_t len = layout.row_len(i);
+      const auto* m = layout.mask_row(i);
+      const T* lp = layout.row_ptr(logp, i);
+      const T* lo = layout.row_ptr(logp_old, i);
+      const T* lr = read_ref ? layout.row_ptr(logp_ref, i) : nullptr;
+      const T* a = layout.row_ptr(adv, i);
+      index_t k = 0;
+      for (index_t t = 0; t < len; ++t) {
+        if (m != nullptr && !is_valid(m[t])) continue;
+        ++k;
+        const char* bad = nullptr;
+        double v = 0.0;
+        if (!is_finite(lp[t])) bad = "logp", v = double(lp[t]);
+        else if (!is_finite(lo[t])) bad = "logp_old", v = double(lo[t]);
+        else if (lr != nullptr && !is_finite(lr[t])) bad = "logp_ref", v = double(lr[t]);
+        else if (!is_finite(a[t])) bad = "advantages", v = double(a[t]);
+        if (bad == nullptr) continue;
+        if (!skip)
+          throw_nonfinite(fn, bad, flat_index(layout, i, t), v,
+                          "at a valid token; set token_nonfinite_policy::skip to leave such tokens out");
+        ++st.nonfinite_tokens;
+        row_bad[i] = 1;
+      }
+      n[i] = k;
+      st.tokens += k;
+      st.sequences += k > 0 ? 1 : 0;
+    }
+
+    // ---- normalizers and weights ----
+    const double div = aggregation_divisor(c.agg, norm, st.tokens, st.sequences);
+    const double div_tok = aggregation_divisor(aggregation::token_mean, norm, st.tokens, st.sequences);
+    const double div_seq = aggregation_divisor(aggregation::seq_mean_token_sum, norm, st.tokens, st.sequences);
+    const aggregation kl_mode = c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
+    const bool per_seq_parts = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
+    const bool kl_per_seq_parts =
+        kl_mode == aggregation::seq_mean_token_mean || kl_mode == aggregation::seq_mean_token_sum;
+    const double beta = c.kl_coef;
+
+    neumaier_sum loss_pol, loss_kl, parts_pol, parts_kl;
+    std::vector<double> row_dlogp, row_sens;  // per-token scratch for sequence-level ratios
+
+    // ---- pass 2: per row ----
+    for (index_t i = 0; i < B; ++i) {
+      const index_t len = layout.row_len(i);
+      if (len == 0) continue;
+      const auto* m = layout.mask_row(i);
+      const T* lp = layout.row_ptr(logp, i);
+      const T* lo = layout.row_ptr(logp_old, i);
+      const T* lr = read_ref ? layout.row_ptr(logp_ref, i) : nullptr;
+      const T* a = layout.row_ptr(adv, i);
+      T* g = layout.row_ptr(grad, i);
+      const index_t ni = n[i];
+      st.masked_tokens += len - ni;
+      auto valid = [&](index_t t) { return m == nullptr || is_valid(m[t]); };
+      auto token_ok = [&](index_t t) {
+        return is_finite(lp[t]) && is_finite(lo[t]) && (lr == nullptr || is_finite(lr[t])) && is_finite(a[t]);
+      };
+      // A sequence-level term needs every token of its sequence: skip the whole row.
+      if (row_bad[i] && (seq_ratio || seq_kl)) {
+        for (index_t t = 0; t < len; ++t) g[t] = T(0);
+        st.skipped_tokens += ni;
+        continue;
+      }
+      const double w = aggregation_weight(c.agg, norm.scale, div, ni);
+      const double wk = aggregation_weight(kl_mode, norm.scale, kl_mode == c.agg ? div : div_tok, ni);
+
+      // Sequence-level quantities: the mean log-ratio (GSPO) and the KL input D_i.
+      ratio_point seq_r{};
+      kl_point seq_k{};
+      double seq_kl_d = 0.0;
+      if (seq_ratio || seq_kl) {
+        neumaier_sum slr, sd;
+        for (index_t t = 0; t < len; ++t) {
+          if (!valid(t)) continue;
+          slr.add(double(lp[t]) - double(lo[t]));
+          if (seq_kl) sd.add(double(lp[t]) - double(lr[t]));
+        }
+        const double nd = ni > 0 ? double(ni) : 1.0;
+        if (seq_ratio) seq_r = ratio_from_log_ratio(c, slr.value() / nd);
+        if (seq_kl && ni > 0) {
+          const double D = c.kl.level == kl_level::sequence_mean ? sd.value() / nd : sd.value();
+          seq_k = kl_term(c.kl, D, 1.0);
+          const double wseq = aggregation_weight(aggregation::seq_mean_token_sum, norm.scale, div_seq, ni);
+          seq_kl_d = beta * wseq * seq_k.grad * (c.kl.level == kl_level::sequence_mean ? 1.0 / nd : 1.0);
+          loss_kl.add(wseq * seq_k.value);
+          parts_kl.add(seq_k.value);
+          st.kl_ref += sum_count<double>{seq_k.value, 1};
+          st.kl_clamped += sum_count<double>{seq_k.clamped ? 1.0 : 0.0, 1};
+        }
+      }
+      if (seq_ratio) {
+        row_dlogp.assign(static_cast<std::size_t>(len), 0.0);
+        row_sens.assign(static_cast<std::size_t>(len), 0.0);
+      }
+
+      neumaier_sum row_pol, row_kl, row_sens_sum;
+      for (index_t t = 0; t < len; ++t) {
+        if (!valid(t)) {
+          g[t] = T(0);
+          continue;
+        }
+        if (!token_ok(t)) {  // only reachable under skip, token-level terms only
+          g[t] = T(0);
+          ++st.skipped_tokens;
+          continue;
+        }
+        const double x = double(lp[t]), xo = double(lo[t]), A = double(a[t]);
+        const double tok_lr = x - xo;
+        const ratio_point tr = ratio_from_log_ratio(c, tok_lr);
+        const ratio_point& rp = seq_ratio ? seq_r : tr;
+        const surrogate_point sp = surrogate(c, rp.ratio, A, x);
+        row_pol.add(sp.loss);
+        double dlogp = w * sp.d_logp;
+        double sens = w * sp.d_ratio;
+        if (use_kl && !seq_kl) {
+          const kl_point kp = kl_term(c.kl, x - double(lr[t]), rp.ratio);
+          row_kl.add(kp.value);
+          dlogp += beta * wk * kp.grad;
+          sens += beta * wk * kp.d_ratio;
+          st.kl_ref += sum_count<double>{kp.value, 1};
+          st.kl_clamped += sum_count<double>{kp.clamped ? 1.0 : 0.0, 1};
+        }
+        if (seq_kl) dlogp += seq_kl_d;
+        if (seq_ratio) {
+          row_dlogp[t] = dlogp;
+          row_sens[t] = sens;
+          row_sens_sum.add(sens);
+        } else {
+          g[t] = T(dlogp + times_sensitivity(sens, rp.d_log_ratio));
+        }
+        // statistics of a contributing token
+        st.clip_upper += sum_count<double>{(sp.flags & surrogate_clip_upper) ? 1.0 : 0.0, 1};
+        st.clip_lower += sum_count<double>{(sp.flags & surrogate_clip_lower) ? 1.0 : 0.0, 1};
+        st.clip_dual += sum_count<double>{(sp.flags & surrogate_clip_dual) ? 1.0 : 0.0, 1};
+        st.delta_capped += sum_count<double>{(sp.flags & surrogate_delta_capped) ? 1.0 : 0.0, 1};
+        st.ratio.add(rp.ratio);
+        st.clamped_log_ratio += sum_count<double>{rp.clamped ? 1.0 : 0.0, 1};
+        st.approx_kl_k1 += sum_count<double>{xo - x, 1};
+        st.approx_kl_k3 += sum_count<double>{approx_kl_k3(c, tok_lr), 1};
+      }
+      if (seq_ratio) {
+        // d s_i / d logp_u = s_i/n_i where the clamp is inactive (through the mean), or s_i per
+        // token (verl's straight-through form).
+        const double nd = ni > 0 ? double(ni) : 1.0;
+        const bool through = c.sequence_gradient == sequence_ratio_gradient::through_mean;
+        const double total = through ? times_sensitivity(row_sens_sum.value(), seq_r.d_log_ratio / nd) : 0.0;
+        for (index_t t = 0; t < len; ++t) {
+          if (!valid(t)) continue;  // already written 0
+          const double own = through ? 0.0 : times_sensitivity(row_sens[t], seq_r.d_log_ratio);
+          g[t] = T(row_dlogp[t] + total + own);
+        }
+      }
+      // Row sums into the loss (w_i * S_i) and into the sum-and-count parts.
+      const double S = row_pol.value();
+      loss_pol.add(w * S);
+      if (ni > 0) {
+        if (c.agg == aggregation::seq_mean_token_mean)
+          parts_pol.add(S / double(ni));
+        else
+          parts_pol.add(S);
+      }
+      if (use_kl && !seq_kl) {
+        const double K = row_kl.value();
+        loss_kl.add(wk * K);
+        if (ni > 0) parts_kl.add(kl_mode == aggregation::seq_mean_token_mean ? K / double(ni) : K);
+      }
+    }
+
+    res.policy_loss = loss_pol.value();
+    res.kl_loss = use_kl ? loss_kl.value() : 0.0;
+    res.loss = res.policy_loss + beta * res.kl_loss;
+    res.policy_parts = {parts_pol.value(), per_seq_parts ? st.sequences : st.tokens};
+    if (use_kl)
+      res.kl_parts = {parts_kl.value(), (seq_kl || kl_per_seq_parts) ? st.sequences : st.tokens};
+    return res;
+  }
+};
+
+}  // namespace polo::detail
