@@ -57,6 +57,8 @@ STYLE = {
 
 
 def load_json(path):
+    if not os.path.exists(path):
+        return None
     try:
         with open(path) as f:
             return json.load(f)
@@ -261,9 +263,11 @@ def main(argv):
     bytes_per_token = torch_doc.get("bytes_per_token", {})
     bytes_per_seq = torch_doc.get("bytes_per_seq", {})
     copy_bps = (torch_doc.get("meta") or {}).get("copy_bytes_per_s")
+    copy_from = "the PyTorch process (a device-to-device copy of 1 GiB)"
     if not copy_bps:
         gb = [r["copy_GBps"] for r in records if r.get("copy_GBps")]
         copy_bps = max(gb) * 1e9 if gb else None
+        copy_from = "polo's benchmark binaries (the copy floor of the largest size)"
     sizes = sorted({(r["B"], r["T"]) for r in records if r["sweep"] == "headline"})
 
     meta = load_json(os.path.join(folder, "meta.json")) or {}
@@ -273,7 +277,8 @@ def main(argv):
                     f"{meta.get('commit', '?')}, {meta.get('date', '?')}; PyTorch "
                     f"{(torch_doc.get('meta') or {}).get('torch', '?')}.")
     if copy_bps:
-        head.append(f"Copy bandwidth (read + write) measured in the PyTorch process: {copy_bps * 1e-9:.0f} GB/s.")
+        head.append(f"Copy bandwidth (read + write) measured in {copy_from}: {copy_bps * 1e-9:.0f} GB/s; "
+                    "the charts' memory floor is bytes / this bandwidth.")
     head.append("")
     h1, r1 = headline_table(tab, sizes, copy_bps, bytes_per_token, bytes_per_seq)
     h2, r2 = step_table(tab, sizes)

@@ -1,0 +1,156 @@
+#!/usr/bin/env bash
+# SPDX-FileCopyrightText: 2026 The polo authors
+# SPDX-License-Identifier: Apache-2.0
+#
+# polo's whole benchmark suite in one command, from the repository root:
+#
+#   bench/run_all.sh
+#
+# 1. configures and builds every benchmark (Release; CUDA on when nvcc and a GPU are present),
+# 2. runs every benchmark binary (bench/*_bench.cpp, bench/*_bench.cu) with --benchmark_out=JSON,
+# 3. runs bench/torch_baseline.py (eager PyTorch and torch.compile on the same inputs and sizes)
+#    when python3 has PyTorch with a CUDA device,
+# 4. runs bench/plot.py: tokens.png, seqlen.png (time per token against tokens / sequence length,
+#    polo and PyTorch, with the memory floor) and summary.md (polo vs PyTorch ratios; GRPO step vs
+#    PPO step in time and memory), and prints the tables.
+#
+# Results go to bench/results/<device>/ (one folder per device: e.g. nvidia-h100-80gb-hbm3, or
+# cpu-<model> without a GPU) with meta.json recording the device, the driver, the commit and the
+# date. docs/benchmarks.md explains what is measured and how to read it.
+#
+# Options:
+#   --out DIR          results folder (default bench/results/<device>)
+#   --build DIR        build folder (default build/bench)
+#   --quick            a smoke test: short benchmark times, small PyTorch sizes
+#   --min-time S       Google Benchmark's --benchmark_min_time per benchmark (default 0.2)
+#   --filter REGEX     only benchmarks matching REGEX (--benchmark_filter)
+#   --torch-args "..." extra arguments for torch_baseline.py (e.g. "--sweeps headline")
+#   --no-build | --no-polo | --no-torch | --no-plot   skip a stage
+#   --tar FILE         also pack the results folder into FILE (.tar.gz)
+#
+# Environment: CMAKE_PREFIX_PATH / benchmark_DIR to find Google Benchmark and Eigen; NVCC (default:
+# nvcc on PATH, then /usr/local/cuda/bin/nvcc); CUDA_ARCH (default 90); PYTHON (default python3);
+# JOBS (parallel build jobs, default nproc).
+set -uo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root" || exit 1
+
+out="" build="build/bench" quick=0 min_time=0.2 filter="" torch_args="" tarfile=""
+do_build=1 do_polo=1 do_torch=1 do_plot=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --out) out=$2; shift 2 ;;
+    --build) build=$2; shift 2 ;;
+    --quick) quick=1; min_time=0.02; shift ;;
+    --min-time) min_time=$2; shift 2 ;;
+    --filter) filter=$2; shift 2 ;;
+    --torch-args) torch_args=$2; shift 2 ;;
+    --tar) tarfile=$2; shift 2 ;;
+    --no-build) do_build=0; shift ;;
+    --no-polo) do_polo=0; shift ;;
+    --no-torch) do_torch=0; shift ;;
+    --no-plot) do_plot=0; shift ;;
+    -h|--help) sed -n '4,33p' "$0"; exit 0 ;;
+    *) echo "run_all.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+python=${PYTHON:-python3}
+nvcc=${NVCC:-$(command -v nvcc || true)}
+[[ -z "$nvcc" && -x /usr/local/cuda/bin/nvcc ]] && nvcc=/usr/local/cuda/bin/nvcc
+cuda=OFF
+gpu_name="" driver=""
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then
+  gpu_name=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)
+  driver=$(nvidia-smi --query-gpu=driver_version --format=csv,noheader | head -1)
+  [[ -n "$nvcc" ]] && cuda=ON
+fi
+
+slug() { tr '[:upper:]' '[:lower:]' | sed -E 's/[^a-z0-9]+/-/g; s/^-+//; s/-+$//'; }
+if [[ -n "$gpu_name" ]]; then
+  device="$gpu_name"
+else
+  device="cpu $(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)"
+fi
+[[ -z "$out" ]] && out="bench/results/$(printf '%s' "$device" | slug)"
+mkdir -p "$out"
+log() { printf '[run_all] %s\n' "$*"; }
+
+commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+if [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then commit="$commit-dirty"; fi
+date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)
+cuda_version=""
+[[ -n "$nvcc" ]] && cuda_version=$("$nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p' | head -1)
+cat >"$out/meta.json" <<EOF
+{
+  "device": "$device",
+  "driver": "$driver",
+  "commit": "$commit",
+  "date": "$date_utc",
+  "cuda_compiler": "$cuda_version",
+  "cuda_benchmarks": "$cuda",
+  "cpu": "$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)",
+  "benchmark_min_time": "$min_time",
+  "quick": $quick
+}
+EOF
+log "device: $device${driver:+, driver $driver}; commit $commit; results in $out"
+
+# ---- 1. build ---------------------------------------------------------------------------------
+if [[ $do_build == 1 ]]; then
+  cfg=(-S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=Release -DPOLO_BUILD_TESTS=OFF -DPOLO_BUILD_EXAMPLES=OFF
+       -DPOLO_BUILD_BENCH=ON "-DPOLO_ENABLE_CUDA=$cuda")
+  if [[ $cuda == ON ]]; then cfg+=(-DCMAKE_CUDA_COMPILER="$nvcc" -DCMAKE_CUDA_ARCHITECTURES="${CUDA_ARCH:-90}"); fi
+  log "configure (CUDA $cuda)"
+  cmake "${cfg[@]}" >"$out/configure.log" 2>&1 || { tail -30 "$out/configure.log"; exit 1; }
+  jobs=${JOBS:-$(nproc)}
+  log "build ($jobs jobs; log in $out/build.log)"
+  # Keep going past a benchmark that does not compile: the others still run.
+  cmake --build "$build" -j"$jobs" -- -k 0 >"$out/build.log" 2>&1 ||
+    { log "some benchmarks failed to build:"; grep -E "error|FAILED" "$out/build.log" | head -20; }
+fi
+
+# ---- 2. polo's benchmarks ---------------------------------------------------------------------
+if [[ $do_polo == 1 ]]; then
+  shopt -s nullglob
+  bins=()
+  for b in "$build"/bench/*_bench "$build"/bench/*_bench_cuda; do [[ -x "$b" ]] && bins+=("$b"); done
+  [[ ${#bins[@]} -eq 0 ]] && log "no benchmark binaries in $build/bench"
+  for b in "${bins[@]}"; do
+    name=$(basename "$b")
+    args=(--benchmark_out="$out/$name.json" --benchmark_out_format=json --benchmark_counters_tabular=true
+          --benchmark_min_time="$min_time")
+    [[ -n "$filter" ]] && args+=(--benchmark_filter="$filter")
+    log "run $name"
+    start=$SECONDS
+    "$b" "${args[@]}" >"$out/$name.txt" 2>&1
+    rc=$?
+    log "  $name: rc=$rc, $((SECONDS - start)) s"
+    [[ $rc != 0 ]] && tail -5 "$out/$name.txt"
+  done
+fi
+
+# ---- 3. PyTorch baselines ---------------------------------------------------------------------
+if [[ $do_torch == 1 ]]; then
+  if "$python" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1; then
+    targs=(--out "$out/torch_baseline.json")
+    [[ $quick == 1 ]] && targs+=(--quick)
+    # shellcheck disable=SC2206
+    [[ -n "$torch_args" ]] && targs+=($torch_args)
+    log "run torch_baseline.py ${targs[*]}"
+    PYTHONUNBUFFERED=1 "$python" bench/torch_baseline.py "${targs[@]}" 2>&1 | tee "$out/torch_baseline.txt"
+    log "  torch_baseline.py: rc=${PIPESTATUS[0]}"
+  else
+    log "python3 has no PyTorch with a CUDA device: PyTorch baselines skipped"
+  fi
+fi
+
+# ---- 4. charts and tables ---------------------------------------------------------------------
+if [[ $do_plot == 1 ]]; then
+  "$python" bench/plot.py "$out"
+fi
+
+if [[ -n "$tarfile" ]]; then
+  tar czf "$tarfile" --exclude='*.log' "$out" && log "packed $out into $tarfile"
+fi
