@@ -443,14 +443,15 @@ TEMPLATE_LIST_TEST_CASE("discounted_returns and remax_advantages match verl's sc
     auto b = make_batch<double>(g, 6, 19, p);
     auto base = test::normal(g, 6);
     for (auto fill : {masked_fill::zero, masked_fill::recursion})
+      for (auto mode : {returns_mask_mode::carry, returns_mask_mode::through, returns_mask_mode::reset})
       for (double gamma : {0.0, 0.5, 0.95, 1.0}) {
-        INFO(test::name(p) << " gamma " << gamma << " fill " << int(fill));
-        auto want = ref::returns(b.r, b.m, b.B, b.Tn, gamma, fill, &base);
+        INFO(test::name(p) << " gamma " << gamma << " fill " << int(fill) << " mode " << int(mode));
+        auto want = ref::returns(b.r, b.m, b.B, b.Tn, gamma, fill, mode, &base);
         buffer<double, Bk> r(b.r), R(b.B * b.Tn, -7.0), A(b.B * b.Tn, -7.0), bl(base);
         buffer<std::uint8_t, Bk> m(b.m);
         padded<std::uint8_t, S> L(m.cview2(b.B, b.Tn));
         auto st = discounted_returns(test::make_backend<Bk>(), L, r.cview2(b.B, b.Tn), R.view2(b.B, b.Tn),
-                                     returns_config{gamma, fill});
+                                     returns_config{gamma, fill, mode});
         test::require_close(R.to_host(), want.ret);
         long long n = 0;
         for (auto x : b.m) n += x ? 1 : 0;
@@ -458,7 +459,7 @@ TEMPLATE_LIST_TEST_CASE("discounted_returns and remax_advantages match verl's sc
         CHECK(st.returns.count == n);
         R = buffer<double, Bk>(b.B * b.Tn, -7.0);
         remax_advantages(test::make_backend<Bk>(), L, r.cview2(b.B, b.Tn), bl.cview1(), A.view2(b.B, b.Tn),
-                         R.view2(b.B, b.Tn), returns_config{gamma, fill});
+                         R.view2(b.B, b.Tn), returns_config{gamma, fill, mode});
         test::require_close(R.to_host(), want.ret);
         test::require_close(A.to_host(), want.adv);
         // packed == padded
@@ -467,10 +468,38 @@ TEMPLATE_LIST_TEST_CASE("discounted_returns and remax_advantages match verl's sc
         buffer<std::uint8_t, Bk> pm(pk.mask);
         buffer<std::int64_t, Bk> off(pk.offsets);
         packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
-        discounted_returns(test::make_backend<Bk>(), P, pr.cview1(), pR.view1(), returns_config{gamma, fill});
+        discounted_returns(test::make_backend<Bk>(), P, pr.cview1(), pR.view1(), returns_config{gamma, fill, mode});
         CHECK(test::bitwise_equal(pR.to_host(), pk.take(R.to_host())));
       }
   }
+}
+
+TEMPLATE_LIST_TEST_CASE("returns: the three mask modes agree on right padding and differ on interior spans",
+                        "[returns][semantics]", backends) {
+  using Bk = TestType;
+  using S = typename Bk::memory_space;
+  auto g = test::rng(112);
+  INFO("seed " << test::base_seed());
+  auto run3 = [&](const std::vector<double>& r, const std::vector<std::uint8_t>& m, index_t B, index_t Tn,
+                  returns_mask_mode mode) {
+    buffer<double, Bk> rb(r), R(B * Tn, -7.0);
+    buffer<std::uint8_t, Bk> mb(m);
+    padded<std::uint8_t, S> L(mb.cview2(B, Tn));
+    discounted_returns(test::make_backend<Bk>(), L, rb.cview2(B, Tn), R.view2(B, Tn), returns_config{0.9, masked_fill::zero, mode});
+    return R.to_host();
+  };
+  for (mask_pattern p : {mask_pattern::all_valid, mask_pattern::right_pad, mask_pattern::with_empty_rows}) {
+    auto b = make_batch<double>(g, 6, 20, p);
+    auto c = run3(b.r, b.m, 6, 20, returns_mask_mode::carry);
+    CHECK(test::bitwise_equal(c, run3(b.r, b.m, 6, 20, returns_mask_mode::through)));
+    CHECK(test::bitwise_equal(c, run3(b.r, b.m, 6, 20, returns_mask_mode::reset)));
+  }
+  // r = [1, (masked 5), 2], γ = 0.9: carry 1 + 0.9·2, through 1 + 0.9·0.9·2, reset 1.
+  std::vector<double> r{1.0, 5.0, 2.0};
+  std::vector<std::uint8_t> m{1, 0, 1};
+  CHECK(run3(r, m, 1, 3, returns_mask_mode::carry)[0] == Approx(1.0 + 0.9 * 2.0));
+  CHECK(run3(r, m, 1, 3, returns_mask_mode::through)[0] == Approx(1.0 + 0.81 * 2.0));
+  CHECK(run3(r, m, 1, 3, returns_mask_mode::reset)[0] == 1.0);
 }
 
 TEMPLATE_LIST_TEST_CASE("reinforce_plus_plus matches returns then masked whitening", "[returns][reinforce]",
@@ -482,7 +511,9 @@ TEMPLATE_LIST_TEST_CASE("reinforce_plus_plus matches returns then masked whiteni
   for (mask_pattern p : patterns) {
     auto b = make_batch<float>(g, 6, 25, p);
     for (const reinforce_pp_config& c : {presets::verl::reinforce_pp, presets::openrlhf::reinforce_pp,
-                                         reinforce_pp_config{.gamma = 0.9}}) {
+                                         reinforce_pp_config{.gamma = 0.9},
+                                         reinforce_pp_config{.gamma = 0.9, .mask = returns_mask_mode::reset},
+                                         reinforce_pp_config{.gamma = 0.9, .mask = returns_mask_mode::through}}) {
       INFO(test::name(p) << " gamma " << c.gamma << " write " << int(c.whiten.write));
       std::vector<double> wantR;
       auto want = ref::reinforce_plus_plus(b.r, b.m, b.B, b.Tn, c, &wantR);

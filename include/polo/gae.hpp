@@ -48,9 +48,12 @@
 ///   target), advantages from λ (the policy's), in one pass over the data.
 ///
 /// ## Returns and outcome estimators
-///     discounted_returns   R_t = r_t + γ·run at valid t, run ← R_t (REINFORCE++): run is
-///                          carried across masked spans without decay; γ = 1 gives the
-///                          reverse cumulative sum of r·m (ReMax)
+///     discounted_returns   R_t = r_t + γ·run at valid t, run ← R_t (REINFORCE++); at masked
+///                          t run is carried (`returns_mask_mode::carry`, polo's default),
+///                          decayed by γ (`through`, OpenRLHF) or reset to 0 (`reset`,
+///                          verl's "reset after EOS"); all three agree on right padding, and
+///                          with γ = 1 carry = through = the reverse cumulative sum of r·m
+///                          (ReMax)
 ///     reinforce_plus_plus  A = whiten(R) over the batch (REINFORCE++)
 ///     reinforce_pp_baseline A = whiten((s_i − mean_g s)·m) (REINFORCE++-baseline)
 ///     remax_advantages     A_t = R_t − b_i (b the greedy rollout's reward; γ = 1 by default)
@@ -130,10 +133,18 @@ struct gae_stats {
   }
 };
 
+/// What the running return does at a masked position (see discounted_returns).
+enum class returns_mask_mode : unsigned char {
+  carry,    ///< kept unchanged: an interior span is skipped (ReMax; polo's default)
+  through,  ///< r = 0 and decayed by γ (OpenRLHF get_cumulative_returns)
+  reset,    ///< set to 0: the return of a valid token stops at the next masked position (verl REINFORCE++)
+};
+
 /// Options of the return scans (discounted_returns, remax_advantages).
 struct returns_config {
   double gamma = 1.0;                     ///< γ in [0, 1]
-  masked_fill fill = masked_fill::zero;   ///< recursion: echo of the next valid position's value
+  masked_fill fill = masked_fill::zero;   ///< recursion: the running return at masked positions
+  returns_mask_mode mask = returns_mask_mode::carry;
 };
 
 /// Statistics of a return scan; combine calls with +=.
@@ -153,6 +164,7 @@ struct returns_stats {
 struct reinforce_pp_config {
   double gamma = 1.0;        ///< γ of the discounted returns
   whiten_config whiten{};    ///< how the returns are whitened into advantages
+  returns_mask_mode mask = returns_mask_mode::carry;  ///< the returns' masked positions
 };
 
 /// Statistics of reinforce_plus_plus.
@@ -186,8 +198,10 @@ inline constexpr gae_config gae{.gamma = 1.0,
                                 .lambda = 1.0,
                                 .mask = gae_mask_mode::skip,
                                 .fill = masked_fill::recursion};
-/// verl `reinforce_plus_plus`: discounted returns (γ = algorithm.gamma), masked_whiten · m.
-inline constexpr reinforce_pp_config reinforce_pp{.gamma = 1.0, .whiten = whitening_masked};
+/// verl `reinforce_plus_plus`: discounted returns (γ = algorithm.gamma) reset to 0 at every
+/// masked position ("reset after EOS"), masked_whiten · m.
+inline constexpr reinforce_pp_config reinforce_pp{.gamma = 1.0, .whiten = whitening_masked,
+                                                  .mask = returns_mask_mode::reset};
 /// verl `reinforce_plus_plus_baseline`: (s − μ_g, μ = 0 for a group of one)·m, masked_whiten · m.
 inline constexpr reinforce_pp_baseline_config reinforce_pp_baseline{
     .group = {.baseline = baseline_kind::group_mean,
@@ -196,7 +210,7 @@ inline constexpr reinforce_pp_baseline_config reinforce_pp_baseline{
               .zero_variance = zero_variance_rule::divide},
     .whiten = whitening_masked};
 /// verl `remax`: reverse cumulative sum of r·m; A = R − b·m, written at every position.
-inline constexpr returns_config remax{.gamma = 1.0, .fill = masked_fill::recursion};
+inline constexpr returns_config remax{.gamma = 1.0, .fill = masked_fill::recursion, .mask = returns_mask_mode::carry};
 }  // namespace verl
 namespace openrlhf {
 /// OpenRLHF `gae` (get_advantages_and_returns): v and r multiplied by the mask, the recursion
@@ -206,9 +220,10 @@ inline constexpr gae_config gae{.gamma = 1.0,
                                 .lambda = 1.0,
                                 .mask = gae_mask_mode::through,
                                 .fill = masked_fill::recursion};
-/// OpenRLHF `reinforce`: cumulative returns, then its batch whitening (population,
-/// rsqrt(max(var, 1e-8)), every position).
-inline constexpr reinforce_pp_config reinforce_pp{.gamma = 1.0, .whiten = whitening};
+/// OpenRLHF `reinforce`: cumulative returns of r·m (the run decays by γ through masked
+/// positions), then its batch whitening (population, rsqrt(max(var, 1e-8)), every position).
+inline constexpr reinforce_pp_config reinforce_pp{.gamma = 1.0, .whiten = whitening,
+                                                  .mask = returns_mask_mode::through};
 /// OpenRLHF `reinforce_baseline`: r − μ_g (a group of one gives 0), then its batch whitening.
 inline constexpr reinforce_pp_baseline_config reinforce_pp_baseline{
     .group = {.baseline = baseline_kind::group_mean,
@@ -288,8 +303,14 @@ inline void check_gae_config(const char* fn, const gae_config& c) {
     throw_config(fn, "returns", std::to_string(unsigned(c.returns)), "a value of polo::gae_returns");
 }
 
+inline void check_returns_mask(const char* fn, returns_mask_mode m) {
+  if (unsigned(m) > unsigned(returns_mask_mode::reset))
+    throw_config(fn, "mask", std::to_string(unsigned(m)), "a value of polo::returns_mask_mode");
+}
+
 inline void check_returns_config(const char* fn, const returns_config& c) {
   check_unit_interval(fn, "gamma", c.gamma);
+  check_returns_mask(fn, c.mask);
   if (c.fill != masked_fill::zero && c.fill != masked_fill::recursion)
     throw_config(fn, "fill", std::to_string(unsigned(c.fill)), "masked_fill::zero or ::recursion");
 }
@@ -388,6 +409,17 @@ POLO_HD_INLINE gae_output gae_write(gae_mask_mode mode, masked_fill fill, bool v
 /// where masked (the running return is carried across masked spans without decay).
 POLO_HD_INLINE affine_step returns_step(bool valid, double r, double gamma) {
   return valid ? affine_step{gamma, r} : affine_step{1.0, 0.0};
+}
+/// The same under each returns_mask_mode: at a masked position the identity (carry), {γ, 0}
+/// (through: a zero reward) or {0, 0} (reset).
+POLO_HD_INLINE affine_step returns_step(returns_mask_mode mode, bool valid, double r, double gamma) {
+  if (valid) return {gamma, r};
+  switch (mode) {
+    case returns_mask_mode::carry: return {1.0, 0.0};
+    case returns_mask_mode::through: return {gamma, 0.0};
+    case returns_mask_mode::reset: return {0.0, 0.0};
+  }
+  return {1.0, 0.0};
 }
 
 /// What a return scan writes at one position from the running return `run` there: R and, for
@@ -501,10 +533,13 @@ gae_stats gae(const B& be, const L& layout, detail::layout_tensor<L, UR> rewards
 /// Discounted returns per sequence (REINFORCE++), scanning backwards:
 ///
 ///     valid t:   R_t = r_t + γ·run,  run ← R_t         (run starts at 0)
-///     masked t:  run is kept; written 0 (`masked_fill::zero`, verl's R·m) or run
-///                (`masked_fill::recursion`: the return of the next valid token)
+///     masked t:  run ← run (carry), γ·run (through) or 0 (reset), per `cfg.mask`; written 0
+///                (`masked_fill::zero`, verl's R·m) or run (`masked_fill::recursion`)
 ///
-/// With γ = 1 this is the reverse cumulative sum of r·m (ReMax's returns).
+/// With γ = 1 and carry (or through) this is the reverse cumulative sum of r·m (ReMax's
+/// returns). The modes agree on every valid token of a right-padded batch. Masked rewards are
+/// never read (verl's reset scan adds the masked reward into the value it writes at a masked
+/// position and then discards it; polo writes that position's run, 0, instead).
 ///
 /// \param layout  `padded{mask [B,T]}` or `packed{offsets [B+1], N, mask [N]}`
 /// \param rewards per-token rewards (`[B,T]` or `[N]`), float or double
@@ -584,6 +619,7 @@ reinforce_pp_stats reinforce_plus_plus(const B& be, const L& layout, detail::lay
   layout.check_tensor(fn, "returns", returns);
   layout.check_tensor(fn, "advantages", advantages);
   detail::check_unit_interval(fn, "gamma", cfg.gamma);
+  detail::check_returns_mask(fn, cfg.mask);
   detail::check_whiten_config(fn, cfg.whiten);
   detail::check_packed_offsets(fn, layout);
   return detail::backend_impl<B, detail::gae_tag>::reinforce_plus_plus(

@@ -125,21 +125,37 @@ inline std::vector<double> gae_direct(const std::vector<double>& r, const std::v
   return adv;
 }
 
-/// verl's discounted returns (compute_reinforce_plus_plus_outcome_advantage's scan) and, when
-/// `baselines` is given, ReMax's A = R − b·m. fill zero: R·m (and A·m).
+/// Discounted returns, as each peer's loop (with masked rewards read as 0):
+///   carry    ReMax's reverse cumulative sum of r·m, generalised: run changes only where m = 1
+///   through  OpenRLHF get_cumulative_returns: rewards·m, then run = r + γ·run everywhere
+///   reset    verl compute_reinforce_plus_plus_outcome_advantage: run = r + γ·run, then
+///            run *= m ("reset after EOS")
+/// and, when `baselines` is given, ReMax's A = R − b·m. fill zero: R·m (and A·m); fill
+/// recursion: the run at masked positions (0 after a reset).
 struct returns_result {
   std::vector<double> ret, adv;
 };
 inline returns_result returns(const std::vector<double>& r, const std::vector<std::uint8_t>& m, long long B,
-                              long long T, double gamma, masked_fill fill, const std::vector<double>* baselines = nullptr) {
+                              long long T, double gamma, masked_fill fill, returns_mask_mode mode = returns_mask_mode::carry,
+                              const std::vector<double>* baselines = nullptr) {
   returns_result out;
-  out.ret.assign(std::size_t(B * T), 0.0);
-  out.adv.assign(std::size_t(B * T), 0.0);
+  out.ret.assign(static_cast<std::size_t>(B * T), 0.0);
+  out.adv.assign(static_cast<std::size_t>(B * T), 0.0);
   for (long long i = 0; i < B; ++i) {
     double running = 0.0;
     for (long long t = T - 1; t >= 0; --t) {
       const long long k = i * T + t;
-      if (m[k]) running = r[k] + gamma * running;
+      const double rm = m[k] ? r[k] : 0.0;
+      switch (mode) {
+        case returns_mask_mode::carry:
+          if (m[k]) running = r[k] + gamma * running;
+          break;
+        case returns_mask_mode::through: running = rm + gamma * running; break;
+        case returns_mask_mode::reset:
+          running = rm + gamma * running;
+          running = running * (m[k] ? 1.0 : 0.0);
+          break;
+      }
       const bool write = m[k] || fill == masked_fill::recursion;
       if (write) out.ret[k] = running;
       if (baselines && write) out.adv[k] = running - (m[k] ? (*baselines)[i] : 0.0);
@@ -151,7 +167,7 @@ inline returns_result returns(const std::vector<double>& r, const std::vector<st
 /// REINFORCE++: whiten(R·m) over the batch.
 inline whiten_result reinforce_plus_plus(const std::vector<double>& r, const std::vector<std::uint8_t>& m, long long B,
                                          long long T, const reinforce_pp_config& c, std::vector<double>* ret_out) {
-  auto R = returns(r, m, B, T, c.gamma, masked_fill::zero).ret;
+  auto R = returns(r, m, B, T, c.gamma, masked_fill::zero, c.mask).ret;
   if (ret_out) *ret_out = R;
   return whiten(R, m, c.whiten);
 }

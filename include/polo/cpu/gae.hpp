@@ -60,11 +60,12 @@ double cpu_gae_row(const T* r, const T* v, const Mask* m, index_t len, const gae
 /// Discounted returns of one row (and ReMax's A = R − b when A is given), backwards, through
 /// returns_step and returns_write of <polo/gae.hpp>.
 template <bool HasMask, class T, class Mask>
-void cpu_returns_row(const T* r, const Mask* m, index_t len, double gamma, masked_fill fill, T* R, T* A, double b) {
+void cpu_returns_row(const T* r, const Mask* m, index_t len, double gamma, masked_fill fill, returns_mask_mode mode,
+                     T* R, T* A, double b) {
   double run = 0.0;
   for (index_t t = len - 1; t >= 0; --t) {
     const bool valid = !HasMask || is_valid(m[t]);
-    run = affine_apply(returns_step(valid, valid ? double(r[t]) : 0.0, gamma), run);
+    run = affine_apply(returns_step(mode, valid, valid ? double(r[t]) : 0.0, gamma), run);
     const returns_output o = returns_write(fill, valid, run, b);
     R[t] = T(o.ret);
     if (A) A[t] = T(o.advantage);
@@ -158,9 +159,9 @@ struct backend_impl<cpu, gae_tag> {
       T* ar = remax ? layout.row_ptr(A, i) : nullptr;
       const double b = remax ? double(baselines(i)) : 0.0;
       if (m == nullptr)
-        cpu_returns_row<false>(layout.row_ptr(r, i), m, len, c.gamma, c.fill, rr, ar, b);
+        cpu_returns_row<false>(layout.row_ptr(r, i), m, len, c.gamma, c.fill, c.mask, rr, ar, b);
       else
-        cpu_returns_row<true>(layout.row_ptr(r, i), m, len, c.gamma, c.fill, rr, ar, b);
+        cpu_returns_row<true>(layout.row_ptr(r, i), m, len, c.gamma, c.fill, c.mask, rr, ar, b);
       moments rm = cpu_row_moments(static_cast<const T*>(rr), m, len);
       st.tokens += rm.count;
       st.returns += rm;
@@ -196,7 +197,7 @@ struct backend_impl<cpu, gae_tag> {
     precheck_degenerate(fn, layout, c.whiten);
     reinforce_pp_stats st;
     st.returns = returns<T>(be, fn, layout, r, view<const T, 1, host_space>{}, R, layout_tensor<L, T>{},
-                            returns_config{c.gamma, masked_fill::zero});
+                            returns_config{c.gamma, masked_fill::zero, c.mask});
     whiten_coeffs w = whiten_coefficients(st.returns.returns, c.whiten);
     st.whiten.local = st.whiten.used = st.returns.returns;
     st.whiten.mean = w.mean;
