@@ -12,6 +12,7 @@
 /// the CUDA implementations live under cuda/polo/ and are only visible to nvcc TUs.
 
 #include <concepts>
+#include <cstddef>
 #include <type_traits>
 
 #include "polo/core/config.hpp"
@@ -46,13 +47,54 @@ struct cpu {
 };
 
 /// The CUDA backend: kernels launched on `stream`, never synchronizing it except where an
-/// entry point documents that it returns a host value. Requires including <polo/polo.cuh>
-/// from a .cu translation unit.
+/// entry point documents that it returns a host value or must throw before writing. Requires
+/// including <polo/polo.cuh> from a .cu translation unit (docs/cuda.md).
+///
+///     polo::cuda be{stream};                          // scratch from cudaMallocAsync on `stream`
+///     polo::cuda be{.stream = s, .workspace = p, .workspace_bytes = n};   // caller's scratch
+///     polo::cuda be{.stream = s, .alloc = {my_alloc, my_free, ctx}};      // caller's allocator
+///
+/// Scratch memory is taken, in this order of preference, from `workspace` (never more than
+/// `workspace_bytes`; size it with the primitive's `*_workspace_bytes` query), from `alloc`,
+/// or, when both are unset, from `cudaMallocAsync`/`cudaFreeAsync` on `stream` (the device's
+/// stream-ordered pool). Output buffers are always the caller's; polo never allocates them.
 struct cuda {
   using memory_space = device_space;
   static constexpr const char* name = "cuda";
-  stream_t stream = nullptr;                       ///< stream every kernel is launched on
-  determinism level = determinism::run_to_run;     ///< reduction reproducibility
+
+  /// Stream-ordered allocator callbacks for scratch memory (a PyTorch caching allocator, RMM,
+  /// a bump arena, ...). `allocate` returns `bytes` of device memory, aligned to 256 bytes,
+  /// usable by work enqueued on `stream` from now on, or null on failure (polo then throws
+  /// `cuda_error`); `deallocate` gives a block back once the work enqueued on `stream` so far
+  /// is done with it (it must not wait for that work itself). Both are called on the host.
+  struct allocator {
+    void* (*allocate)(void* context, std::size_t bytes, stream_t stream) = nullptr;
+    void (*deallocate)(void* context, void* ptr, std::size_t bytes, stream_t stream) = nullptr;
+    void* context = nullptr;  ///< passed back to both callbacks
+  };
+
+  /// First data-dependent error recorded on the device by an entry point that runs with
+  /// `deferred_errors` set (plain data: allocate it in device memory, zero it, read it back
+  /// with `polo::cuda_check(be)` from <polo/polo.cuh>). `code == 0` means no error.
+  struct status {
+    int code = 0;        ///< 0: none; otherwise which check failed (see cuda/polo/detail/status.cuh)
+    int entry = 0;       ///< which entry point recorded it
+    long long index = 0; ///< flat index of the offending element
+    long long a = 0;     ///< offending integer values (packed offsets), when the check has them
+    long long b = 0;
+    double value = 0.0;  ///< offending floating-point value, when the check has one
+  };
+
+  stream_t stream = nullptr;                    ///< stream every kernel is launched on
+  determinism level = determinism::run_to_run;  ///< reduction reproducibility
+  void* workspace = nullptr;                    ///< caller-provided device scratch, or null
+  std::size_t workspace_bytes = 0;              ///< size of `workspace` in bytes
+  allocator alloc{};                            ///< scratch allocator used when `workspace` is null
+  /// Device memory, or null (the default). When set, entry points that return nothing
+  /// (broadcast_to_tokens) do not synchronize to report data-dependent errors: they write
+  /// nothing, record the first error here, and `polo::cuda_check(be)` throws it later. When
+  /// null, such errors are thrown by the call itself, after one stream synchronization.
+  status* deferred_errors = nullptr;
 };
 
 /// A backend tag: names its memory space and itself.

@@ -1,0 +1,268 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// \file
+/// CUDA implementation of <polo/advantages.hpp>: `detail::backend_impl<polo::cuda,
+/// detail::advantages_tag>`, plus the scratch-size queries of its two entry points. The public
+/// entries (`polo::group_advantages`, `polo::broadcast_to_tokens`) have already checked every
+/// shape and option on the host; this layer checks the data on the device, then writes.
+///
+/// Semantics are the CPU backend's, element for element (the same formulas, statistics in
+/// double, exact zero-variance detection, the same error types and messages); only the order
+/// of long sums differs (fixed warp and block trees instead of one loop), so results agree
+/// with the CPU backend to rounding and are bitwise identical from run to run.
+///
+/// Synchronization (docs/cuda.md):
+/// - `group_advantages` returns its `group_stats` by value, so it synchronizes the tag's
+///   stream exactly once: after the statistics pass, to read back the statistics and the
+///   data-dependent checks (non-finite scores, groups of one). It throws or enqueues the
+///   write, and returns without waiting for that write.
+/// - `broadcast_to_tokens` synchronizes once (after its check kernel) when
+///   `polo::cuda::deferred_errors` is null, so that it can throw before writing; with
+///   `deferred_errors` set it never synchronizes: a failed check makes the write kernel write
+///   nothing and the error waits in the status for `polo::cuda_check(be)`.
+
+#include <cuda_runtime.h>
+
+#include <climits>
+#include <cstddef>
+#include <string>
+#include <type_traits>
+
+#include "polo/advantages.hpp"
+#include "polo/core/backend.hpp"
+#include "polo/core/error.hpp"
+#include "polo/core/layout.hpp"
+#include "polo/core/view.hpp"
+#include "polo/detail/launch.cuh"
+#include "polo/detail/status.cuh"
+#include "polo/detail/workspace.cuh"
+#include "polo/kernels/advantages.cuh"
+
+namespace polo::detail {
+
+/// Scratch regions of group_advantages, in the order they are taken.
+struct advantages_regions {
+  kernels::advantages_status* status = nullptr;  // [1]
+  kernels::group_info* info = nullptr;           // [max groups]
+  kernels::batch_partial* partials = nullptr;    // [stats blocks]
+  neumaier_sum* sum_partials = nullptr;          // [advantage blocks]
+  double* adv = nullptr;                         // [B] advantages (as T) before the checks pass
+};
+
+inline advantages_regions take_advantages_regions(scratch_plan& sp, index_t B, index_t max_groups) {
+  advantages_regions r;
+  r.status = sp.take<kernels::advantages_status>(1);
+  r.info = sp.take<kernels::group_info>(max_groups);
+  r.partials = sp.take<kernels::batch_partial>(kernels::stats_blocks(max_groups));
+  r.sum_partials = sp.take<neumaier_sum>(kernels::advantage_blocks(B));
+  r.adv = sp.take<double>(B);
+  return r;
+}
+
+/// Scratch regions of the segmentation of labelled groups (into p's pointers).
+template <class Label>
+void take_segment_regions(scratch_plan& sp, kernels::segment_labels_params<Label>& p, int B) {
+  using K = kernels::label_key_t<Label>;
+  p.order = sp.take<int>(B);
+  p.seg = sp.take<int>(B);
+  p.starts = sp.take<int>(B + 1);
+  p.n_groups = sp.take<int>(1);
+  if (B > kernels::segment_small_max) {
+    p.keys_in = sp.take<K>(B);
+    p.keys_out = sp.take<K>(B);
+    p.idx_in = sp.take<int>(B);
+    p.flags = sp.take<int>(B);
+    p.temp_bytes = kernels::segment_temp_bytes<Label>(B);
+    p.temp = sp.take<unsigned char>(static_cast<index_t>(p.temp_bytes));
+  }
+}
+
+template <class G>
+struct is_labelled_groups : std::false_type {};
+template <class L, class S>
+struct is_labelled_groups<labelled_groups<L, S>> : std::true_type {};
+
+/// Scratch bytes of group_advantages for B scores.
+template <class Groups>
+std::size_t group_advantages_scratch_bytes(index_t B, const Groups& groups) {
+  if (B <= 0) return 0;
+  scratch_plan sp;
+  if constexpr (is_labelled_groups<Groups>::value) {
+    using Label = typename std::remove_cvref_t<decltype(groups.labels)>::value_type;
+    kernels::segment_labels_params<std::remove_const_t<Label>> p;
+    take_segment_regions(sp, p, static_cast<int>(B > INT_MAX ? INT_MAX : B));
+    take_advantages_regions(sp, B, B);
+  } else {
+    take_advantages_regions(sp, B, groups.size >= 1 ? B / groups.size : 0);
+  }
+  return sp.bytes();
+}
+
+}  // namespace polo::detail
+
+namespace polo {
+
+/// Bytes of scratch that `group_advantages(be, scores [B], groups, advantages, cfg)` takes on
+/// the CUDA backend: the size a caller-provided `polo::cuda::workspace` needs (0 when B = 0).
+/// About 64 bytes per group plus 16 per sequence; labelled groups add about 28 bytes per
+/// sequence for the sort. Host-only, launches nothing.
+template <class Groups>
+std::size_t group_advantages_workspace_bytes(const cuda&, index_t B, const Groups& groups) {
+  return detail::group_advantages_scratch_bytes(B, groups);
+}
+
+/// Bytes of scratch that `broadcast_to_tokens(be, values, layout, out)` takes on the CUDA
+/// backend (a small fixed block for the device-side checks). Host-only.
+template <TokenLayout L>
+std::size_t broadcast_to_tokens_workspace_bytes(const cuda&, const L&) {
+  detail::scratch_plan sp;
+  sp.take<kernels::broadcast_check>(1);
+  return sp.bytes();
+}
+
+/// Bytes of scratch of the combined `group_advantages(be, scores, groups, layout, advantages,
+/// token_advantages, cfg)`: its two steps run one after the other, so the larger of the two.
+template <class Groups, TokenLayout L>
+std::size_t group_advantages_workspace_bytes(const cuda& be, index_t B, const Groups& groups, const L& layout) {
+  const std::size_t a = group_advantages_workspace_bytes(be, B, groups);
+  const std::size_t b = broadcast_to_tokens_workspace_bytes(be, layout);
+  return a > b ? a : b;
+}
+
+}  // namespace polo
+
+namespace polo::detail {
+
+template <>
+struct backend_impl<cuda, advantages_tag> {
+  /// See <polo/advantages.hpp>. Synchronizes the tag's stream once (after the statistics),
+  /// throws with nothing written if a data-dependent check fails, otherwise enqueues the write
+  /// and returns. Scratch: group_advantages_workspace_bytes.
+  template <class T, class Groups>
+  static group_stats group_advantages(const cuda& be, view<const T, 1, device_space> s, const Groups& groups,
+                                      view<T, 1, device_space> out, const advantage_config& c) {
+    constexpr const char* fn = "group_advantages";
+    constexpr bool labelled = is_labelled_groups<Groups>::value;
+    const index_t B = s.n;
+    group_stats st;
+    st.sequences = B;
+    if (B == 0) return st;
+    if constexpr (labelled) {
+      if (B > INT_MAX)
+        throw_shape(fn, "scores", shape_str({B}),
+                    "at most 2147483647 sequences (the CUDA backend indexes labelled groups with 32 bits)");
+    }
+    const cudaStream_t stream = stream_of(be);
+    // With no error possible, advantages go straight to the output; otherwise to scratch first.
+    const bool direct = c.nonfinite != nonfinite_policy::error && c.singleton != singleton_rule::error;
+
+    scratch ws(be, group_advantages_scratch_bytes(B, groups), fn);
+    scratch_plan sp(ws.data());
+    advantages_regions r;
+    auto run = [&](const auto& map) {
+      using Map = std::remove_cvref_t<decltype(map)>;
+      kernels::group_stats_params<T, Map> gp;
+      gp.scores = s.data;
+      gp.scores_stride = s.stride;
+      gp.groups = map;
+      gp.cfg = c;
+      gp.info = r.info;
+      gp.partials = r.partials;
+      gp.status = r.status;
+      POLO_CUDA_TRY(kernels::launch_group_stats(gp, stream));
+      kernels::advantage_params<T, Map> ap;
+      ap.scores = s.data;
+      ap.scores_stride = s.stride;
+      ap.n = B;
+      ap.groups = map;
+      ap.cfg = c;
+      ap.info = r.info;
+      ap.status = r.status;
+      ap.out = direct ? out.data : reinterpret_cast<T*>(r.adv);
+      ap.out_stride = direct ? out.stride : 1;
+      ap.partials = r.sum_partials;
+      POLO_CUDA_TRY(kernels::launch_group_advantages(ap, stream));
+    };
+    if constexpr (labelled) {
+      using Label = typename std::remove_cvref_t<decltype(groups.labels)>::value_type;
+      kernels::segment_labels_params<std::remove_const_t<Label>> seg;
+      seg.labels = groups.labels.data;
+      seg.labels_stride = groups.labels.stride;
+      seg.n = static_cast<int>(B);
+      take_segment_regions(sp, seg, seg.n);
+      r = take_advantages_regions(sp, B, B);
+      POLO_CUDA_TRY(kernels::launch_segment_labels(seg, stream));
+      kernels::segmented_map map;
+      map.starts = seg.starts;
+      map.order = seg.order;
+      map.seg = seg.seg;
+      map.n_groups = seg.n_groups;
+      map.bound = B;
+      run(map);
+    } else {
+      r = take_advantages_regions(sp, B, B / groups.size);
+      run(kernels::contiguous_map{groups.size, B / groups.size});
+    }
+
+    // The one synchronization: statistics and checks back to the host.
+    kernels::advantages_status hs;
+    read_back(be, &hs, r.status, sizeof hs);
+    const kernels::batch_partial& b = hs.batch;
+    if (c.nonfinite == nonfinite_policy::error && b.nonfinite > 0)
+      throw_nonfinite(fn, "scores", b.first_nonfinite, hs.first_nonfinite_value,
+                      "set nonfinite_policy::zero_advantage to give unscorable sequences A = 0");
+    if (c.singleton == singleton_rule::error && b.singleton > 0)
+      throw_value(fn, "scores",
+                  "has a group of one scoreable member (sequence " + std::to_string(b.first_singleton_seq) +
+                      " of group " + std::to_string(b.first_singleton) +
+                      " counting groups in ascending label order); expected >= 2 per group under "
+                      "singleton_rule::error (choose singleton_rule::zero or ::raw)");
+    if (!direct) POLO_CUDA_TRY(kernels::launch_copy_strided(reinterpret_cast<const T*>(r.adv), B, out.data, out.stride, stream));
+
+    st.groups = b.groups;
+    st.empty_groups = b.empty;
+    st.singleton_groups = b.singleton;
+    st.zero_std_groups = b.zero_std;
+    st.nonfinite_scores = b.nonfinite;
+    st.scores = b.scores;
+    st.group_std = sum_count<double>{b.std_sum, b.std_count};
+    st.advantage = sum_count<double>{hs.advantage_sum, B};
+    return st;
+  }
+
+  /// See <polo/advantages.hpp>. Checks packed offsets and non-finite values on the device,
+  /// then writes every element of `out`. Without `be.deferred_errors`: one synchronization,
+  /// then a throw (nothing written) or the write. With it: no synchronization; on a failed
+  /// check nothing is written and the error is recorded for polo::cuda_check.
+  template <class T, TokenLayout L>
+  static void broadcast_to_tokens(const cuda& be, view<const T, 1, device_space> values, const L& layout,
+                                  token_tensor<L, T> out) {
+    constexpr const char* fn = "broadcast_to_tokens";
+    const index_t B = layout.num_seqs();
+    if constexpr (!L::is_packed) {
+      if (B == 0 || layout.seq_len == 0) return;  // nothing to check, nothing to write
+    }
+    const cudaStream_t stream = stream_of(be);
+    scratch ws(be, broadcast_to_tokens_workspace_bytes(be, layout), fn);
+    scratch_plan sp(ws.data());
+    kernels::broadcast_params<T, L> p;
+    p.values = values.data;
+    p.values_stride = values.stride;
+    p.layout = layout;
+    p.out = out;
+    p.check = sp.take<kernels::broadcast_check>(1);
+    p.deferred = be.deferred_errors;
+    POLO_CUDA_TRY(kernels::launch_broadcast_check(p, stream));
+    if (be.deferred_errors == nullptr) {
+      cuda::status s;
+      read_back(be, &s, &p.check->status, sizeof s);
+      throw_status(s);
+    } else {
+      p.gate = &p.check->status;
+    }
+    POLO_CUDA_TRY(kernels::launch_broadcast(p, stream));
+  }
+};
+
+}  // namespace polo::detail

@@ -1,0 +1,103 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// \file
+/// Data-dependent errors found on the device, and how they reach the host.
+///
+/// A check kernel describes the first error it finds as a `polo::cuda::status` (a code and the
+/// offending index and values). The host turns a status into the very exception, with the very
+/// message, that the CPU backend throws for the same input (`throw_status`). A status reaches
+/// the host in one of two ways (docs/cuda.md, "How errors surface"):
+/// - immediately: the entry point reads it back with one stream synchronization and throws
+///   before launching any write (the default);
+/// - deferred: with `polo::cuda::deferred_errors` set, the write kernel itself sees the error,
+///   writes nothing and records it there; `polo::cuda_check(be)` throws it later.
+
+#include <cuda_runtime.h>
+
+#include <string>
+
+#include "polo/core/backend.hpp"
+#include "polo/core/error.hpp"
+#include "polo/detail/launch.cuh"
+#include "polo/detail/workspace.cuh"
+
+namespace polo::detail {
+
+/// `polo::cuda::status::code` values.
+enum status_code : int {
+  status_ok = 0,
+  status_nonfinite_value = 1,    ///< index: sequence; value: the non-finite value
+  status_offsets_start = 2,      ///< a: offsets[0]
+  status_offsets_decrease = 3,   ///< index: i + 1; a: offsets[i]; b: offsets[i + 1]
+  status_offsets_end = 4,        ///< a: offsets[B]; b: N
+};
+
+/// `polo::cuda::status::entry` values: the entry point that recorded the error.
+enum status_entry : int {
+  entry_none = 0,
+  entry_broadcast_to_tokens = 1,
+};
+
+inline const char* entry_name(int entry) {
+  switch (entry) {
+    case entry_broadcast_to_tokens: return "broadcast_to_tokens";
+    default: return "unknown_entry";
+  }
+}
+
+/// Throws the exception the CPU backend throws for the error `s` describes; returns if none.
+inline void throw_status(const cuda::status& s) {
+  const char* fn = entry_name(s.entry);
+  switch (s.code) {
+    case status_ok: return;
+    case status_nonfinite_value:
+      throw_nonfinite(fn, "values", s.index, s.value, "sequence " + std::to_string(s.index) + " has valid tokens");
+    case status_offsets_start:
+      throw_value(fn, "offsets", "starts at " + std::to_string(s.a) + "; expected offsets[0] = 0");
+    case status_offsets_decrease:
+      throw_value(fn, "offsets",
+                  "decreases at index " + std::to_string(s.index) + " (" + std::to_string(s.a) + " -> " +
+                      std::to_string(s.b) + "); expected non-decreasing offsets");
+    case status_offsets_end:
+      throw_value(fn, "offsets",
+                  "ends at " + std::to_string(s.a) + "; expected offsets[B] = N = " + std::to_string(s.b));
+    default:
+      throw value_error("polo: unknown device status code " + std::to_string(s.code) + " from polo::" + fn);
+  }
+}
+
+#if defined(__CUDACC__)
+/// Records `s` in `*dst` unless an earlier error is already recorded there (first error wins).
+/// Device code; one thread.
+__device__ inline void record_status(cuda::status* dst, const cuda::status& s) {
+  if (dst == nullptr || s.code == status_ok) return;
+  if (atomicCAS(&dst->code, 0, s.code) == 0) {
+    dst->entry = s.entry;
+    dst->index = s.index;
+    dst->a = s.a;
+    dst->b = s.b;
+    dst->value = s.value;
+  }
+}
+#endif
+
+}  // namespace polo::detail
+
+namespace polo {
+
+/// Surfaces an error recorded under `polo::cuda::deferred_errors`: waits for the tag's stream,
+/// reads the status, clears it, and throws the exception the failing call would have thrown
+/// without deferral (same type, same message). Does nothing when `be.deferred_errors` is null.
+/// This is a synchronization point; call it where your training step synchronizes anyway
+/// (before reading the loss, say).
+inline void cuda_check(const cuda& be) {
+  if (be.deferred_errors == nullptr) return;
+  cuda::status s;
+  detail::read_back(be, &s, be.deferred_errors, sizeof s);
+  if (s.code != detail::status_ok)
+    POLO_CUDA_TRY(cudaMemsetAsync(be.deferred_errors, 0, sizeof(cuda::status), detail::stream_of(be)));
+  detail::throw_status(s);
+}
+
+}  // namespace polo

@@ -1,0 +1,943 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// \file
+/// Kernels of group advantages and broadcast_to_tokens (layer D of docs/CONTRIBUTING.md): POD
+/// params structs, `__global__` kernels, and `launch_*` launchers that enqueue on a stream and
+/// return `cudaError_t`. Launchers never synchronize, never allocate and never throw; the
+/// caller (cuda/polo/advantages.cuh) owns validation, scratch memory and the one host
+/// read-back. Most users call the public entries instead (docs/cuda.md).
+///
+/// ## group_advantages on the GPU
+/// Sequences are visited in *group order*: a position p in [0, B) maps to a group g(p) and a
+/// sequence index i(p); members of a group are consecutive positions in ascending sequence
+/// index (for contiguous groups p == i; for labelled groups the (label, index) pairs are
+/// radix-sorted, which is stable). Then, all in double:
+///
+///     1. group_stats_kernel       one warp per group: scoreable count k, Neumaier sum, mean
+///                                 (exactly the common value of a constant group), M2 (second
+///                                 pass), min, max and their multiplicities, non-finite count;
+///                                 one batch_partial per block
+///     2. finalize_batch_kernel    one block: merges the block partials in a fixed tree, adds
+///                                 the batch σ (scale_kind::batch_std) -> advantages_status
+///     3. advantage_kernel         one thread per position: A_i as the CPU backend computes it,
+///                                 written to scratch (or straight to the output when no
+///                                 data-dependent error is possible); Neumaier partial of ΣA
+///     4. finalize_sum_kernel      one block: ΣA in a fixed tree -> advantages_status
+///
+/// Every reduction has a fixed shape that depends on B (and G) only: no floating-point atomics,
+/// so results are bitwise identical run to run (determinism::run_to_run).
+///
+/// ## broadcast_to_tokens on the GPU
+///     broadcast_check_kernel      one warp per row: packed offsets (start, decrease, end) and
+///                                 non-finite values whose row has a valid token; the last block
+///                                 to finish resolves the first error (CPU precedence) into a
+///                                 `polo::cuda::status` in scratch, and into the caller's
+///                                 deferred status if any
+///     broadcast_kernel            one block per (row, slice): 16-byte stores of
+///                                 mask ? value : 0, vector mask loads where aligned; with a gate
+///                                 it writes nothing when the check found an error
+
+#include <cuda_runtime.h>
+
+#include <cub/block/block_radix_sort.cuh>
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
+#include <cub/device/device_radix_sort.cuh>
+#include <cub/device/device_scan.cuh>
+#include <cuda/std/limits>
+
+#include <climits>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+
+#include "polo/advantages.hpp"
+#include "polo/core/backend.hpp"
+#include "polo/core/config.hpp"
+#include "polo/core/layout.hpp"
+#include "polo/core/math.hpp"
+#include "polo/core/reduce.hpp"
+#include "polo/core/view.hpp"
+#include "polo/detail/launch.cuh"
+#include "polo/detail/status.cuh"
+
+namespace polo::kernels {
+
+// =============================================================================================
+// Scalar formulas (host and device), the same as the CPU backend's
+// =============================================================================================
+
+/// D(σ): the divisor after eps placement.
+POLO_HD_INLINE double scale_divisor(double sigma, const advantage_config& c) {
+  switch (c.eps_mode) {
+    case eps_placement::add_to_std: return sigma + c.eps;
+    case eps_placement::inside_sqrt: return ::sqrt(sigma * sigma + c.eps);
+    case eps_placement::floor_variance: return ::sqrt(detail::max_of(sigma * sigma, c.eps));
+  }
+  return sigma + c.eps;
+}
+
+/// std from a sum of squared deviations over n values; `defined` is false for a sample std of
+/// fewer than two values.
+POLO_HD_INLINE double std_from_m2(double m2, index_t n, std_kind kind, bool& defined) {
+  index_t denom = kind == std_kind::sample ? n - 1 : n;
+  defined = denom > 0;
+  return defined ? ::sqrt(detail::max_of(m2, 0.0) / double(denom)) : 0.0;
+}
+
+/// A from the centred score and σ under the zero-variance rule.
+POLO_HD_INLINE double scaled_advantage(double centred, double sigma, bool zero_var, const advantage_config& c) {
+  if (zero_var) {
+    switch (c.zero_variance) {
+      case zero_variance_rule::zero: return 0.0;
+      case zero_variance_rule::skip_scale: return centred;
+      case zero_variance_rule::divide: return centred / scale_divisor(0.0, c);
+    }
+  }
+  return centred / scale_divisor(sigma, c);
+}
+
+/// Merges two Neumaier accumulators (a's terms first).
+POLO_HD_INLINE detail::neumaier_sum merge_sums(detail::neumaier_sum a, const detail::neumaier_sum& b) {
+  a.add(b.sum);
+  a.comp += b.comp;
+  return a;
+}
+
+/// Statistics of one group's scoreable members (scratch, one per group).
+struct group_info {
+  double sum = 0.0;   // Neumaier sum
+  double mean = 0.0;  // exactly min for a constant group
+  double m2 = 0.0;    // sum of squared deviations; 0 unless k > 1 and not constant
+  double min = 0.0, max = 0.0;
+  index_t k = 0;      // scoreable members
+  index_t n_min = 0, n_max = 0;
+  POLO_HD_INLINE bool constant() const { return k >= 1 && min == max; }
+};
+
+/// Batch-level part of a reduction over groups; merged in a fixed order.
+struct batch_partial {
+  long long groups = 0, empty = 0, singleton = 0, zero_std = 0, nonfinite = 0;
+  long long first_nonfinite = LLONG_MAX;      ///< smallest sequence index with a non-finite score
+  long long first_singleton = LLONG_MAX;      ///< smallest group (in group order) with k == 1
+  long long first_singleton_seq = LLONG_MAX;  ///< that group's first member
+  moments scores{};                           ///< moments of the scoreable scores
+  double min = 0.0, max = 0.0;                ///< of the scoreable scores (when scores.count > 0)
+  double std_sum = 0.0;                       ///< Σσ_g over groups with k >= 2
+  long long std_count = 0;
+};
+
+/// Merges b into a (a's groups precede b's).
+POLO_HD_INLINE void merge(batch_partial& a, const batch_partial& b) {
+  a.groups += b.groups;
+  a.empty += b.empty;
+  a.singleton += b.singleton;
+  a.zero_std += b.zero_std;
+  a.nonfinite += b.nonfinite;
+  if (b.first_nonfinite < a.first_nonfinite) a.first_nonfinite = b.first_nonfinite;
+  if (b.first_singleton < a.first_singleton) {
+    a.first_singleton = b.first_singleton;
+    a.first_singleton_seq = b.first_singleton_seq;
+  }
+  if (b.scores.count > 0) {
+    if (a.scores.count == 0) {
+      a.min = b.min;
+      a.max = b.max;
+    } else {
+      a.min = detail::min_of(a.min, b.min);
+      a.max = detail::max_of(a.max, b.max);
+    }
+  }
+  a.scores += b.scores;
+  a.std_sum += b.std_sum;
+  a.std_count += b.std_count;
+}
+
+/// What the host reads back after the statistics pass (one copy, one synchronization).
+struct advantages_status {
+  batch_partial batch{};
+  double first_nonfinite_value = 0.0;  ///< scores[first_nonfinite]
+  double batch_sigma = 0.0;            ///< σ of scale_kind::batch_std
+  int batch_zero = 1;                  ///< batch σ counts as zero
+  double advantage_sum = 0.0;          ///< Σ A_i (as stored in T), Neumaier, fixed order
+};
+
+// =============================================================================================
+// Group maps: position p in group order -> group, sequence
+// =============================================================================================
+
+/// Contiguous groups of G: position p is sequence p, group p / G.
+struct contiguous_map {
+  index_t size = 1;      ///< G
+  index_t n_groups = 0;  ///< B / G
+  POLO_HD_INLINE index_t num_groups() const { return n_groups; }
+  POLO_HD_INLINE index_t max_groups() const { return n_groups; }
+  POLO_HD_INLINE index_t begin(index_t g) const { return g * size; }
+  POLO_HD_INLINE index_t end(index_t g) const { return (g + 1) * size; }
+  POLO_HD_INLINE index_t seq(index_t p) const { return p; }
+  POLO_HD_INLINE index_t group_of(index_t p) const { return p / size; }
+};
+
+/// Labelled groups after segmentation (launch_segment_labels): positions sorted by (label,
+/// sequence index).
+struct segmented_map {
+  const int* starts = nullptr;    ///< [n_groups + 1] first position of each group, then B
+  const int* order = nullptr;     ///< [B] sequence index at position p
+  const int* seg = nullptr;       ///< [B] 1 + group of position p
+  const int* n_groups = nullptr;  ///< device scalar: number of groups
+  index_t bound = 0;              ///< B: upper bound on the number of groups (launch size)
+#if defined(__CUDACC__)
+  __device__ __forceinline__ index_t num_groups() const { return *n_groups; }
+  __device__ __forceinline__ index_t begin(index_t g) const { return starts[g]; }
+  __device__ __forceinline__ index_t end(index_t g) const { return starts[g + 1]; }
+  __device__ __forceinline__ index_t seq(index_t p) const { return order[p]; }
+  __device__ __forceinline__ index_t group_of(index_t p) const { return seq_group(p); }
+  __device__ __forceinline__ index_t seq_group(index_t p) const { return index_t(seg[p]) - 1; }
+#endif
+  POLO_HD_INLINE index_t max_groups() const { return bound; }
+};
+
+// =============================================================================================
+// Segmentation of labelled groups
+// =============================================================================================
+
+/// Radix-sort key of a label type (bool is sorted as unsigned char).
+template <class Label>
+using label_key_t = std::conditional_t<std::is_same_v<std::remove_cv_t<Label>, bool>, unsigned char,
+                                       std::remove_cv_t<Label>>;
+
+/// Params of launch_segment_labels.
+template <class Label>
+struct segment_labels_params {
+  using key_type = label_key_t<Label>;
+  const Label* labels = nullptr;  ///< [B] at stride labels_stride
+  index_t labels_stride = 1;
+  int n = 0;                      ///< B (< 2^31)
+  // outputs
+  int* order = nullptr;           ///< [B] sequence at each position
+  int* seg = nullptr;             ///< [B] 1 + group of each position
+  int* starts = nullptr;          ///< [B + 1]
+  int* n_groups = nullptr;        ///< scalar
+  // scratch of the large-B path (unused when n <= segment_small_max)
+  key_type* keys_in = nullptr;    ///< [B]
+  key_type* keys_out = nullptr;   ///< [B]
+  int* idx_in = nullptr;          ///< [B]
+  int* flags = nullptr;           ///< [B]
+  void* temp = nullptr;           ///< CUB temporary storage
+  std::size_t temp_bytes = 0;
+};
+
+/// Batches up to this size are segmented by one block (one launch); larger ones by
+/// cub::DeviceRadixSort and cub::DeviceScan.
+inline constexpr int segment_small_threads = 256;
+inline constexpr int segment_small_items = 8;
+inline constexpr int segment_small_max = segment_small_threads * segment_small_items;
+
+/// CUB temporary bytes of the large-B path (sort and scan reuse one region).
+template <class Label>
+std::size_t segment_temp_bytes(int n) {
+  using K = label_key_t<Label>;
+  if (n <= segment_small_max) return 0;
+  std::size_t sort_bytes = 0, scan_bytes = 0;
+  (void)cub::DeviceRadixSort::SortPairs(nullptr, sort_bytes, static_cast<const K*>(nullptr), static_cast<K*>(nullptr),
+                                        static_cast<const int*>(nullptr), static_cast<int*>(nullptr), n);
+  (void)cub::DeviceScan::InclusiveSum(nullptr, scan_bytes, static_cast<const int*>(nullptr), static_cast<int*>(nullptr), n);
+  return sort_bytes > scan_bytes ? sort_bytes : scan_bytes;
+}
+
+#if defined(__CUDACC__)
+
+/// One block sorts (label, index) pairs of a batch of at most segment_small_max and writes the
+/// whole segmentation.
+template <class Label, int Threads = segment_small_threads, int Items = segment_small_items>
+__global__ void __launch_bounds__(Threads) segment_small_kernel(segment_labels_params<Label> p) {
+  // Preconditions: p.n <= Threads * Items; one block.
+  using K = label_key_t<Label>;
+  using sort_t = cub::BlockRadixSort<K, Threads, Items, int>;
+  using scan_t = cub::BlockScan<int, Threads>;
+  __shared__ union {
+    typename sort_t::TempStorage sort;
+    typename scan_t::TempStorage scan;
+  } tmp;
+  __shared__ K last_key[Threads];
+  K keys[Items];
+  int vals[Items];
+  const int t = threadIdx.x;
+  // Blocked arrangement: item (t, j) is position t*Items + j, so the stable sort keeps equal
+  // labels in ascending sequence order; padding (positions >= n) holds the largest key and
+  // sorts after every real item.
+#pragma unroll
+  for (int j = 0; j < Items; ++j) {
+    int q = t * Items + j;
+    if (q < p.n) {
+      keys[j] = static_cast<K>(p.labels[q * p.labels_stride]);
+      vals[j] = q;
+    } else {
+      keys[j] = ::cuda::std::numeric_limits<K>::max();
+      vals[j] = INT_MAX;
+    }
+  }
+  sort_t(tmp.sort).Sort(keys, vals);
+  last_key[t] = keys[Items - 1];
+  __syncthreads();
+  int flag[Items], seg[Items];
+#pragma unroll
+  for (int j = 0; j < Items; ++j) {
+    int q = t * Items + j;
+    K prev = j > 0 ? keys[j - 1] : (t > 0 ? last_key[t - 1] : keys[0]);
+    flag[j] = (q < p.n) && (q == 0 || keys[j] != prev) ? 1 : 0;
+  }
+  scan_t(tmp.scan).InclusiveSum(flag, seg);
+#pragma unroll
+  for (int j = 0; j < Items; ++j) {
+    int q = t * Items + j;
+    if (q < p.n) {
+      p.order[q] = vals[j];
+      p.seg[q] = seg[j];
+      if (flag[j]) p.starts[seg[j] - 1] = q;
+      if (q == p.n - 1) {
+        *p.n_groups = seg[j];
+        p.starts[seg[j]] = p.n;
+      }
+    }
+  }
+}
+
+/// keys_in[i] = labels[i], idx_in[i] = i.
+template <class Label>
+__global__ void __launch_bounds__(256) label_keys_kernel(segment_labels_params<Label> p) {
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n; i += index_t(gridDim.x) * blockDim.x) {
+    p.keys_in[i] = static_cast<label_key_t<Label>>(p.labels[i * p.labels_stride]);
+    p.idx_in[i] = static_cast<int>(i);
+  }
+}
+
+/// flags[p] = 1 where a new label starts in the sorted keys.
+template <class Label>
+__global__ void __launch_bounds__(256) segment_heads_kernel(segment_labels_params<Label> p) {
+  for (index_t q = index_t(blockIdx.x) * blockDim.x + threadIdx.x; q < p.n; q += index_t(gridDim.x) * blockDim.x)
+    p.flags[q] = (q == 0 || p.keys_out[q] != p.keys_out[q - 1]) ? 1 : 0;
+}
+
+/// starts[g] from the inclusive scan of the head flags.
+template <class Label>
+__global__ void __launch_bounds__(256) segment_starts_kernel(segment_labels_params<Label> p) {
+  for (index_t q = index_t(blockIdx.x) * blockDim.x + threadIdx.x; q < p.n; q += index_t(gridDim.x) * blockDim.x) {
+    if (p.flags[q]) p.starts[p.seg[q] - 1] = static_cast<int>(q);
+    if (q == p.n - 1) {
+      *p.n_groups = p.seg[q];
+      p.starts[p.seg[q]] = p.n;
+    }
+  }
+}
+
+/// Sorts (label, sequence index) pairs and writes order, seg, starts and n_groups. p.n >= 1.
+template <class Label>
+cudaError_t launch_segment_labels(const segment_labels_params<Label>& p, cudaStream_t stream) {
+  if (p.n <= 0) return cudaSuccess;
+  if (p.n <= segment_small_max) {
+    segment_small_kernel<Label><<<1, segment_small_threads, 0, stream>>>(p);
+    return cudaGetLastError();
+  }
+  const unsigned grid = detail::grid_for(p.n, 256, 4096);
+  label_keys_kernel<Label><<<grid, 256, 0, stream>>>(p);
+  POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  std::size_t bytes = p.temp_bytes;
+  POLO_CUDA_RETURN_IF_ERROR(cub::DeviceRadixSort::SortPairs(p.temp, bytes, p.keys_in, p.keys_out, p.idx_in, p.order,
+                                                            p.n, 0, int(sizeof(label_key_t<Label>) * 8), stream));
+  segment_heads_kernel<Label><<<grid, 256, 0, stream>>>(p);
+  POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  bytes = p.temp_bytes;
+  POLO_CUDA_RETURN_IF_ERROR(cub::DeviceScan::InclusiveSum(p.temp, bytes, p.flags, p.seg, p.n, stream));
+  segment_starts_kernel<Label><<<grid, 256, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+#endif  // __CUDACC__
+
+// =============================================================================================
+// Statistics pass
+// =============================================================================================
+
+inline constexpr int stats_threads = 256;                   ///< group_stats_kernel block
+inline constexpr int stats_warps = stats_threads / 32;      ///< groups per block
+inline constexpr int finalize_threads = 256;                ///< single-block finalizers
+inline constexpr int advantage_threads = 256;               ///< advantage_kernel block
+
+/// Params of launch_group_stats.
+template <class T, class Map>
+struct group_stats_params {
+  const T* scores = nullptr;       ///< [B] at stride scores_stride
+  index_t scores_stride = 1;
+  Map groups{};                    ///< position -> group, sequence
+  advantage_config cfg{};
+  group_info* info = nullptr;      ///< [max_groups] out
+  batch_partial* partials = nullptr;  ///< [stats_blocks(max_groups)] scratch
+  advantages_status* status = nullptr;  ///< out: batch statistics
+};
+
+/// Blocks of group_stats_kernel for a bound on the number of groups.
+inline index_t stats_blocks(index_t max_groups) {
+  return detail::ceil_div<index_t>(max_groups > 0 ? max_groups : 1, stats_warps);
+}
+
+/// Blocks of advantage_kernel for B sequences.
+inline index_t advantage_blocks(index_t n) { return detail::ceil_div<index_t>(n > 0 ? n : 1, advantage_threads); }
+
+#if defined(__CUDACC__)
+
+namespace warp {
+template <class V>
+__device__ __forceinline__ V down(V v, int d) {
+  return __shfl_down_sync(0xffffffffu, v, d);
+}
+template <class V>
+__device__ __forceinline__ V from0(V v) {
+  return __shfl_sync(0xffffffffu, v, 0);
+}
+__device__ __forceinline__ detail::neumaier_sum down(const detail::neumaier_sum& s, int d) {
+  detail::neumaier_sum o;
+  o.sum = __shfl_down_sync(0xffffffffu, s.sum, d);
+  o.comp = __shfl_down_sync(0xffffffffu, s.comp, d);
+  return o;
+}
+}  // namespace warp
+
+/// One warp per group (see the file comment).
+template <class T, class Map>
+__global__ void __launch_bounds__(stats_threads) group_stats_kernel(group_stats_params<T, Map> p) {
+  __shared__ detail::shared_array<batch_partial, stats_warps> warp_part;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const index_t g = index_t(blockIdx.x) * stats_warps + w;
+  batch_partial part;
+  if (g < p.groups.num_groups()) {  // warp-uniform
+    const index_t lo = p.groups.begin(g), hi = p.groups.end(g);
+    // Pass 1: count, sum, min, max of the scoreable members; non-finite count and first index.
+    index_t k = 0, bad = 0;
+    long long first_bad = LLONG_MAX;
+    detail::neumaier_sum acc;
+    double mn = 0.0, mx = 0.0;
+    for (index_t q = lo + lane; q < hi; q += 32) {
+      const index_t i = p.groups.seq(q);
+      const double x = double(p.scores[i * p.scores_stride]);
+      if (detail::is_finite(x)) {
+        acc.add(x);
+        mn = k == 0 ? x : detail::min_of(mn, x);
+        mx = k == 0 ? x : detail::max_of(mx, x);
+        ++k;
+      } else {
+        ++bad;
+        if (i < first_bad) first_bad = i;
+      }
+    }
+    for (int d = 16; d > 0; d >>= 1) {
+      const index_t k_o = warp::down(k, d);
+      const double mn_o = warp::down(mn, d), mx_o = warp::down(mx, d);
+      const detail::neumaier_sum acc_o = warp::down(acc, d);
+      const index_t bad_o = warp::down(bad, d);
+      const long long fb_o = warp::down(first_bad, d);
+      if (lane < d) {  // lanes >= d only feed lower lanes; lane 0 ends with the fixed tree's result
+        if (k_o > 0) {
+          mn = k == 0 ? mn_o : detail::min_of(mn, mn_o);
+          mx = k == 0 ? mx_o : detail::max_of(mx, mx_o);
+        }
+        k += k_o;
+        acc = merge_sums(acc, acc_o);
+        bad += bad_o;
+        if (fb_o < first_bad) first_bad = fb_o;
+      }
+    }
+    k = warp::from0(k);
+    mn = warp::from0(mn);
+    mx = warp::from0(mx);
+    const double sum = warp::from0(acc.value());
+    const bool constant = k >= 1 && mn == mx;
+    const double mean = k > 0 ? (constant ? mn : sum / double(k)) : 0.0;
+    // Pass 2: multiplicities of min and max, and M2 about the mean (two-pass variance).
+    const bool need_m2 = k > 1 && !constant;
+    index_t n_min = 0, n_max = 0;
+    detail::neumaier_sum m2;
+    for (index_t q = lo + lane; q < hi; q += 32) {
+      const double x = double(p.scores[p.groups.seq(q) * p.scores_stride]);
+      if (!detail::is_finite(x)) continue;
+      if (x == mn) ++n_min;
+      if (x == mx) ++n_max;
+      if (need_m2) {
+        const double d = x - mean;
+        m2.add(d * d);
+      }
+    }
+    for (int d = 16; d > 0; d >>= 1) {
+      const index_t a = warp::down(n_min, d), b = warp::down(n_max, d);
+      const detail::neumaier_sum m_o = warp::down(m2, d);
+      if (lane < d) {
+        n_min += a;
+        n_max += b;
+        m2 = merge_sums(m2, m_o);
+      }
+    }
+    if (lane == 0) {
+      group_info gi;
+      gi.k = k;
+      gi.sum = sum;
+      gi.mean = mean;
+      gi.m2 = need_m2 ? m2.value() : 0.0;
+      gi.min = mn;
+      gi.max = mx;
+      gi.n_min = n_min;
+      gi.n_max = n_max;
+      p.info[g] = gi;
+      part.groups = 1;
+      part.nonfinite = bad;
+      part.first_nonfinite = first_bad;
+      if (k == 0) part.empty = 1;
+      if (k == 1) {
+        part.singleton = 1;
+        part.first_singleton = g;
+        part.first_singleton_seq = p.groups.seq(lo);
+      }
+      if (k > 0) {
+        part.scores.count = k;
+        part.scores.mean = mean;
+        part.scores.m2 = gi.m2;
+        part.min = mn;
+        part.max = mx;
+      }
+      if (k >= 2) {
+        bool defined = false;
+        part.std_sum = constant ? 0.0 : std_from_m2(gi.m2, k, p.cfg.std, defined);
+        part.std_count = 1;
+        if (constant) part.zero_std = 1;
+      }
+    }
+  }
+  if (lane == 0) warp_part[w] = part;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    batch_partial b = warp_part[0];
+    for (int j = 1; j < stats_warps; ++j) merge(b, warp_part[j]);
+    p.partials[blockIdx.x] = b;
+  }
+}
+
+/// One block: merges `n` block partials in a fixed tree (in group order), then the batch σ.
+template <class T, int Threads = finalize_threads>
+__global__ void __launch_bounds__(Threads)
+    finalize_batch_kernel(const batch_partial* partials, index_t n, const T* scores, index_t scores_stride,
+                          advantage_config cfg, advantages_status* out) {
+  __shared__ detail::shared_array<batch_partial, Threads> sh;
+  const int t = threadIdx.x;
+  const index_t per = detail::ceil_div<index_t>(n, Threads);
+  batch_partial acc;
+  for (index_t q = t * per; q < (t + 1) * per && q < n; ++q) merge(acc, partials[q]);
+  sh[t] = acc;
+  __syncthreads();
+  for (int s = 1; s < Threads; s <<= 1) {
+    if (t % (2 * s) == 0) merge(sh[t], sh[t + s]);
+    __syncthreads();
+  }
+  if (t == 0) {
+    const batch_partial& b = sh[0];
+    advantages_status st;
+    st.batch = b;
+    st.first_nonfinite_value = b.nonfinite > 0 ? double(scores[b.first_nonfinite * scores_stride]) : 0.0;
+    if (cfg.scale == scale_kind::batch_std) {
+      const moments bm = cfg.batch.count > 0 ? cfg.batch : b.scores;
+      const bool all_equal = cfg.batch.count > 0 ? bm.m2 == 0.0 : (b.scores.count == 0 || b.min == b.max);
+      bool defined = false;
+      st.batch_sigma = all_equal ? 0.0 : std_from_m2(bm.m2, bm.count, cfg.std, defined);
+      st.batch_zero = (all_equal || !defined) ? 1 : 0;
+    }
+    *out = st;
+  }
+}
+
+/// Enqueues group_stats_kernel and finalize_batch_kernel.
+template <class T, class Map>
+cudaError_t launch_group_stats(const group_stats_params<T, Map>& p, cudaStream_t stream) {
+  const index_t blocks = stats_blocks(p.groups.max_groups());
+  group_stats_kernel<T, Map><<<static_cast<unsigned>(blocks), stats_threads, 0, stream>>>(p);
+  POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  finalize_batch_kernel<T><<<1, finalize_threads, 0, stream>>>(p.partials, blocks, p.scores, p.scores_stride, p.cfg,
+                                                               p.status);
+  return cudaGetLastError();
+}
+
+#endif  // __CUDACC__
+
+// =============================================================================================
+// Advantage pass
+// =============================================================================================
+
+/// A_i of one scoreable-or-not score x of a group, exactly as the CPU backend's pass 2.
+POLO_HD_INLINE double advantage_of(double x, bool ok, const group_info& gi, const advantage_config& c,
+                                   double batch_sigma, bool batch_zero) {
+  double a = 0.0;
+  if (ok && gi.k == 1) {
+    if (c.singleton == singleton_rule::raw) {
+      switch (c.scale) {
+        case scale_kind::none: a = x; break;
+        case scale_kind::batch_std: a = scaled_advantage(x, batch_sigma, batch_zero, c); break;
+        default: a = x / scale_divisor(1.0, c); break;
+      }
+    }
+  } else if (ok && gi.k >= 2) {
+    const bool constant = gi.constant();
+    double b = 0.0;
+    if (c.baseline == baseline_kind::group_mean) {
+      b = gi.mean;
+    } else if (c.baseline == baseline_kind::leave_one_out) {
+      b = constant ? gi.min : (gi.sum - x) / double(gi.k - 1);
+    }
+    const double centred = x - b;
+    switch (c.scale) {
+      case scale_kind::none: a = centred; break;
+      case scale_kind::group_std: {
+        bool defined = false;
+        const double sg = constant ? 0.0 : std_from_m2(gi.m2, gi.k, c.std, defined);
+        a = scaled_advantage(centred, sg, constant, c);
+        break;
+      }
+      case scale_kind::leave_one_out_std: {
+        // The others are all equal when the group is constant, or x is the group's only copy
+        // of one extreme and every other member sits at the other extreme.
+        const index_t others = gi.k - 1;
+        const bool others_equal = constant || (x == gi.min && gi.n_min == 1 && gi.n_max == others) ||
+                                  (x == gi.max && gi.n_max == 1 && gi.n_min == others);
+        double so = 0.0;
+        bool defined = others >= 1;
+        if (!others_equal) {
+          const double mean_o = (gi.sum - x) / double(others);
+          const double m2_o = gi.m2 - (x - gi.mean) * (x - mean_o);  // Welford downdate
+          so = std_from_m2(m2_o, others, c.std, defined);
+        } else if (c.std == std_kind::sample) {
+          defined = others >= 2;
+        }
+        a = scaled_advantage(centred, so, others_equal || !defined, c);
+        break;
+      }
+      case scale_kind::batch_std: a = scaled_advantage(centred, batch_sigma, batch_zero, c); break;
+    }
+  }
+  return a;
+}
+
+/// Params of launch_group_advantages.
+template <class T, class Map>
+struct advantage_params {
+  const T* scores = nullptr;  ///< [B] at stride scores_stride
+  index_t scores_stride = 1;
+  index_t n = 0;              ///< B
+  Map groups{};
+  advantage_config cfg{};
+  const group_info* info = nullptr;       ///< [groups] from launch_group_stats
+  advantages_status* status = nullptr;    ///< in: batch σ; out: ΣA
+  T* out = nullptr;                       ///< [B] at stride out_stride (scratch or the output)
+  index_t out_stride = 1;
+  detail::neumaier_sum* partials = nullptr;  ///< [advantage_blocks(B)] scratch
+};
+
+#if defined(__CUDACC__)
+
+struct neumaier_merge_op {
+  __device__ __forceinline__ detail::neumaier_sum operator()(const detail::neumaier_sum& a,
+                                                             const detail::neumaier_sum& b) const {
+    return merge_sums(a, b);
+  }
+};
+
+/// One thread per position in group order.
+template <class T, class Map>
+__global__ void __launch_bounds__(advantage_threads) advantage_kernel(advantage_params<T, Map> p) {
+  using reduce_t = cub::BlockReduce<detail::neumaier_sum, advantage_threads>;
+  __shared__ typename reduce_t::TempStorage tmp;
+  const index_t q = index_t(blockIdx.x) * advantage_threads + threadIdx.x;
+  detail::neumaier_sum mine;
+  if (q < p.n) {
+    const index_t i = p.groups.seq(q);
+    const group_info gi = p.info[p.groups.group_of(q)];
+    const double x = double(p.scores[i * p.scores_stride]);
+    const double a = advantage_of(x, detail::is_finite(x), gi, p.cfg, p.status->batch_sigma, p.status->batch_zero != 0);
+    const T stored = static_cast<T>(a);
+    p.out[i * p.out_stride] = stored;
+    mine.sum = double(stored);
+  }
+  const detail::neumaier_sum total = reduce_t(tmp).Reduce(mine, neumaier_merge_op{});
+  if (threadIdx.x == 0) p.partials[blockIdx.x] = total;
+}
+
+/// One block: Σ of `n` Neumaier partials in a fixed tree -> status->advantage_sum.
+template <int Threads = finalize_threads>
+__global__ void __launch_bounds__(Threads)
+    finalize_sum_kernel(const detail::neumaier_sum* partials, index_t n, advantages_status* status) {
+  __shared__ detail::shared_array<detail::neumaier_sum, Threads> sh;
+  const int t = threadIdx.x;
+  const index_t per = detail::ceil_div<index_t>(n, Threads);
+  detail::neumaier_sum acc;
+  for (index_t q = t * per; q < (t + 1) * per && q < n; ++q) acc = merge_sums(acc, partials[q]);
+  sh[t] = acc;
+  __syncthreads();
+  for (int s = 1; s < Threads; s <<= 1) {
+    if (t % (2 * s) == 0) sh[t] = merge_sums(sh[t], sh[t + s]);
+    __syncthreads();
+  }
+  if (t == 0) status->advantage_sum = sh[0].value();
+}
+
+/// Enqueues advantage_kernel and finalize_sum_kernel. p.n >= 1.
+template <class T, class Map>
+cudaError_t launch_group_advantages(const advantage_params<T, Map>& p, cudaStream_t stream) {
+  const index_t blocks = advantage_blocks(p.n);
+  advantage_kernel<T, Map><<<static_cast<unsigned>(blocks), advantage_threads, 0, stream>>>(p);
+  POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  finalize_sum_kernel<><<<1, finalize_threads, 0, stream>>>(p.partials, blocks, p.status);
+  return cudaGetLastError();
+}
+
+/// out[i * out_stride] = in[i] for i < n.
+template <class T>
+__global__ void __launch_bounds__(256) copy_strided_kernel(const T* in, index_t n, T* out, index_t out_stride) {
+  for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += index_t(gridDim.x) * blockDim.x)
+    out[i * out_stride] = in[i];
+}
+
+/// Enqueues copy_strided_kernel (the write pass of group_advantages after its checks).
+template <class T>
+cudaError_t launch_copy_strided(const T* in, index_t n, T* out, index_t out_stride, cudaStream_t stream) {
+  if (n <= 0) return cudaSuccess;
+  copy_strided_kernel<T><<<detail::grid_for(n, 256, 4096), 256, 0, stream>>>(in, n, out, out_stride);
+  return cudaGetLastError();
+}
+
+#endif  // __CUDACC__
+
+// =============================================================================================
+// broadcast_to_tokens
+// =============================================================================================
+
+/// Scratch of the broadcast check.
+struct broadcast_check {
+  unsigned int flags = 0;             ///< bit 0: offsets[0] != 0; bit 1: offsets[B] != N
+  unsigned int blocks_done = 0;       ///< last-block-done counter
+  unsigned long long decrease = 0;    ///< ~(i + 1) for the smallest i with offsets[i+1] < offsets[i]; 0: none
+  unsigned long long nonfinite = 0;   ///< ~i for the smallest row i with a non-finite value and a valid token
+  cuda::status status{};              ///< the resolved first error (code 0: none)
+};
+
+inline constexpr int check_threads = 256;              ///< broadcast_check_kernel block
+inline constexpr int check_rows = check_threads / 32;  ///< rows per block (one warp each)
+inline constexpr int broadcast_threads = 256;          ///< broadcast_kernel block
+inline constexpr int broadcast_unroll = 4;             ///< vectors in flight per thread
+
+/// Params of launch_broadcast_check and launch_broadcast.
+template <class T, class L>
+struct broadcast_params {
+  const T* values = nullptr;  ///< [B] at stride values_stride
+  index_t values_stride = 1;
+  L layout{};                 ///< padded [B,T] (+ mask) or packed offsets [B+1] (+ mask [N])
+  token_tensor<L, T> out{};   ///< [B,T] or [N]
+  broadcast_check* check = nullptr;       ///< scratch of the check
+  const cuda::status* gate = nullptr;     ///< broadcast_kernel writes nothing if gate->code != 0
+  cuda::status* deferred = nullptr;       ///< caller's deferred status, or null
+};
+
+/// Rows of the layout.
+template <class T, class L>
+POLO_HD_INLINE index_t rows_of(const broadcast_params<T, L>& p) {
+  return p.layout.num_seqs();
+}
+
+#if defined(__CUDACC__)
+
+/// One warp per row; the last block to finish resolves the first error (CPU precedence:
+/// offsets[0], the first decrease, offsets[B], then the first non-finite value).
+template <class T, class L>
+__global__ void __launch_bounds__(check_threads) broadcast_check_kernel(broadcast_params<T, L> p) {
+  using Mask = typename L::mask_type;
+  const int lane = threadIdx.x & 31;
+  const index_t B = rows_of(p);
+  const index_t i = index_t(blockIdx.x) * check_rows + (threadIdx.x >> 5);
+  if constexpr (L::is_packed) {
+    if (blockIdx.x == 0 && threadIdx.x == 0) {
+      if (p.layout.offsets(0) != 0) atomicOr(&p.check->flags, 1u);
+      if (static_cast<index_t>(p.layout.offsets(B)) != p.layout.tokens) atomicOr(&p.check->flags, 2u);
+    }
+  }
+  if (i < B) {  // warp-uniform
+    bool range_ok = true;
+    if constexpr (L::is_packed) {
+      const index_t o0 = static_cast<index_t>(p.layout.offsets(i)), o1 = static_cast<index_t>(p.layout.offsets(i + 1));
+      if (o1 < o0) {
+        range_ok = false;
+        if (lane == 0) atomicMax(&p.check->decrease, ~static_cast<unsigned long long>(i + 1));
+      }
+      if (o0 < 0 || o1 > p.layout.tokens) range_ok = false;
+    }
+    const T v = p.values[i * p.values_stride];
+    if (range_ok && !detail::is_finite(v)) {
+      const index_t len = p.layout.row_len(i);
+      const Mask* m = p.layout.mask_row(i);
+      bool any = false;
+      if (m == nullptr) {
+        any = len > 0;
+      } else {
+        for (index_t j = lane; j < len && !any; j += 32) any = detail::is_valid(m[j]);
+        any = __any_sync(0xffffffffu, any);
+      }
+      if (any && lane == 0) atomicMax(&p.check->nonfinite, ~static_cast<unsigned long long>(i));
+    }
+  }
+  // Last block resolves.
+  __shared__ bool last;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(&p.check->blocks_done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (last && threadIdx.x == 0) {
+    __threadfence();
+    const unsigned flags = atomicOr(&p.check->flags, 0u);
+    const unsigned long long dec = atomicMax(&p.check->decrease, 0ull);
+    const unsigned long long nf = atomicMax(&p.check->nonfinite, 0ull);
+    cuda::status s;
+    s.entry = detail::entry_broadcast_to_tokens;
+    if constexpr (L::is_packed) {
+      if (flags & 1u) {
+        s.code = detail::status_offsets_start;
+        s.a = static_cast<long long>(p.layout.offsets(0));
+      } else if (dec != 0) {
+        const index_t at = static_cast<index_t>(~dec);
+        s.code = detail::status_offsets_decrease;
+        s.index = at;
+        s.a = static_cast<long long>(p.layout.offsets(at - 1));
+        s.b = static_cast<long long>(p.layout.offsets(at));
+      } else if (flags & 2u) {
+        s.code = detail::status_offsets_end;
+        s.a = static_cast<long long>(p.layout.offsets(B));
+        s.b = p.layout.tokens;
+      }
+    }
+    if (s.code == detail::status_ok && nf != 0) {
+      const index_t at = static_cast<index_t>(~nf);
+      s.code = detail::status_nonfinite_value;
+      s.index = at;
+      s.value = double(p.values[at * p.values_stride]);
+    }
+    p.check->status = s;
+    detail::record_status(p.deferred, s);
+  }
+}
+
+/// Clears the check scratch and enqueues broadcast_check_kernel.
+template <class T, class L>
+cudaError_t launch_broadcast_check(const broadcast_params<T, L>& p, cudaStream_t stream) {
+  POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.check, 0, sizeof(broadcast_check), stream));
+  const index_t rows = rows_of(p);
+  const unsigned grid = detail::grid_for(rows, check_rows);
+  broadcast_check_kernel<T, L><<<grid, check_threads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+template <class T>
+struct alignas(16) vec16 {
+  static constexpr int width = 16 / sizeof(T);
+  T x[width];
+};
+template <class Mask, int V>
+struct alignas(sizeof(Mask) * V) mask_vec {
+  Mask m[V];
+};
+
+/// One block per (row, slice of the row): out = mask ? value : 0 with 16-byte stores.
+template <class T, class L>
+__global__ void __launch_bounds__(broadcast_threads) broadcast_kernel(broadcast_params<T, L> p) {
+  using Mask = typename L::mask_type;
+  constexpr int V = vec16<T>::width;
+  if (p.gate != nullptr && p.gate->code != 0) return;  // a check failed: write nothing
+  const index_t i = blockIdx.x;
+  const index_t len = p.layout.row_len(i);
+  if (len <= 0) return;
+  T* __restrict__ o = p.layout.row_ptr(p.out, i);
+  const Mask* __restrict__ m = p.layout.mask_row(i);
+  const T v = p.values[i * p.values_stride];
+  const T zero = T(0);
+  // Head (up to the first 16-byte boundary of the output), body of V-vectors, tail.
+  const index_t mis = static_cast<index_t>((reinterpret_cast<std::uintptr_t>(o) / sizeof(T)) % V);
+  const index_t head = detail::min_of<index_t>(len, mis == 0 ? 0 : V - mis);
+  const index_t nvec = (len - head) / V;
+  const index_t tail = head + nvec * V;
+  const int t = threadIdx.x;
+  if (blockIdx.y == 0) {
+    for (index_t j = t; j < head; j += broadcast_threads) o[j] = (m == nullptr || detail::is_valid(m[j])) ? v : zero;
+    for (index_t j = tail + t; j < len; j += broadcast_threads) o[j] = (m == nullptr || detail::is_valid(m[j])) ? v : zero;
+  }
+  const index_t per = detail::ceil_div<index_t>(nvec, gridDim.y);
+  const index_t vlo = index_t(blockIdx.y) * per;
+  const index_t vhi = detail::min_of<index_t>(nvec, vlo + per);
+  vec16<T>* ov = reinterpret_cast<vec16<T>*>(o + head);
+  if (m == nullptr) {
+    vec16<T> all;
+#pragma unroll
+    for (int u = 0; u < V; ++u) all.x[u] = v;
+    for (index_t k = vlo + t; k < vhi; k += broadcast_threads) ov[k] = all;
+    return;
+  }
+  const Mask* mb = m + head;
+  const bool mask_vec_ok = detail::is_aligned(mb, sizeof(Mask) * V);
+  constexpr int U = broadcast_unroll;
+  for (index_t k0 = vlo + t; k0 < vhi; k0 += index_t(U) * broadcast_threads) {
+    Mask mk[U][V];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t k = k0 + index_t(u) * broadcast_threads;
+      if (k < vhi) {
+        if (mask_vec_ok) {
+          const mask_vec<Mask, V> mv = reinterpret_cast<const mask_vec<Mask, V>*>(mb)[k];
+#pragma unroll
+          for (int e = 0; e < V; ++e) mk[u][e] = mv.m[e];
+        } else {
+#pragma unroll
+          for (int e = 0; e < V; ++e) mk[u][e] = mb[k * V + e];
+        }
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t k = k0 + index_t(u) * broadcast_threads;
+      if (k < vhi) {
+        vec16<T> r;
+#pragma unroll
+        for (int e = 0; e < V; ++e) r.x[e] = detail::is_valid(mk[u][e]) ? v : zero;
+        ov[k] = r;
+      }
+    }
+  }
+}
+
+/// Enqueues broadcast_kernel over every row. Rows split into slices so that a block writes
+/// about broadcast_threads * broadcast_unroll vectors.
+template <class T, class L>
+cudaError_t launch_broadcast(const broadcast_params<T, L>& p, cudaStream_t stream) {
+  const index_t rows = rows_of(p);
+  if (rows <= 0) return cudaSuccess;
+  constexpr index_t per_block = index_t(broadcast_threads) * broadcast_unroll * vec16<T>::width;
+  index_t avg_len;
+  if constexpr (L::is_packed) {
+    avg_len = detail::ceil_div<index_t>(p.layout.tokens, rows);
+  } else {
+    avg_len = p.layout.seq_len;
+  }
+  index_t slices = detail::ceil_div<index_t>(avg_len > 0 ? avg_len : 1, per_block);
+  if (slices > 65535) slices = 65535;
+  if (rows > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(slices));
+  broadcast_kernel<T, L><<<grid, broadcast_threads, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+#endif  // __CUDACC__
+
+}  // namespace polo::kernels
