@@ -23,10 +23,13 @@
 ///     returns   R_t = A_t + v_t (skip) or A_t + v'_t (through)
 ///
 /// The two modes agree on every valid token when each sequence's valid tokens are contiguous
-/// and start the row (right padding); they differ after any masked span (left padding of a
-/// packed prompt, interior tool output): skip carries the next valid value and the running
-/// advantage across the span without decay, through decays them by (γλ) per masked position
-/// and drops the value at the span's edge.
+/// (right or left padding: masked positions after the last valid token recurse on zeros in
+/// both, those before the first are reached last by the backward scan). They differ on the
+/// valid tokens before an interior masked span (multi-turn tool output): skip carries the next
+/// valid value and the running advantage across the span without decay, through decays them by
+/// (γλ) per masked position and bootstraps the token before the span from 0. Under
+/// `masked_fill::recursion` the values written at masked positions also differ (left padding
+/// included).
 ///
 /// What is written at masked positions is `masked_fill`: 0 for both outputs (`zero`: NeMo-RL
 /// and TRL-PPO zero-fill advantages), or the recursion's own value there (`recursion`: verl's

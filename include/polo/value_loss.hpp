@@ -181,18 +181,12 @@ POLO_HD_INLINE value_term value_loss_term(T v, T vo, T ret, value_clip clip, T c
   }
   const double dc = double(vc) - double(ret);
   const double b = dc * dc;
+  const double ga = 2.0 * d;
   const double gc = inside ? 2.0 * dc : 0.0;
-  if (a > b) {
-    r.loss = a;
-    r.grad = 2.0 * d;
-  } else if (b > a) {
-    r.loss = b;
-    r.grad = gc;
-    r.clipped = true;
-  } else {
-    r.loss = a;
-    r.grad = 0.5 * (2.0 * d + gc);
-  }
+  // Written as selects (no data-dependent branches: the larger term is a coin flip per token).
+  r.clipped = b > a;
+  r.loss = r.clipped ? b : a;
+  r.grad = a > b ? ga : (r.clipped ? gc : 0.5 * (ga + gc));
   return r;
 }
 

@@ -6,6 +6,7 @@
 /// tokens per sequence (the local divisors); pass 2 computes the per-token loss, writes the
 /// gradient and sums in double in a fixed order (bitwise deterministic, packed == padded).
 
+#include <type_traits>
 #include <vector>
 
 #include "polo/cpu/eigen_interop.hpp"
@@ -61,16 +62,35 @@ struct backend_impl<cpu, value_loss_tag> {
       const double w = c.coef * aggregation_weight(c.agg, norm.scale, divisor, n[i]);
       double row = 0.0, row_sq = 0.0;
       index_t row_clipped = 0;
-      for (index_t t = 0; t < len; ++t) {
-        if (m != nullptr && !is_valid(m[t])) {
-          if (gr) gr[t] = T(0);
-          continue;
+      // Every position is evaluated and masked ones are selected away (never multiplied by 0,
+      // so a NaN there cannot leak); the loop then has no data-dependent branch.
+      auto body = [&](auto clip_c, auto has_grad) {
+        constexpr value_clip clip = decltype(clip_c)::value;
+        for (index_t t = 0; t < len; ++t) {
+          const bool valid = m == nullptr || is_valid(m[t]);
+          const value_term term =
+              value_loss_term<T>(vr[t], clip == value_clip::none ? vr[t] : vor[t], rr[t], clip, cr);
+          row += valid ? term.loss : 0.0;
+          row_sq += valid ? term.sq : 0.0;
+          row_clipped += (valid && term.clipped) ? 1 : 0;
+          if constexpr (decltype(has_grad)::value) gr[t] = valid ? T(w * term.grad) : T(0);
         }
-        value_term term = value_loss_term<T>(vr[t], clipping ? vor[t] : vr[t], rr[t], c.clip, cr);
-        row += term.loss;
-        row_sq += term.sq;
-        row_clipped += term.clipped ? 1 : 0;
-        if (gr) gr[t] = T(w * term.grad);
+      };
+      using yes = std::true_type;
+      using no = std::false_type;
+      switch (c.clip) {
+        case value_clip::none:
+          gr ? body(std::integral_constant<value_clip, value_clip::none>{}, yes{})
+             : body(std::integral_constant<value_clip, value_clip::none>{}, no{});
+          break;
+        case value_clip::clamp_value:
+          gr ? body(std::integral_constant<value_clip, value_clip::clamp_value>{}, yes{})
+             : body(std::integral_constant<value_clip, value_clip::clamp_value>{}, no{});
+          break;
+        case value_clip::clamp_delta:
+          gr ? body(std::integral_constant<value_clip, value_clip::clamp_delta>{}, yes{})
+             : body(std::integral_constant<value_clip, value_clip::clamp_delta>{}, no{});
+          break;
       }
       if (n[i] == 0) continue;
       num.add(c.agg == aggregation::seq_mean_token_mean ? row / double(n[i]) : row);
