@@ -21,6 +21,17 @@
 
 namespace polo::detail {
 
+/// (r - 1) - x for r = e^x, without a second transcendental call: a Taylor polynomial for
+/// |x| < 1/16 (truncation below 1e-14 relative), r - 1 - x otherwise (cancellation below
+/// 1e-13 relative there). Agrees with approx_kl_k3 (expm1(x) - x) to about 1e-13 relative.
+inline double cpu_k3_from_ratio(double x, double r) {
+  if (x > -0.0625 && x < 0.0625) {
+    const double x2 = x * x;
+    return x2 * (0.5 + x * (1.0 / 6 + x * (1.0 / 24 + x * (1.0 / 120 + x * (1.0 / 720 + x * (1.0 / 5040 + x * (1.0 / 40320)))))));
+  }
+  return (r - 1.0) - x;
+}
+
 template <>
 struct backend_impl<cpu, policy_loss_tag> {
   template <TokenLayout L>
@@ -72,10 +83,24 @@ struct backend_impl<cpu, policy_loss_tag> {
       const T* lo = layout.row_ptr(logp_old, i);
       const T* lr = read_ref ? layout.row_ptr(logp_ref, i) : nullptr;
       const T* a = layout.row_ptr(adv, i);
-      index_t k = 0;
-      for (index_t t = 0; t < len; ++t) {
+      // Fast path (branch-free, vectorizable): count valid tokens and detect any non-finite
+      // input at a valid position; only a row with one is scanned again for its position.
+      index_t k = len;
+      bool row_ok = true;
+      if (m != nullptr) {
+        k = 0;
+        for (index_t t = 0; t < len; ++t) k += is_valid(m[t]) ? 1 : 0;
+      }
+      {
+        int ok = 1;
+        for (index_t t = 0; t < len; ++t) {
+          const T z = (lp[t] - lp[t]) + (lo[t] - lo[t]) + (a[t] - a[t]) + (lr != nullptr ? lr[t] - lr[t] : T(0));
+          ok &= (m != nullptr && !is_valid(m[t])) | (z == T(0));
+        }
+        row_ok = ok != 0;
+      }
+      for (index_t t = 0; !row_ok && t < len; ++t) {
         if (m != nullptr && !is_valid(m[t])) continue;
-        ++k;
         const char* bad = nullptr;
         double v = 0.0;
         if (!is_finite(lp[t])) bad = "logp", v = double(lp[t]);
@@ -120,6 +145,7 @@ struct backend_impl<cpu, policy_loss_tag> {
       const index_t ni = n[i];
       st.masked_tokens += len - ni;
       auto valid = [&](index_t t) { return m == nullptr || is_valid(m[t]); };
+      const bool check_tokens = row_bad[i] != 0;
       auto token_ok = [&](index_t t) {
         return is_finite(lp[t]) && is_finite(lo[t]) && (lr == nullptr || is_finite(lr[t])) && is_finite(a[t]);
       };
@@ -162,12 +188,16 @@ struct backend_impl<cpu, policy_loss_tag> {
       }
 
       neumaier_sum row_pol, row_kl, row_sens_sum;
+      // Per-row statistics, merged into `st` after the row (fixed order).
+      double s_up = 0, s_lo = 0, s_dual = 0, s_delta = 0, s_clamp = 0, s_k1 = 0, s_k3 = 0, s_kl = 0, s_klc = 0;
+      index_t s_n = 0, s_nkl = 0;
+      value_range s_ratio;
       for (index_t t = 0; t < len; ++t) {
         if (!valid(t)) {
           g[t] = T(0);
           continue;
         }
-        if (!token_ok(t)) {  // only reachable under skip, token-level terms only
+        if (check_tokens && !token_ok(t)) {  // only under skip, token-level terms only
           g[t] = T(0);
           ++st.skipped_tokens;
           continue;
@@ -185,8 +215,9 @@ struct backend_impl<cpu, policy_loss_tag> {
           row_kl.add(kp.value);
           dlogp += beta * wk * kp.grad;
           sens += beta * wk * kp.d_ratio;
-          st.kl_ref += sum_count<double>{kp.value, 1};
-          st.kl_clamped += sum_count<double>{kp.clamped ? 1.0 : 0.0, 1};
+          s_kl += kp.value;
+          s_klc += kp.clamped ? 1.0 : 0.0;
+          ++s_nkl;
         }
         if (seq_kl) dlogp += seq_kl_d;
         if (seq_ratio) {
@@ -197,14 +228,32 @@ struct backend_impl<cpu, policy_loss_tag> {
           g[t] = T(dlogp + times_sensitivity(sens, rp.d_log_ratio));
         }
         // statistics of a contributing token
-        st.clip_upper += sum_count<double>{(sp.flags & surrogate_clip_upper) ? 1.0 : 0.0, 1};
-        st.clip_lower += sum_count<double>{(sp.flags & surrogate_clip_lower) ? 1.0 : 0.0, 1};
-        st.clip_dual += sum_count<double>{(sp.flags & surrogate_clip_dual) ? 1.0 : 0.0, 1};
-        st.delta_capped += sum_count<double>{(sp.flags & surrogate_delta_capped) ? 1.0 : 0.0, 1};
-        st.ratio.add(rp.ratio);
-        st.clamped_log_ratio += sum_count<double>{rp.clamped ? 1.0 : 0.0, 1};
-        st.approx_kl_k1 += sum_count<double>{xo - x, 1};
-        st.approx_kl_k3 += sum_count<double>{approx_kl_k3(c, tok_lr), 1};
+        s_up += (sp.flags & surrogate_clip_upper) ? 1.0 : 0.0;
+        s_lo += (sp.flags & surrogate_clip_lower) ? 1.0 : 0.0;
+        s_dual += (sp.flags & surrogate_clip_dual) ? 1.0 : 0.0;
+        s_delta += (sp.flags & surrogate_delta_capped) ? 1.0 : 0.0;
+        s_ratio.add(rp.ratio);
+        s_clamp += rp.clamped ? 1.0 : 0.0;
+        s_k1 += xo - x;
+        if (seq_ratio) {
+          s_k3 += approx_kl_k3(c, tok_lr);
+        } else {
+          const double xc = tok_lr < c.log_ratio_min ? c.log_ratio_min : (tok_lr > c.log_ratio_max ? c.log_ratio_max : tok_lr);
+          s_k3 += cpu_k3_from_ratio(xc, tr.ratio);
+        }
+        ++s_n;
+      }
+      st.clip_upper += sum_count<double>{s_up, s_n};
+      st.clip_lower += sum_count<double>{s_lo, s_n};
+      st.clip_dual += sum_count<double>{s_dual, s_n};
+      st.delta_capped += sum_count<double>{s_delta, s_n};
+      st.ratio += s_ratio;
+      st.clamped_log_ratio += sum_count<double>{s_clamp, s_n};
+      st.approx_kl_k1 += sum_count<double>{s_k1, s_n};
+      st.approx_kl_k3 += sum_count<double>{s_k3, s_n};
+      if (s_nkl > 0) {
+        st.kl_ref += sum_count<double>{s_kl, s_nkl};
+        st.kl_clamped += sum_count<double>{s_klc, s_nkl};
       }
       if (seq_ratio) {
         // d s_i / d logp_u = s_i/n_i where the clamp is inactive (through the mean), or s_i per
