@@ -45,6 +45,11 @@ TITLES = {
     "grpo_step": "GRPO step (RL math)",
     "ppo_step": "PPO step (RL math + critic tensors)",
 }
+# Bytes per token and per sequence of each primitive's floor, as bench/torch_baseline.py and
+# bench/support/rl_batch.cuh count them (used when torch_baseline.json is absent).
+DEFAULT_BYTES_PER_TOKEN = {"group_advantages": 5, "policy_loss": 21, "gae": 17, "whiten": 9, "value_loss": 17,
+                           "kl_rewards": 17, "grpo_step": 26, "ppo_step": 94}
+DEFAULT_BYTES_PER_SEQ = {"group_advantages": 8, "grpo_step": 8}
 TORCH_IMPLS = ["torch_eager", "torch_compile", "torch_loop", "torch_dictloop"]
 STYLE = {
     "polo_cuda": dict(color="tab:red", marker="o", lw=2.2, label="polo CUDA"),
@@ -260,8 +265,8 @@ def main(argv):
     records = [r for r in records if "median_s" in r]
     records += polo_records(folder)
     tab = index(records)
-    bytes_per_token = torch_doc.get("bytes_per_token", {})
-    bytes_per_seq = torch_doc.get("bytes_per_seq", {})
+    bytes_per_token = torch_doc.get("bytes_per_token") or DEFAULT_BYTES_PER_TOKEN
+    bytes_per_seq = torch_doc.get("bytes_per_seq") or DEFAULT_BYTES_PER_SEQ
     copy_bps = (torch_doc.get("meta") or {}).get("copy_bytes_per_s")
     copy_from = "the PyTorch process (a device-to-device copy of 1 GiB)"
     if not copy_bps:

@@ -30,7 +30,8 @@
 #
 # Environment: CMAKE_PREFIX_PATH / benchmark_DIR to find Google Benchmark and Eigen; NVCC (default:
 # nvcc on PATH, then /usr/local/cuda/bin/nvcc); CUDA_ARCH (default 90); PYTHON (default python3);
-# JOBS (parallel build jobs, default nproc).
+# JOBS (parallel build jobs, default nproc); POLO_COMMIT (the commit to record, when the tree
+# being run is a copy whose git metadata is not the commit's).
 set -uo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -51,7 +52,7 @@ while [[ $# -gt 0 ]]; do
     --no-polo) do_polo=0; shift ;;
     --no-torch) do_torch=0; shift ;;
     --no-plot) do_plot=0; shift ;;
-    -h|--help) sed -n '4,33p' "$0"; exit 0 ;;
+    -h|--help) awk 'NR > 3 && !/^#/ {exit} NR > 3 {print}' "$0"; exit 0 ;;
     *) echo "run_all.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -77,8 +78,12 @@ fi
 mkdir -p "$out"
 log() { printf '[run_all] %s\n' "$*"; }
 
-commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
-if [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then commit="$commit-dirty"; fi
+if [[ -n "${POLO_COMMIT:-}" ]]; then
+  commit=$POLO_COMMIT
+else
+  commit=$(git rev-parse HEAD 2>/dev/null || echo unknown)
+  if [[ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]]; then commit="$commit-dirty"; fi
+fi
 date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 cuda_version=""
 [[ -n "$nvcc" ]] && cuda_version=$("$nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p' | head -1)

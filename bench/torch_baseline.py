@@ -518,7 +518,7 @@ def rel_err(a, b):
 
 def gae_scalar_reference(r, v, m, gamma=1.0, lam=0.95):
     """Independent per-sequence scalar loop in float64 (skip masked positions)."""
-    B, T = r.shape
+    B, T = len(r), len(r[0])
     A = [[0.0] * T for _ in range(B)]
     for i in range(B):
         nxt, run = 0.0, 0.0
