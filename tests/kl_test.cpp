@@ -248,6 +248,18 @@ TEMPLATE_LIST_TEST_CASE("kl_penalized_rewards: packed == padded, masked NaN, pre
                                          x.cview2(3, 5), out.view2(3, 5), 0.1),
                     shape_error);
     for (double v : out.to_host()) CHECK(v == -7.0);
+    // an output overlapping an input other than rewards exactly
+    buffer<double, B> big(20, 1.0);
+    auto bv = big.view1();
+    view<double, 2, typename B::memory_space> shifted{bv.data + 1, 3, 5, 5};
+    view<const double, 2, typename B::memory_space> base{bv.data, 3, 5, 5};
+    CHECK_THROWS_AS(kl_penalized_rewards(test::make_backend<B>(), layout, base, x.cview2(3, 5), x.cview2(3, 5),
+                                         shifted, 0.1),
+                    shape_error);
+    CHECK_THROWS_AS(kl_penalized_rewards(test::make_backend<B>(), layout, x.cview2(3, 5), base, x.cview2(3, 5),
+                                         view<double, 2, typename B::memory_space>{bv.data, 3, 5, 5}, 0.1),
+                    shape_error);
+    for (double v : big.to_host()) CHECK(v == 1.0);
   }
 }
 

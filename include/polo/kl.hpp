@@ -62,7 +62,9 @@
 
 #include <cmath>
 #include <concepts>
+#include <cstdint>
 #include <limits>
+#include <utility>
 #include <string>
 #include <type_traits>
 
@@ -242,6 +244,28 @@ POLO_HD_INLINE kl_point kl_term(const kl_config& c, double d, double rho) {
   return p;
 }
 
+/// [first, last) address range of a view, for the overlap check.
+template <class T, class S>
+std::pair<std::uintptr_t, std::uintptr_t> byte_range(const view<T, 2, S>& v) {
+  auto b = reinterpret_cast<std::uintptr_t>(v.data);
+  if (v.empty()) return {b, b};
+  return {b, b + sizeof(T) * static_cast<std::size_t>((v.rows - 1) * v.row_stride + v.cols)};
+}
+template <class T, class S>
+std::pair<std::uintptr_t, std::uintptr_t> byte_range(const view<T, 1, S>& v) {
+  auto b = reinterpret_cast<std::uintptr_t>(v.data);
+  if (v.empty()) return {b, b};
+  return {b, b + sizeof(T) * static_cast<std::size_t>((v.n - 1) * v.stride + 1)};
+}
+template <class V, class W>
+void require_disjoint(const char* fn, const char* out_name, const V& out, const char* in_name, const W& in) {
+  auto [a0, a1] = byte_range(out);
+  auto [b0, b1] = byte_range(in);
+  if (a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1)
+    throw_shape(fn, out_name, "memory that overlaps argument '" + std::string(in_name) + "'",
+                "a separate output buffer (the gradient is written while inputs are still read)");
+}
+
 /// Option checks shared by every entry that takes a kl_config.
 inline void check_kl_config(const char* fn, const char* prefix, const kl_config& c) {
   std::string p(prefix);
@@ -274,10 +298,12 @@ inline void check_kl_config(const char* fn, const char* prefix, const kl_config&
 /// \param logp_old  per-token log-probs of the sampling policy
 /// \param logp_ref  per-token log-probs of the reference policy
 /// \param out       per-token output; every element is written; may alias `rewards` exactly
+///                  (same memory, same strides) and must not otherwise overlap an input
 /// \param beta      the KL coefficient (finite)
 /// \param kl        estimator options; must be token level with `kl_weight::none`
 /// \returns statistics (mean KL, clamp counts), combinable with +=
-/// \throws shape_error, config_error, value_error (packed offsets), nonfinite_error (a NaN or
+/// \throws shape_error (shapes, strides, an overlapping output), config_error, value_error
+///         (packed offsets), nonfinite_error (a NaN or
 ///         infinity at a valid position of an input, naming the argument and the flat index).
 ///         On throw nothing is written.
 /// Bytes moved: 3 reads and 1 write of T per token, plus the mask.
@@ -297,6 +323,11 @@ kl_reward_stats kl_penalized_rewards(const B& be, const L& layout, std::type_ide
   layout.check_tensor(fn, "logp_old", logp_old);
   layout.check_tensor(fn, "logp_ref", logp_ref);
   layout.check_tensor(fn, "out", out);
+  const bool same_as_rewards = static_cast<const void*>(out.data) == static_cast<const void*>(rewards.data) &&
+                               detail::byte_range(out) == detail::byte_range(rewards);
+  if (!same_as_rewards) detail::require_disjoint(fn, "out", out, "rewards", rewards);
+  detail::require_disjoint(fn, "out", out, "logp_old", logp_old);
+  detail::require_disjoint(fn, "out", out, "logp_ref", logp_ref);
   if (!detail::is_finite(beta)) detail::throw_config(fn, "beta", detail::value_str(beta), "a finite value");
   detail::check_kl_config(fn, "kl.", kl);
   if (kl.level != kl_level::token)

@@ -567,28 +567,6 @@ inline void check_policy_loss_config(const char* fn, const policy_loss_config& c
 }
 
 
-/// [first, last) address range of a view, for the overlap check.
-template <class T, class S>
-std::pair<std::uintptr_t, std::uintptr_t> byte_range(const view<T, 2, S>& v) {
-  auto b = reinterpret_cast<std::uintptr_t>(v.data);
-  if (v.empty()) return {b, b};
-  return {b, b + sizeof(T) * static_cast<std::size_t>((v.rows - 1) * v.row_stride + v.cols)};
-}
-template <class T, class S>
-std::pair<std::uintptr_t, std::uintptr_t> byte_range(const view<T, 1, S>& v) {
-  auto b = reinterpret_cast<std::uintptr_t>(v.data);
-  if (v.empty()) return {b, b};
-  return {b, b + sizeof(T) * static_cast<std::size_t>((v.n - 1) * v.stride + 1)};
-}
-template <class V, class W>
-void require_disjoint(const char* fn, const char* out_name, const V& out, const char* in_name, const W& in) {
-  auto [a0, a1] = byte_range(out);
-  auto [b0, b1] = byte_range(in);
-  if (a0 < a1 && b0 < b1 && a0 < b1 && b0 < a1)
-    throw_shape(fn, out_name, "memory that overlaps argument '" + std::string(in_name) + "'",
-                "a separate output buffer (the gradient is written while inputs are still read)");
-}
-
 }  // namespace detail
 
 /// Counts of the mask, for the global normalizers: valid tokens and sequences with at least one
