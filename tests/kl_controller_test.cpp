@@ -86,6 +86,7 @@ TEST_CASE("kl controllers: errors leave beta unchanged", "[kl_controller][errors
   REQUIRE_THROWS_AS(polo::fixed_kl_controller(-0.1), polo::config_error);
   REQUIRE_THROWS_AS(polo::fixed_kl_controller(nan), polo::config_error);
   CHECK(polo::fixed_kl_controller(polo::presets::verl::kl_coef).value() == 0.001);
+  CHECK(polo::fixed_kl_controller(polo::presets::trl::kl_coef).value() == 0.05);
 }
 
 TEST_CASE("kl controllers share one interface", "[kl_controller]") {

@@ -107,6 +107,10 @@ namespace openrlhf {
 inline constexpr adaptive_kl_config kl_control{.init_beta = 0.01, .target = 0.1, .horizon = 10000.0};
 inline constexpr double kl_coef = 0.01;
 }  // namespace openrlhf
+namespace trl {
+/// TRL PPOTrainer: a fixed coefficient, PPOConfig.kl_coef = 0.05 (no adaptive controller).
+inline constexpr double kl_coef = 0.05;
+}  // namespace trl
 }  // namespace presets
 
 }  // namespace polo

@@ -104,9 +104,10 @@ struct backend_impl<cpu, gae_tag> {
       const index_t len = layout.row_len(i);
       if (len == 0) continue;
       const auto* m = layout.mask_row(i);
-      const index_t n = cpu_row_count(m, len);
+      // The valid-token count is needed up front only for the length-adaptive λ.
+      const index_t n_adaptive = c.lambda_mode == gae_lambda_mode::length_adaptive ? cpu_row_count(m, len) : 0;
       const bool trunc = is_truncated(i);
-      const gae_row_coeffs k = gae_row_setup(c, n, trunc, trunc ? double(bootstrap(i)) : 0.0);
+      const gae_row_coeffs k = gae_row_setup(c, n_adaptive, trunc, trunc ? double(bootstrap(i)) : 0.0);
       if (trunc) ++st.truncated;
       const T* rr = layout.row_ptr(r, i);
       const T* vr = layout.row_ptr(v, i);
@@ -123,10 +124,11 @@ struct backend_impl<cpu, gae_tag> {
       else
         rsum = two ? cpu_gae_row<false, true, true>(rr, vr, m, len, k, f, ar, ret)
                    : cpu_gae_row<false, true, false>(rr, vr, m, len, k, f, ar, ret);
-      if (n > 0) {
-        st.tokens += n;
-        st.advantages += cpu_row_moments(static_cast<const T*>(ar), m, len);
-        st.returns += sum_count<double>{rsum, n};
+      const moments am = cpu_row_moments(static_cast<const T*>(ar), m, len);
+      if (am.count > 0) {
+        st.tokens += am.count;
+        st.advantages += am;
+        st.returns += sum_count<double>{rsum, am.count};
         st.lambda += sum_count<double>{k.lambda, 1};
       }
     }
