@@ -681,15 +681,23 @@ def main(argv=None):
     compiled = Compiled()
     records = []
     t_start = time.perf_counter()
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+
+    def write(done):
+        meta["wall_s"] = time.perf_counter() - t_start
+        meta["complete"] = done
+        doc = dict(meta=meta, bytes_per_token=BYTES_PER_TOKEN, bytes_per_seq=BYTES_PER_SEQ, group_size=G,
+                   checks=checks, results=records)
+        with open(args.out + ".tmp", "w") as f:
+            json.dump(doc, f, indent=1)
+        os.replace(args.out + ".tmp", args.out)
+
+    write(False)
     for B, T, sweep in sizes:
         log(f"[{sweep}] B={B} T={T} ({B * T} tokens)")
         run_size(B, T, sweep, args, device, compiled, copy_bps, meta["l2_bytes"], records, log)
-    meta["wall_s"] = time.perf_counter() - t_start
-    doc = dict(meta=meta, bytes_per_token=BYTES_PER_TOKEN, bytes_per_seq=BYTES_PER_SEQ, group_size=G,
-               checks=checks, results=records)
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as f:
-        json.dump(doc, f, indent=1)
+        write(False)  # after every size: a run cut short keeps what it measured
+    write(True)
     failed = [c for c in checks if not c["ok"]]
     log(f"torch_baseline: {len(records)} records, {len(checks) - len(failed)}/{len(checks)} checks ok -> {args.out}")
     return 1 if failed else 0
