@@ -618,7 +618,52 @@ TEMPLATE_LIST_TEST_CASE("returns entries: errors write nothing", "[returns][erro
   CHECK(A.to_host() == std::vector<double>(4, -7.0));
 }
 
+TEMPLATE_LIST_TEST_CASE("gae and returns are bitwise deterministic run to run", "[gae][determinism]", backends) {
+  using Bk = TestType;
+  auto g = test::rng(113);
+  INFO("seed " << test::base_seed());
+  auto b = make_batch<float>(g, 16, 300, mask_pattern::interior_spans);
+  for (const gae_config& c : {presets::verl::gae, presets::openrlhf::gae, presets::nemo::gae_vapo}) {
+    auto x = run_padded<Bk, float>(b, c), y = run_padded<Bk, float>(b, c);
+    CHECK(test::bitwise_equal(x.A, y.A));
+    CHECK(test::bitwise_equal(x.R, y.R));
+    CHECK(x.st.advantages.mean == y.st.advantages.mean);
+    CHECK(x.st.advantages.m2 == y.st.advantages.m2);
+  }
+}
+
 #if !defined(__CUDACC__)
+TEST_CASE("gae: row-strided views (a [B, T] slice of a wider buffer)", "[gae][cpu]") {
+  auto g = test::rng(114);
+  const index_t Bn = 5, Tn = 11, W = 16;
+  auto b = make_batch<double>(g, Bn, Tn, mask_pattern::interior_spans);
+  std::vector<double> r(std::size_t(Bn * W), 99.0), v(std::size_t(Bn * W), 99.0), A(std::size_t(Bn * W), -7.0),
+      R(std::size_t(Bn * W), -7.0);
+  std::vector<std::uint8_t> m(std::size_t(Bn * W), 1);
+  for (index_t i = 0; i < Bn; ++i)
+    for (index_t t = 0; t < Tn; ++t) {
+      r[i * W + t] = b.r[i * Tn + t];
+      v[i * W + t] = b.v[i * Tn + t];
+      m[i * W + t] = b.m[i * Tn + t];
+    }
+  padded<std::uint8_t> L(view<const std::uint8_t, 2>{m.data(), Bn, Tn, W});
+  gae(cpu{}, L, view<const double, 2>{r.data(), Bn, Tn, W}, view<const double, 2>{v.data(), Bn, Tn, W},
+      view_of(A.data(), Bn, Tn, W), view_of(R.data(), Bn, Tn, W), presets::verl::gae);
+  auto want = ref::gae(b.r, b.v, b.m, Bn, Tn, presets::verl::gae);
+  std::vector<double> got_a, got_r;
+  for (index_t i = 0; i < Bn; ++i)
+    for (index_t t = 0; t < W; ++t) {
+      if (t < Tn) {
+        got_a.push_back(A[i * W + t]);
+        got_r.push_back(R[i * W + t]);
+      } else {
+        CHECK(A[i * W + t] == -7.0);  // outside the slice: untouched
+      }
+    }
+  test::require_close(got_a, want.adv);
+  test::require_close(got_r, want.ret);
+}
+
 TEST_CASE("gae: AReaL's bootstrap from the last column as a strided view", "[gae][cpu]") {
   // AReaL keeps V(s_end) in the last column of a [B,T+1] values tensor at a masked position.
   auto g = test::rng(110);
@@ -661,5 +706,37 @@ TEST_CASE("gae per-position functions compose as a scan", "[gae][hd]") {
     acc = detail::affine_compose(f, acc);
   }
   CHECK(detail::affine_apply(acc, 0.0) == Approx(seq).epsilon(1e-12));
+}
+#endif
+
+#if defined(__CUDACC__)
+// Determinism of the CUDA scans: each reduction (statistics) and each scanned output run twice
+// on the same inputs must agree bitwise; rows long enough to span several chunks, and many
+// short rows, cover both carry paths.
+TEMPLATE_LIST_TEST_CASE("cuda: gae and returns are bitwise deterministic", "[gae][cuda][determinism]", backends) {
+  using Bk = TestType;
+  auto g = test::rng(9001);
+  for (auto [B, Tn] : {std::pair<index_t, index_t>{3, 20000}, std::pair<index_t, index_t>{300, 100}}) {
+    auto m = test::make_mask(g, B, Tn, mask_pattern::interior_spans);
+    auto r = test::cast<float>(test::normal(g, B * Tn));
+    auto v = test::cast<float>(test::normal(g, B * Tn));
+    buffer<std::uint8_t, Bk> mb(m);
+    buffer<float, Bk> rb(r), vb(v), A1(B * Tn, 0.f), R1(B * Tn, 0.f), A2(B * Tn, 1.f), R2(B * Tn, 1.f);
+    padded<std::uint8_t, typename Bk::memory_space> L(mb.cview2(B, Tn));
+    for (const gae_config& c : {gae_config{.gamma = 0.99, .lambda = 0.95}, presets::nemo::gae_vapo, presets::openrlhf::gae}) {
+      auto s1 = gae(test::make_backend<Bk>(), L, rb.cview2(B, Tn), vb.cview2(B, Tn), A1.view2(B, Tn), R1.view2(B, Tn), c);
+      auto s2 = gae(test::make_backend<Bk>(), L, rb.cview2(B, Tn), vb.cview2(B, Tn), A2.view2(B, Tn), R2.view2(B, Tn), c);
+      CHECK(test::bitwise_equal(A1.to_host(), A2.to_host()));
+      CHECK(test::bitwise_equal(R1.to_host(), R2.to_host()));
+      CHECK(s1.tokens == s2.tokens);
+      CHECK(std::memcmp(&s1.advantages, &s2.advantages, sizeof(moments)) == 0);
+      CHECK(std::memcmp(&s1.returns.sum, &s2.returns.sum, sizeof(double)) == 0);
+      CHECK(std::memcmp(&s1.lambda.sum, &s2.lambda.sum, sizeof(double)) == 0);
+    }
+    auto t1 = discounted_returns(test::make_backend<Bk>(), L, rb.cview2(B, Tn), R1.view2(B, Tn), returns_config{0.9});
+    auto t2 = discounted_returns(test::make_backend<Bk>(), L, rb.cview2(B, Tn), R2.view2(B, Tn), returns_config{0.9});
+    CHECK(test::bitwise_equal(R1.to_host(), R2.to_host()));
+    CHECK(std::memcmp(&t1.returns, &t2.returns, sizeof(moments)) == 0);
+  }
 }
 #endif
