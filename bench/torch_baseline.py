@@ -480,7 +480,14 @@ def run_size(B, T, sweep, args, device, compiled, copy_bps, l2_bytes, records, l
                 med, mn, n = time_cuda(fn, warmup=1, reps=min(args.reps, 5), budget_s=args.slow_budget, min_reps=1)
             else:
                 med, mn, n = time_cuda(fn, warmup=args.warmup, reps=args.reps, budget_s=args.budget)
-            pk = peak_bytes(lambda: fn(0)) if args.memory else None
+            if args.memory:
+                # Gradients left by the timing loop would be freed inside the call and make the
+                # peak look smaller than it is: drop them first.
+                for key in ("logp", "values_new"):
+                    sets[0][key].grad = None
+                pk = peak_bytes(lambda: fn(0))
+            else:
+                pk = None
         except Exception as e:  # a failed compile must not lose the rest of the run
             log(f"  {prim:17s} {impl:15s} B={B:6d} T={T:6d}  FAILED: {type(e).__name__}: {e}")
             records.append(dict(primitive=prim, impl=impl, B=B, T=T, tokens=B * T, sweep=sweep,
