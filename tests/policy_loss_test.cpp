@@ -790,6 +790,12 @@ TEMPLATE_LIST_TEST_CASE("policy_loss presets reproduce the peers' formulas", "[p
   check(presets::nemo::grpo_loss, [&](auto& lp) { return nemo_loss(b, lp, 0); }, false);
   check(presets::nemo::cispo_loss, [&](auto& lp) { return nemo_loss(b, lp, 1); }, false);
   check(presets::nemo::reinforce_loss, [&](auto& lp) { return nemo_loss(b, lp, 2); }, false);
+  SECTION("TRL grpo's mean over all rows: an all-masked row counts with normalizers::sequences = B") {
+    auto e = b;
+    for (index_t t = 0; t < e.T; ++t) e.mask[t] = 0;
+    auto o = run<B, double>(e, presets::trl::grpo_loss, normalizers{.sequences = double(e.B)});
+    CHECK(o.r.loss == Approx(trl_loss(e, e.lp, 0.2, 0.2, 0.0, true, false)).epsilon(1e-12));
+  }
   SECTION("NeMo's KL gradient is k3' + k3 (the score-function weight)") {
     auto one = b;
     std::fill(one.adv.begin(), one.adv.end(), 0.0);
@@ -811,3 +817,36 @@ TEMPLATE_LIST_TEST_CASE("policy_loss presets reproduce the peers' formulas", "[p
     test::require_close(v.grad, t.grad, 1e-12, 1e-15);
   }
 }
+
+#if defined(__CUDACC__)
+// Determinism of the CUDA policy loss: the loss, its parts, every statistic and the gradient,
+// run twice on the same inputs, agree bitwise (token level with a KL term, and GSPO's
+// sequence-level ratio through the mean).
+TEMPLATE_LIST_TEST_CASE("cuda: policy_loss is bitwise deterministic", "[policy_loss][cuda][determinism]", backends) {
+  using Bk = TestType;
+  auto g = test::rng(9002);
+  const index_t B = 40, Tn = 5000;
+  auto m = test::make_mask(g, B, Tn, test::mask_pattern::random);
+  auto lp = test::normal(g, B * Tn, -1.0, 0.5), lo = test::normal(g, B * Tn, -1.0, 0.5);
+  auto lr = test::normal(g, B * Tn, -1.0, 0.5), a = test::normal(g, B * Tn);
+  buffer<std::uint8_t, Bk> mb(m);
+  buffer<float, Bk> lpb(test::cast<float>(lp)), lob(test::cast<float>(lo)), lrb(test::cast<float>(lr)),
+      ab(test::cast<float>(a)), g1(B * Tn, 0.f), g2(B * Tn, 1.f);
+  padded<std::uint8_t, typename Bk::memory_space> L(mb.cview2(B, Tn));
+  policy_loss_config tok{.eps_high = 0.28, .dual_clip = 3.0, .kl_coef = 0.01};
+  for (const policy_loss_config& c : {tok, presets::trl::gspo_loss, presets::verl::gspo_loss}) {
+    auto r1 = policy_loss(test::make_backend<Bk>(), L, lpb.cview2(B, Tn), lob.cview2(B, Tn), lrb.cview2(B, Tn),
+                          ab.cview2(B, Tn), g1.view2(B, Tn), c);
+    auto r2 = policy_loss(test::make_backend<Bk>(), L, lpb.cview2(B, Tn), lob.cview2(B, Tn), lrb.cview2(B, Tn),
+                          ab.cview2(B, Tn), g2.view2(B, Tn), c);
+    CHECK(test::bitwise_equal(g1.to_host(), g2.to_host()));
+    CHECK(std::memcmp(&r1.loss, &r2.loss, sizeof(double)) == 0);
+    CHECK(std::memcmp(&r1.policy_parts.sum, &r2.policy_parts.sum, sizeof(double)) == 0);
+    CHECK(std::memcmp(&r1.kl_parts.sum, &r2.kl_parts.sum, sizeof(double)) == 0);
+    CHECK(std::memcmp(&r1.stats.ratio.total.sum, &r2.stats.ratio.total.sum, sizeof(double)) == 0);
+    CHECK(std::memcmp(&r1.stats.approx_kl_k3.sum, &r2.stats.approx_kl_k3.sum, sizeof(double)) == 0);
+    CHECK(std::memcmp(&r1.stats.kl_ref.sum, &r2.stats.kl_ref.sum, sizeof(double)) == 0);
+    CHECK(r1.stats.clip_upper.sum == r2.stats.clip_upper.sum);
+  }
+}
+#endif

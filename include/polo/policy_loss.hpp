@@ -73,7 +73,7 @@
 /// With `kl_coef` (beta) > 0 the loss adds beta times the KL estimator of `kl`
 /// (<polo/kl.hpp>) between `logp` and `logp_ref`: at token level aggregated with the policy's
 /// weights W (or token-mean with `kl_aggregation::token_mean`, as OpenRLHF does); at sequence
-/// level, K_i is averaged over sequences: beta * sum_i K_i / N_seq.
+/// level, K_i is averaged over sequences: beta * s * sum_i K_i / N_seq (s = normalizers::scale).
 ///
 /// ## Non-finite inputs
 /// Values at masked positions are never read into a result (select, never multiply by 0). At a
@@ -334,12 +334,14 @@ inline constexpr policy_loss_config sapo_loss{.objective = policy_objective::sap
 /// clip, eps 0.2 with epsilon_high = epsilon, beta = 0 (set kl_coef to enable k3, unclamped).
 namespace trl {
 /// loss_type="dapo" (default): token-mean over the generation batch's tokens; pass
-/// normalizer.tokens = num_items_in_batch / num_processes ... as the global count.
-/// loss_type="bnpo" is the same with this call's own count.
+/// `normalizers::tokens = num_items_in_batch / num_processes` (TRL's divisor) as the global
+/// count. loss_type="bnpo" is the same with this call's own count (`normalizers::local`).
 inline constexpr policy_loss_config dapo_loss{.log_ratio_min = -unbounded,
                                          .log_ratio_max = unbounded,
                                          .kl = presets::trl::kl_k3};
-/// loss_type="grpo": per-sequence token mean, then mean over sequences.
+/// loss_type="grpo": per-sequence token mean, then mean over sequences. TRL's mean runs over
+/// all B rows, all-masked ones included (mask_truncated_completions): pass
+/// `normalizers::sequences = B` to match it there; polo's local count skips empty rows.
 inline constexpr policy_loss_config grpo_loss{.log_ratio_min = -unbounded,
                                          .log_ratio_max = unbounded,
                                          .agg = aggregation::seq_mean_token_mean,
