@@ -16,21 +16,26 @@
 
 namespace polo::detail {
 
+/// True when a valid value of the row is NaN or infinite. x − x is exactly 0 for finite x and
+/// NaN otherwise, and NaN != 0; the flags are OR-ed (an associative integer reduction, so the
+/// compiler vectorizes the loop; masked values are looked at but never matter).
+template <class T, class Mask>
+bool cpu_row_has_nonfinite(const T* x, const Mask* m, index_t len) {
+  unsigned bad = 0;
+  if (m == nullptr) {
+    for (index_t t = 0; t < len; ++t) bad |= unsigned((x[t] - x[t]) != T(0));
+  } else {
+    for (index_t t = 0; t < len; ++t) bad |= unsigned(m[t] != Mask(0)) & unsigned((x[t] - x[t]) != T(0));
+  }
+  return bad != 0;
+}
+
 /// Throws nonfinite_error naming `arg` and the flat index of the first non-finite value at a
 /// valid token of row i (masked values are never looked at).
 template <class T, class Mask, TokenLayout L>
 void cpu_check_row_finite(const char* fn, const char* arg, const L& layout, index_t i, const T* x, const Mask* m,
                           index_t len, const char* hint = "") {
-  // Vectorized test first (x - x is 0 exactly for finite x, NaN otherwise), then locate.
-  const_row_array_map<T> xr(x, len);
-  bool bad = false;
-  if (m == nullptr) {
-    bad = ((xr - xr) != T(0)).any();
-  } else {
-    const_row_array_map<Mask> mm(m, len);
-    bad = ((mm != Mask(0)) && ((xr - xr) != T(0))).any();
-  }
-  if (!bad) return;
+  if (!cpu_row_has_nonfinite(x, m, len)) return;
   for (index_t t = 0; t < len; ++t) {
     if (m != nullptr && !is_valid(m[t])) continue;
     if (!is_finite(x[t])) throw_nonfinite(fn, arg, flat_index(layout, i, t), double(x[t]), hint);
@@ -39,30 +44,54 @@ void cpu_check_row_finite(const char* fn, const char* arg, const L& layout, inde
 
 /// Moments of the valid values of one row, in double: the mean as x0 + mean(x − x0) (x0 the
 /// first valid value, so a constant row has mean exactly x0), then the squared deviations.
+/// Each sum runs in four interleaved partial sums (positions counted from the first valid
+/// token, so a packed row and the same row padded group their terms identically), added
+/// pairwise at the end: a fixed order, hence bitwise deterministic, with four independent
+/// dependency chains instead of one.
 template <class T, class Mask>
 moments cpu_row_moments(const T* x, const Mask* m, index_t len) {
   moments r;
+  index_t f = 0;
+  if (m != nullptr)
+    while (f < len && !is_valid(m[f])) ++f;
+  if (f >= len) return r;
+  const double x0 = double(x[f]);
+  auto valid = [&](index_t t) { return m == nullptr || is_valid(m[t]); };
+  // Σ (x − x0) and the count over the valid positions.
+  double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
   index_t n = 0;
-  double x0 = 0.0, s = 0.0;
-  for (index_t t = 0; t < len; ++t) {
-    if (m != nullptr && !is_valid(m[t])) continue;
-    double v = double(x[t]);
-    if (n == 0) x0 = v;
-    s += v - x0;
-    ++n;
+  index_t t = f;
+  for (; t + 4 <= len; t += 4) {
+    s0 += valid(t) ? double(x[t]) - x0 : 0.0;
+    s1 += valid(t + 1) ? double(x[t + 1]) - x0 : 0.0;
+    s2 += valid(t + 2) ? double(x[t + 2]) - x0 : 0.0;
+    s3 += valid(t + 3) ? double(x[t + 3]) - x0 : 0.0;
+    n += index_t(valid(t)) + index_t(valid(t + 1)) + index_t(valid(t + 2)) + index_t(valid(t + 3));
   }
-  if (n == 0) return r;
-  const double off = s / double(n);
-  const double mean = x0 + off;
-  double m2 = 0.0;
-  for (index_t t = 0; t < len; ++t) {
-    if (m != nullptr && !is_valid(m[t])) continue;
-    double d = double(x[t]) - mean;
-    m2 += d * d;
+  // The tail (at most 3 positions) continues the same assignment: t − f ≡ 0 (mod 4) here.
+  if (t < len) s0 += valid(t) ? double(x[t]) - x0 : 0.0;
+  if (t + 1 < len) s1 += valid(t + 1) ? double(x[t + 1]) - x0 : 0.0;
+  if (t + 2 < len) s2 += valid(t + 2) ? double(x[t + 2]) - x0 : 0.0;
+  for (; t < len; ++t) n += index_t(valid(t));
+  const double mean = x0 + ((s0 + s1) + (s2 + s3)) / double(n);
+  // Σ (x − μ)².
+  double q0 = 0.0, q1 = 0.0, q2 = 0.0, q3 = 0.0;
+  auto sq = [&](index_t u) {
+    const double d = double(x[u]) - mean;
+    return valid(u) ? d * d : 0.0;
+  };
+  for (t = f; t + 4 <= len; t += 4) {
+    q0 += sq(t);
+    q1 += sq(t + 1);
+    q2 += sq(t + 2);
+    q3 += sq(t + 3);
   }
+  if (t < len) q0 += sq(t);
+  if (t + 1 < len) q1 += sq(t + 1);
+  if (t + 2 < len) q2 += sq(t + 2);
   r.count = n;
   r.mean = mean;
-  r.m2 = m2;
+  r.m2 = (q0 + q1) + (q2 + q3);
   return r;
 }
 
