@@ -22,3 +22,5 @@
 
 // One line per primitive: its CUDA backend (which includes its public header).
 #include "polo/advantages.cuh"
+#include "polo/whiten.cuh"
+#include "polo/value_loss.cuh"

@@ -37,11 +37,17 @@ enum status_code : int {
 enum status_entry : int {
   entry_none = 0,
   entry_broadcast_to_tokens = 1,
+  entry_whiten = 2,
+  entry_masked_moments = 3,
+  entry_value_loss = 4,
 };
 
 inline const char* entry_name(int entry) {
   switch (entry) {
     case entry_broadcast_to_tokens: return "broadcast_to_tokens";
+    case entry_whiten: return "whiten";
+    case entry_masked_moments: return "masked_moments";
+    case entry_value_loss: return "value_loss";
     default: return "unknown_entry";
   }
 }

@@ -1,0 +1,50 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+// CUDA benchmark of the clipped value loss and its gradient at PERFORMANCE.md's sizes, against
+// the device copy kernel moving the same bytes in this binary (x_copy). value_loss reads its
+// three inputs and the mask twice (statistics and checks, then the gradient) and writes the
+// gradient once; bytes are counted as the minimum (each input read once, the gradient written
+// once), so x_copy includes the cost of the second read. Scratch comes from a caller
+// workspace (value_loss_workspace_bytes).
+#include <cstdint>
+#include <vector>
+
+#include <polo/polo.cuh>
+
+#include "support/bench_support.hpp"
+#include "support/cuda_timer.cuh"
+
+namespace {
+
+namespace cb = polo::bench::cuda;
+
+double value_loss_bytes(std::int64_t B, std::int64_t T) { return double(B) * double(T) * (4 * sizeof(float) + 1); }
+
+void BM_ValueLoss_cuda(benchmark::State& st) {
+  const std::int64_t B = st.range(0), T = st.range(1);
+  const auto n = static_cast<std::size_t>(B * T);
+  cb::device_buffer<float> v(polo::bench::normal_values<float>(n, 4)), vo(polo::bench::normal_values<float>(n, 5)),
+      ret(polo::bench::normal_values<float>(n, 6)), grad(n);
+  cb::device_buffer<std::uint8_t> mask(polo::bench::right_padded_mask(B, T));
+  cudaStream_t stream{};
+  POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const polo::padded<std::uint8_t, polo::device_space> lay(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
+  cb::device_buffer<unsigned char> ws(polo::value_loss_workspace_bytes(polo::cuda{}, lay));
+  const polo::cuda be{.stream = stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  auto view = [&](const cb::device_buffer<float>& b) { return polo::device_view_of<const float>(b.data(), B, T, T); };
+  cb::time_loop(st, stream, [&] {
+    polo::value_loss(be, lay, view(v), view(vo), view(ret), polo::device_view_of(grad.data(), B, T, T),
+                     polo::presets::verl::critic);
+  });
+  cb::report(st, value_loss_bytes(B, T));
+  (void)cudaStreamDestroy(stream);
+}
+
+void BM_CopyFloor_value_loss_bytes(benchmark::State& st) {
+  cb::copy_benchmark(st, value_loss_bytes(st.range(0), st.range(1)));
+}
+
+}  // namespace
+
+BENCHMARK(BM_CopyFloor_value_loss_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ValueLoss_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);

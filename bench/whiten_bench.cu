@@ -1,0 +1,45 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+// CUDA benchmark of masked whitening at PERFORMANCE.md's sizes, against the device copy kernel
+// moving the same bytes in this binary (x_copy). whiten reads x and the mask twice (statistics,
+// then the write) and writes out once; bytes are counted as the minimum, each input read once
+// and the output written once, so x_copy includes the cost of the second read. Scratch comes
+// from a caller workspace (whiten_workspace_bytes).
+#include <cstdint>
+#include <vector>
+
+#include <polo/polo.cuh>
+
+#include "support/bench_support.hpp"
+#include "support/cuda_timer.cuh"
+
+namespace {
+
+namespace cb = polo::bench::cuda;
+
+double whiten_bytes(std::int64_t B, std::int64_t T) { return double(B) * double(T) * (2 * sizeof(float) + 1); }
+
+void BM_Whiten_cuda(benchmark::State& st) {
+  const std::int64_t B = st.range(0), T = st.range(1);
+  cb::device_buffer<float> x(polo::bench::normal_values<float>(static_cast<std::size_t>(B * T), 3)),
+      out(static_cast<std::size_t>(B * T));
+  cb::device_buffer<std::uint8_t> mask(polo::bench::right_padded_mask(B, T));
+  cudaStream_t stream{};
+  POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const polo::padded<std::uint8_t, polo::device_space> lay(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
+  cb::device_buffer<unsigned char> ws(polo::whiten_workspace_bytes(polo::cuda{}, lay));
+  const polo::cuda be{.stream = stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  cb::time_loop(st, stream, [&] {
+    polo::whiten(be, lay, polo::device_view_of<const float>(x.data(), B, T, T), polo::device_view_of(out.data(), B, T, T),
+                 polo::presets::verl::whitening_masked);
+  });
+  cb::report(st, whiten_bytes(B, T));
+  (void)cudaStreamDestroy(stream);
+}
+
+void BM_CopyFloor_whiten_bytes(benchmark::State& st) { cb::copy_benchmark(st, whiten_bytes(st.range(0), st.range(1))); }
+
+}  // namespace
+
+BENCHMARK(BM_CopyFloor_whiten_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Whiten_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);

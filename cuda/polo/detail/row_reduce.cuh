@@ -1,0 +1,179 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// \file
+/// Layout-independent, deterministic reductions over the valid tokens of one row, and a
+/// fixed-tree reduction of per-row results: the building blocks of the CUDA whiten and
+/// value_loss (and of any primitive whose padded and packed results must agree bitwise).
+///
+/// A padded row and the same row packed hold the same valid values at different positions
+/// (left padding, a shorter span). `rank_ordered_sum` makes the order of every floating-point
+/// addition depend only on the sequence of valid values: the block walks the row in chunks of
+/// `Threads` positions, ranks the valid ones with a block scan, and the value of valid rank r
+/// is added to slot r % Threads; slots accumulate in rank order and are then combined in a
+/// fixed binary tree. The result is therefore bitwise the same for both layouts, and from run
+/// to run (no atomics on floating-point values).
+
+#include <cuda_runtime.h>
+
+#include <cub/block/block_scan.cuh>
+
+#include <climits>
+
+#include "polo/core/backend.hpp"
+#include "polo/core/config.hpp"
+#include "polo/core/layout.hpp"
+#include "polo/detail/launch.cuh"
+#include "polo/detail/status.cuh"
+
+namespace polo::kernels {
+
+/// Shared memory of rank_ordered_sum for a block of `Threads` and values of type V.
+template <int Threads, class V>
+struct rank_sum_storage {
+  typename cub::BlockScan<int, Threads>::TempStorage scan;
+  detail::shared_array<V, Threads> slot;
+};
+
+#if defined(__CUDACC__)
+
+/// Σ load(t) over the positions t in [0, len) with valid(t), summed with `add` in an order
+/// fixed by the ranks of the valid positions (see the file comment). Call from every thread
+/// of the block with the same len; returns the sum in every thread and the number of valid
+/// positions in `count`. `load` is called once per valid position, by one thread.
+template <int Threads, class V, class Valid, class Load, class Add>
+__device__ V rank_ordered_sum(index_t len, Valid&& valid, Load&& load, Add&& add, V zero,
+                              rank_sum_storage<Threads, V>& sm, index_t& count) {
+  V acc = zero;
+  index_t base = 0;
+  const int tid = threadIdx.x;
+  for (index_t c = 0; c < len; c += Threads) {
+    const index_t t = c + tid;
+    const bool ok = t < len && valid(t);
+    int rank = 0, total = 0;
+    cub::BlockScan<int, Threads>(sm.scan).ExclusiveSum(ok ? 1 : 0, rank, total);
+    if (ok) sm.slot[static_cast<int>((base + rank) % Threads)] = load(t);
+    __syncthreads();
+    const int first = static_cast<int>(base % Threads);
+    const int j = (tid - first + Threads) % Threads;  // this slot's rank offset within the chunk
+    if (j < total) acc = add(acc, sm.slot[tid]);
+    __syncthreads();
+    base += total;
+  }
+  sm.slot[tid] = acc;
+  __syncthreads();
+  for (int s = Threads / 2; s > 0; s >>= 1) {
+    if (tid < s) sm.slot[tid] = add(sm.slot[tid], sm.slot[tid + s]);
+    __syncthreads();
+  }
+  const V r = sm.slot[0];
+  __syncthreads();  // the storage may be reused by the caller
+  count = base;
+  return r;
+}
+
+/// First valid position of a row (len when none), the same in every thread of the block.
+template <int Threads, class Valid>
+__device__ index_t first_valid(index_t len, Valid&& valid, int* sh) {
+  index_t found = len;
+  for (index_t c = 0; c < len; c += Threads) {
+    if (threadIdx.x == 0) *sh = Threads;
+    __syncthreads();
+    const index_t t = c + threadIdx.x;
+    if (t < len && valid(t)) atomicMin(sh, static_cast<int>(threadIdx.x));
+    __syncthreads();
+    const int f = *sh;
+    __syncthreads();
+    if (f < Threads) {
+      found = c + f;
+      break;
+    }
+  }
+  return found;
+}
+
+/// One block folds `n` items with `merge` in a fixed order: thread t merges the contiguous
+/// range [t·per, (t+1)·per) in order, then a binary tree over the threads. Returns the result
+/// in thread 0 (other threads: unspecified).
+template <int Threads, class V, class Get, class Merge>
+__device__ V fixed_tree_fold(index_t n, Get&& get, Merge&& merge, V zero, detail::shared_array<V, Threads>& sh) {
+  const int t = threadIdx.x;
+  const index_t per = detail::ceil_div<index_t>(n, Threads);
+  V acc = zero;
+  for (index_t q = index_t(t) * per; q < index_t(t + 1) * per && q < n; ++q) acc = merge(acc, get(q));
+  sh[t] = acc;
+  __syncthreads();
+  for (int s = 1; s < Threads; s <<= 1) {
+    if (t % (2 * s) == 0) sh[t] = merge(sh[t], sh[t + s]);
+    __syncthreads();
+  }
+  return sh[0];
+}
+
+/// Device-side check of packed offsets (the CUDA counterpart of `packed::check_offsets_host`),
+/// accumulated with integer atomics only: every block checks its own row, block 0 the ends.
+struct offsets_check {
+  unsigned int flags = 0;           ///< bit 0: offsets[0] != 0; bit 1: offsets[B] != N
+  unsigned long long decrease = 0;  ///< ~(i + 1) for the smallest i with offsets[i+1] < offsets[i]; 0: none
+};
+
+/// Thread 0 of block `blockIdx.x`: checks row i's offsets (and, in block 0, both ends);
+/// returns false when row i cannot be read (its range decreases or leaves [0, N]). Padded
+/// layouts always pass.
+template <class L>
+__device__ bool check_row_offsets(const L& layout, index_t i, offsets_check* chk) {
+  if constexpr (L::is_packed) {
+    const index_t B = layout.num_seqs();
+    if (blockIdx.x == 0) {
+      if (layout.offsets(0) != 0) atomicOr(&chk->flags, 1u);
+      if (static_cast<index_t>(layout.offsets(B)) != layout.tokens) atomicOr(&chk->flags, 2u);
+    }
+    if (i >= B) return false;
+    const index_t o0 = static_cast<index_t>(layout.offsets(i)), o1 = static_cast<index_t>(layout.offsets(i + 1));
+    if (o1 < o0) atomicMax(&chk->decrease, ~static_cast<unsigned long long>(i + 1));
+    return o0 >= 0 && o1 >= o0 && o1 <= layout.tokens;
+  } else {
+    return i < layout.num_seqs();
+  }
+}
+
+/// Resolves an offsets_check into the first error in the CPU's order (offsets[0], the first
+/// decrease, offsets[B]) as a polo::cuda::status for entry `entry`; code 0 when none. One thread.
+template <class L>
+__device__ cuda::status resolve_offsets(const L& layout, const offsets_check& chk, int entry) {
+  cuda::status s;
+  s.entry = entry;
+  if constexpr (L::is_packed) {
+    const index_t B = layout.num_seqs();
+    if (chk.flags & 1u) {
+      s.code = detail::status_offsets_start;
+      s.a = static_cast<long long>(layout.offsets(0));
+    } else if (chk.decrease != 0) {
+      const index_t at = static_cast<index_t>(~chk.decrease);
+      s.code = detail::status_offsets_decrease;
+      s.index = at;
+      s.a = static_cast<long long>(layout.offsets(at - 1));
+      s.b = static_cast<long long>(layout.offsets(at));
+    } else if (chk.flags & 2u) {
+      s.code = detail::status_offsets_end;
+      s.a = static_cast<long long>(layout.offsets(B));
+      s.b = layout.tokens;
+    }
+  }
+  return s;
+}
+
+/// Element at a flat index of a per-token tensor of the layout (i*T + t for padded, the
+/// position itself for packed).
+template <class L, class X>
+__device__ auto at_flat(const L& layout, const X& x, index_t flat) {
+  if constexpr (L::is_packed) {
+    return x.data[flat];
+  } else {
+    return x.row(flat / layout.seq_len)[flat % layout.seq_len];
+  }
+}
+
+#endif  // __CUDACC__
+
+}  // namespace polo::kernels
