@@ -105,8 +105,8 @@ namespace polo {
 
 /// Bytes of scratch that `group_advantages(be, scores [B], groups, advantages, cfg)` takes on
 /// the CUDA backend: the size a caller-provided `polo::cuda::workspace` needs (0 when B = 0).
-/// About 64 bytes per group plus 16 per sequence; labelled groups add about 28 bytes per
-/// sequence for the sort. Host-only, launches nothing.
+/// About 80 bytes per group plus 8 per sequence for contiguous groups; labelled groups about
+/// 130 bytes per sequence plus CUB's sort storage. Host-only, launches nothing.
 template <class Groups>
 std::size_t group_advantages_workspace_bytes(const cuda&, index_t B, const Groups& groups) {
   return detail::group_advantages_scratch_bytes(B, groups);

@@ -11,7 +11,7 @@
 /// Synchronization: value_loss returns its statistics, so it synchronizes the tag's stream
 /// once, after the statistics pass (which also checks every valid input and packed offsets);
 /// it then throws (nothing written) or enqueues the gradient write and returns without
-/// waiting. Scratch: `value_loss_workspace_bytes` (about 80 bytes per row).
+/// waiting. Scratch: `value_loss_workspace_bytes` (56 bytes per row).
 
 #include <cuda_runtime.h>
 

@@ -9,7 +9,7 @@
 /// Synchronization: both entries return host values, so each synchronizes the tag's stream
 /// once, after the statistics, to read them back with the data checks (non-finite valid
 /// inputs, packed offsets); `whiten` then throws (nothing written) or enqueues the write and
-/// returns without waiting for it. Scratch: `whiten_workspace_bytes` (about 32 bytes per row).
+/// returns without waiting for it. Scratch: `whiten_workspace_bytes` (32 bytes per row).
 /// Deterministic: bitwise identical run to run, and packed == padded (detail/row_reduce.cuh).
 
 #include <cuda_runtime.h>
