@@ -210,4 +210,23 @@ TEST_CASE("r1zero: a short seeded GRPO run raises the reward, and the same seed 
   CHECK(p1.net().params() == p2.net().params());
 }
 
+TEST_CASE("r1zero: the PNG writer's checksums and deflate stream", "[trainer]") {
+  const std::string check = "123456789";
+  CHECK(r1zero::plot::crc32(reinterpret_cast<const std::uint8_t*>(check.data()), check.size()) == 0xCBF43926u);
+  // A run of 1000 equal bytes: zlib header, one fixed-Huffman block of a literal and a few
+  // matches at distance 1, then the Adler-32 of the data (computed here independently).
+  const std::vector<std::uint8_t> data(1000, 97);
+  const std::vector<std::uint8_t> z = r1zero::plot::zlib_compress(data, {1});
+  REQUIRE(z.size() > 6);
+  CHECK(z.size() < 40);
+  CHECK(z[0] == 0x78);
+  CHECK((z[0] * 256 + z[1]) % 31 == 0);  // the zlib header check
+  CHECK((z[2] & 7) == 3);                // BFINAL = 1, BTYPE = 01 (fixed codes)
+  std::uint32_t a = 1, b = 0;
+  for (std::uint8_t v : data) a = (a + v) % 65521, b = (b + a) % 65521;
+  const std::uint32_t adler = (b << 16) | a;
+  CHECK(((std::uint32_t(z[z.size() - 4]) << 24) | (std::uint32_t(z[z.size() - 3]) << 16) |
+         (std::uint32_t(z[z.size() - 2]) << 8) | z[z.size() - 1]) == adler);
+}
+
 #endif  // !defined(__CUDACC__)

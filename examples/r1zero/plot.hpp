@@ -2,14 +2,15 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 // A self-contained PNG writer and a small line-chart renderer for the trainers' metric plots:
-// no zlib, no libpng. The image data is stored uncompressed (zlib "stored" blocks, which every
-// PNG reader accepts); CRC-32 and Adler-32 are computed here. Text uses a built-in 5x7 font.
+// no zlib, no libpng. The image data is deflated here (one fixed-Huffman block with greedy LZ77
+// matches); CRC-32 and Adler-32 are computed here too. Text uses a built-in 5x7 font.
 
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <initializer_list>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -35,6 +36,95 @@ inline std::uint32_t crc32(const std::uint8_t* p, std::size_t n, std::uint32_t c
   return ~c;
 }
 
+/// A zlib stream of `data`: one deflate block with the fixed Huffman codes, and greedy LZ77
+/// matches taken from a 3-byte hash and from the distances in `hints` (for an image: one pixel
+/// back and one row back, which is where a chart's flat areas repeat). Simple, and a few
+/// hundred times smaller than stored blocks on a chart.
+inline std::vector<std::uint8_t> zlib_compress(const std::vector<std::uint8_t>& data,
+                                               std::initializer_list<std::size_t> hints) {
+  std::vector<std::uint8_t> out{0x78, 0x01};
+  std::uint32_t bitbuf = 0;
+  int bitcount = 0;
+  auto bits = [&](std::uint32_t v, int n) {  // n bits of v, least significant first
+    bitbuf |= v << bitcount;
+    bitcount += n;
+    while (bitcount >= 8) {
+      out.push_back(std::uint8_t(bitbuf & 0xFF));
+      bitbuf >>= 8;
+      bitcount -= 8;
+    }
+  };
+  auto huff = [&](std::uint32_t code, int n) {  // Huffman codes go most significant bit first
+    for (int k = n - 1; k >= 0; --k) bits((code >> k) & 1u, 1);
+  };
+  auto literal = [&](unsigned v) {  // literal/length symbol 0..287 with the fixed code
+    if (v < 144) huff(0x30 + v, 8);
+    else if (v < 256) huff(0x190 + (v - 144), 9);
+    else if (v < 280) huff(v - 256, 7);
+    else huff(0xC0 + (v - 280), 8);
+  };
+  static const unsigned len_base[29] = {3,  4,  5,  6,  7,  8,  9,  10, 11,  13,  15,  17,  19,  23, 27,
+                                        31, 35, 43, 51, 59, 67, 83, 99, 115, 131, 163, 195, 227, 258};
+  static const int len_extra[29] = {0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3, 4, 4, 4, 4, 5, 5, 5, 5, 0};
+  static const unsigned dist_base[30] = {1,   2,   3,   4,   5,   7,    9,    13,   17,   25,   33,   49,   65,    97,    129,
+                                         193, 257, 385, 513, 769, 1025, 1537, 2049, 3073, 4097, 6145, 8193, 12289, 16385, 24577};
+  static const int dist_extra[30] = {0, 0, 0, 0, 1, 1, 2, 2, 3, 3, 4, 4, 5, 5, 6, 6, 7, 7, 8, 8, 9, 9, 10, 10, 11, 11, 12, 12, 13, 13};
+  bits(1, 1);  // BFINAL
+  bits(1, 2);  // BTYPE = 01, fixed Huffman codes
+  const std::size_t n = data.size(), window = 32768;
+  std::vector<std::int64_t> head(1u << 15, -1);
+  auto hash = [&](std::size_t i) {
+    return ((std::uint32_t(data[i]) << 10) ^ (std::uint32_t(data[i + 1]) << 5) ^ data[i + 2]) & 0x7FFFu;
+  };
+  auto match_len = [&](std::size_t i, std::size_t j) {
+    std::size_t l = 0;
+    while (l < 258 && i + l < n && data[j + l] == data[i + l]) ++l;
+    return l;
+  };
+  std::size_t i = 0;
+  while (i < n) {
+    std::size_t best = 0, dist = 0;
+    if (i + 2 < n) {
+      const std::int64_t j = head[hash(i)];
+      if (j >= 0 && i - std::size_t(j) <= window) {
+        const std::size_t l = match_len(i, std::size_t(j));
+        if (l > best) best = l, dist = i - std::size_t(j);
+      }
+      for (std::size_t d : hints)
+        if (d >= 1 && d <= i && d <= window) {
+          const std::size_t l = match_len(i, i - d);
+          if (l > best) best = l, dist = d;
+        }
+    }
+    if (best >= 3) {
+      int c = 28;
+      while (len_base[c] > best) --c;
+      literal(257u + unsigned(c));
+      bits(std::uint32_t(best - len_base[c]), len_extra[c]);
+      int dc = 29;
+      while (dist_base[dc] > dist) --dc;
+      huff(std::uint32_t(dc), 5);
+      bits(std::uint32_t(dist - dist_base[dc]), dist_extra[dc]);
+      for (std::size_t k = 0; k < best; ++k, ++i)
+        if (i + 2 < n) head[hash(i)] = std::int64_t(i);
+    } else {
+      literal(data[i]);
+      if (i + 2 < n) head[hash(i)] = std::int64_t(i);
+      ++i;
+    }
+  }
+  literal(256);  // end of block
+  if (bitcount > 0) bits(0, 8 - bitcount);
+  std::uint32_t a = 1, b = 0;
+  for (std::uint8_t v : data) {
+    a = (a + v) % 65521;
+    b = (b + a) % 65521;
+  }
+  const std::uint32_t adler = (b << 16) | a;
+  for (int sh = 24; sh >= 0; sh -= 8) out.push_back(std::uint8_t(adler >> sh));
+  return out;
+}
+
 /// Writes an 8-bit RGB PNG of `w` x `h` pixels (row-major `pixels`, w*h entries).
 inline void write_png(const std::string& path, int w, int h, const std::vector<rgb>& pixels) {
   if (w <= 0 || h <= 0 || pixels.size() != std::size_t(w) * std::size_t(h))
@@ -51,28 +141,7 @@ inline void write_png(const std::string& path, int w, int h, const std::vector<r
       raw.push_back(c.b);
     }
   }
-  // zlib stream of stored blocks (at most 65535 bytes each) and the Adler-32 of the data.
-  std::vector<std::uint8_t> z{0x78, 0x01};
-  std::uint32_t a = 1, b = 0;
-  for (std::uint8_t v : raw) {
-    a = (a + v) % 65521;
-    b = (b + a) % 65521;
-  }
-  std::size_t pos = 0;
-  do {
-    const std::size_t n = std::min<std::size_t>(65535, raw.size() - pos);
-    const bool last = pos + n == raw.size();
-    z.push_back(last ? 1 : 0);
-    z.push_back(std::uint8_t(n & 0xFF));
-    z.push_back(std::uint8_t(n >> 8));
-    z.push_back(std::uint8_t(~n & 0xFF));
-    z.push_back(std::uint8_t((~n >> 8) & 0xFF));
-    z.insert(z.end(), raw.begin() + std::ptrdiff_t(pos), raw.begin() + std::ptrdiff_t(pos + n));
-    pos += n;
-  } while (pos < raw.size());
-  const std::uint32_t adler = (b << 16) | a;
-  for (int s = 24; s >= 0; s -= 8) z.push_back(std::uint8_t(adler >> s));
-
+  const std::vector<std::uint8_t> z = zlib_compress(raw, {3, 1 + 3 * std::size_t(w)});
   std::FILE* f = std::fopen(path.c_str(), "wb");
   if (!f) throw std::runtime_error("write_png: cannot open " + path);
   auto be32 = [](std::vector<std::uint8_t>& o, std::uint32_t v) {

@@ -141,7 +141,7 @@ inline verdict judge(const problem& p, const token_t* c, int len, const task_con
   return v;
 }
 
-/// A completion of the noisy pretraining corpus (see the file comment).
+/// A completion of the warm-up corpus: canonical, with optional digit and format noise (see the file comment).
 inline std::vector<token_t> corpus_completion(const problem& p, rng& g, double digit_noise, double format_noise) {
   std::vector<token_t> c = canonical_completion(p);
   for (std::size_t k = 1; k + 1 < c.size(); ++k)

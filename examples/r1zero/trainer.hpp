@@ -1,7 +1,7 @@
 // SPDX-FileCopyrightText: 2026 The polo authors
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
-// R1-Zero in miniature: a supervised warm-up on a noisy corpus gives a base policy, then GRPO
+// R1-Zero in miniature: a short supervised warm-up gives a base policy, then GRPO
 // (group advantages, clipped objective, KL to a reference refreshed every N steps) or PPO
 // (critic, per-token KL shaping, GAE, whitening, clipped value loss) trains it on the
 // rule-rewarded addition task of task.hpp.
@@ -67,7 +67,7 @@ struct options {
   int context = 16;
   int embed = 8;
   std::string hidden = "256";
-  // warm-up (supervised, on the noisy corpus)
+  // warm-up (supervised maximum likelihood on task completions)
   int warmup_steps = 1150;
   int warmup_batch = 64;
   double warmup_lr = 3e-3;
@@ -91,7 +91,7 @@ struct options {
   double critic_lr = 3e-3;
   double vf_clip = 0.2;
   // evaluation
-  int eval_prompts = 200;
+  int eval_prompts = 500;
   int eval_k = 8;
   int eval_every = 100;
 };
@@ -137,7 +137,7 @@ inline std::vector<flag> flags_of(options& o) {
   num("context", &o.context, "tokens in the model's context window");
   num("embed", &o.embed, "token embedding width");
   str("hidden", &o.hidden, "hidden layer widths, comma-separated (e.g. 256 or 256,128)");
-  num("warmup-steps", &o.warmup_steps, "supervised warm-up steps on the noisy corpus");
+  num("warmup-steps", &o.warmup_steps, "supervised warm-up steps (maximum likelihood on task completions)");
   num("warmup-batch", &o.warmup_batch, "problems per warm-up step");
   num("warmup-lr", &o.warmup_lr, "Adam learning rate of the warm-up");
   num("digit-noise", &o.digit_noise, "corpus: probability that an answer digit is replaced by a random digit");
@@ -366,8 +366,9 @@ eval_result evaluate(mlp_policy<Scalar>& pol, const problem_set& held, const tas
 // Supervised warm-up: the base policy
 // ---------------------------------------------------------------------------------------------
 
-/// Maximum-likelihood training on the noisy corpus, through the same Policy interface the RL
-/// phase uses: dL/dlogp = -1/N_tok at every valid token of the corpus completions.
+/// Maximum-likelihood training on task completions (canonical ones, or the noisy corpus when
+/// --digit-noise / --format-noise are set), through the same Policy interface the RL phase
+/// uses: dL/dlogp = -1/N_tok at every valid token, with a cosine learning-rate decay.
 template <class Scalar>
 void warmup(mlp_policy<Scalar>& pol, const options& o, const problem_set& held, const task_config& task) {
   if (o.warmup_steps <= 0) return;
