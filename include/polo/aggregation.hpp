@@ -120,8 +120,8 @@ inline void check_normalizers(const char* fn, aggregation agg, const normalizers
 }
 
 /// The divisor D of the aggregation (N_tok, N_seq, C or 1) given this call's local counts.
-inline double aggregation_divisor(aggregation agg, const normalizers& n, index_t local_tokens,
-                                  index_t local_seqs) {
+POLO_HD_INLINE double aggregation_divisor(aggregation agg, const normalizers& n, index_t local_tokens,
+                                          index_t local_seqs) {
   switch (agg) {
     case aggregation::token_mean: return n.tokens < 0.0 ? double(local_tokens) : n.tokens;
     case aggregation::token_sum: return 1.0;
