@@ -554,6 +554,41 @@ TEMPLATE_LIST_TEST_CASE("policy_loss edge cases", "[policy_loss][edge]", backend
       CHECK(test::bitwise_equal(x.grad, y.grad));
     }
   }
+  SECTION("strided [B,T] views (row stride > T, a slice of a wider buffer) equal dense ones bitwise") {
+    const index_t Bn = 4, T = 6, S = 9;
+    auto b = random_batch(g, Bn, T, test::mask_pattern::interior_spans);
+    auto widen = [&](const std::vector<double>& v, double fill) {
+      std::vector<double> w(Bn * S, fill);
+      for (index_t i = 0; i < Bn; ++i)
+        for (index_t t = 0; t < T; ++t) w[i * S + t] = v[i * T + t];
+      return w;
+    };
+    std::vector<std::uint8_t> wm(Bn * S, 1);
+    for (index_t i = 0; i < Bn; ++i)
+      for (index_t t = 0; t < T; ++t) wm[i * S + t] = b.mask[i * T + t];
+    buffer<double, B> lp(widen(b.lp, nan_v)), lo(widen(b.lo, nan_v)), lr(widen(b.lref, nan_v)),
+        adv(widen(b.adv, nan_v)), gr(Bn * S, -7.0);
+    buffer<std::uint8_t, B> m(wm);
+    using Sp = typename B::memory_space;
+    auto cv = [&](buffer<double, B>& x) { return view<const double, 2, Sp>{x.view1().data, Bn, T, S}; };
+    padded<std::uint8_t, Sp> layout(view<const std::uint8_t, 2, Sp>{m.cview1().data, Bn, T, S});
+    for (std::size_t ci = 0; ci < cfgs.size(); ci += 7) {
+      const auto& c = cfgs[ci];
+      INFO(describe(c));
+      auto r = policy_loss(test::make_backend<B>(), layout, cv(lp), cv(lo), cv(lr), cv(adv),
+                           view<double, 2, Sp>{gr.view1().data, Bn, T, S}, c, norm_for(c, 0));
+      auto dense = run<B, double>(b, c, norm_for(c, 0));
+      CHECK(r.loss == dense.r.loss);
+      auto h = gr.to_host();
+      for (index_t i = 0; i < Bn; ++i)
+        for (index_t t = 0; t < S; ++t) {
+          if (t < T)
+            CHECK(h[i * S + t] == dense.grad[i * T + t]);
+          else
+            CHECK(h[i * S + t] == -7.0);  // outside the view: untouched
+        }
+    }
+  }
   SECTION("token_nonfinite_policy::skip leaves the token (or its sequence) out and counts it") {
     for (std::size_t ci = 0; ci < cfgs.size(); ci += 3) {
       auto c = cfgs[ci];
