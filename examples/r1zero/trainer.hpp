@@ -68,13 +68,13 @@ struct options {
   int embed = 8;
   std::string hidden = "256";
   // warm-up (supervised maximum likelihood on task completions)
-  int warmup_steps = 1150;
+  int warmup_steps = 1000;
   int warmup_batch = 64;
   double warmup_lr = 3e-3;
   double digit_noise = 0.0;
   double format_noise = 0.0;
   // RL, both algorithms
-  int steps = 1500;
+  int steps = 2500;
   int prompts = 16;      // N prompts per step (GRPO); PPO samples N*G prompts once each
   int group = 16;        // G
   int epochs = 2;        // policy updates per rollout batch
