@@ -23,4 +23,7 @@
 // One line per primitive: its CUDA backend (which includes its public header).
 #include "polo/advantages.cuh"
 #include "polo/whiten.cuh"
+#include "polo/gae.cuh"
+#include "polo/policy_loss.cuh"
 #include "polo/value_loss.cuh"
+#include "polo/kl.cuh"

@@ -1,0 +1,96 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+// CUDA benchmarks of GAE and the discounted returns (cuda/polo/gae.cuh) at B x T = 512 x 4096
+// and 1024 x 8192 (float, uint8 mask, ~10% right padding), plus one case of few long rows and
+// one of many short rows, each with its ratio to a device copy of the same bytes measured in
+// this binary (x_copy). Bytes counted per token: the floor, every input read once and every
+// output written once (GAE: r, v, mask in, A, R out = 17 bytes; returns: r, mask in, R out = 9).
+// The Python loop baseline of ../shared/guide/PERFORMANCE.md (reverse loop over T in PyTorch,
+// H100) took 524 ms at 512 x 4096 and 980 ms at 1024 x 8192; `x_faster_than_python_loop`
+// divides those by this binary's median.
+#include <cstdint>
+#include <vector>
+
+#include <polo/polo.cuh>
+
+#include "support/bench_support.hpp"
+#include "support/cuda_timer.cuh"
+
+namespace {
+
+namespace cb = polo::bench::cuda;
+
+double python_loop_seconds(std::int64_t B, std::int64_t T) {
+  if (B == 512 && T == 4096) return 0.524;
+  if (B == 1024 && T == 8192) return 0.980;
+  return 0.0;
+}
+
+struct fixture {
+  std::int64_t B, T;
+  cudaStream_t stream{};
+  cb::device_buffer<float> r, v, A, R;
+  cb::device_buffer<std::uint8_t> mask;
+  fixture(std::int64_t b, std::int64_t t)
+      : B(b),
+        T(t),
+        r(polo::bench::normal_values<float>(static_cast<std::size_t>(b * t), 1)),
+        v(polo::bench::normal_values<float>(static_cast<std::size_t>(b * t), 2)),
+        A(static_cast<std::size_t>(b * t)),
+        R(static_cast<std::size_t>(b * t)),
+        mask(polo::bench::right_padded_mask(b, t)) {
+    POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  }
+  ~fixture() { (void)cudaStreamDestroy(stream); }
+  polo::padded<std::uint8_t, polo::device_space> layout() const {
+    return polo::padded<std::uint8_t, polo::device_space>(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
+  }
+  polo::view<const float, 2, polo::device_space> in(const cb::device_buffer<float>& x) const {
+    return polo::device_view_of<const float>(x.data(), B, T, T);
+  }
+  polo::view<float, 2, polo::device_space> out(cb::device_buffer<float>& x) const {
+    return polo::device_view_of(x.data(), B, T, T);
+  }
+};
+
+void run_gae(benchmark::State& st, const polo::gae_config& cfg) {
+  fixture f(st.range(0), st.range(1));
+  const auto lay = f.layout();
+  polo::cuda probe{};
+  cb::device_buffer<unsigned char> ws(polo::gae_workspace_bytes<float>(probe, lay));
+  polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  cb::time_loop(st, f.stream, [&] { polo::gae(be, lay, f.in(f.r), f.in(f.v), f.out(f.A), f.out(f.R), cfg); });
+  cb::report(st, double(f.B) * double(f.T) * 17.0);
+  const double py = python_loop_seconds(f.B, f.T);
+  if (py > 0) st.counters["x_faster_than_python_loop"] = py / (st.counters["median_us"].value * 1e-6);
+}
+
+void BM_Gae_cuda(benchmark::State& st) { run_gae(st, polo::gae_config{}); }
+void BM_GaeThrough_cuda(benchmark::State& st) { run_gae(st, polo::presets::openrlhf::gae); }
+void BM_GaeVapo_cuda(benchmark::State& st) { run_gae(st, polo::presets::nemo::gae_vapo); }
+
+void BM_DiscountedReturns_cuda(benchmark::State& st) {
+  fixture f(st.range(0), st.range(1));
+  const auto lay = f.layout();
+  polo::cuda probe{};
+  cb::device_buffer<unsigned char> ws(polo::discounted_returns_workspace_bytes<float>(probe, lay));
+  polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  cb::time_loop(st, f.stream, [&] { polo::discounted_returns(be, lay, f.in(f.r), f.out(f.R), polo::returns_config{0.99}); });
+  cb::report(st, double(f.B) * double(f.T) * 9.0);
+}
+
+void BM_CopyFloor_gae_bytes(benchmark::State& st) { cb::copy_benchmark(st, double(st.range(0)) * double(st.range(1)) * 17.0); }
+
+}  // namespace
+
+BENCHMARK(BM_CopyFloor_gae_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Gae_cuda)
+    ->Args({512, 4096})
+    ->Args({1024, 8192})
+    ->Args({8, 1 << 20})    // few long rows
+    ->Args({65536, 128})   // many short rows
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GaeThrough_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GaeVapo_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DiscountedReturns_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -1,0 +1,166 @@
+// SPDX-FileCopyrightText: 2026 The polo authors
+// SPDX-License-Identifier: Apache-2.0
+#pragma once
+/// \file
+/// Block-level building blocks of the CUDA scans and single-pass reductions (GAE, returns,
+/// policy loss): shuffles of small structs, fixed-shape warp and block trees (suffix scans in
+/// reverse time, reductions), and the 64-bit error key that orders data errors exactly as the
+/// CPU backend's row-by-row checks find them. Every tree has a shape fixed by the block size
+/// alone, so results are bitwise identical run to run.
+
+#include <cuda_runtime.h>
+
+#include <cstdint>
+#include <cstring>
+
+#include "polo/core/config.hpp"
+
+namespace polo::kernels {
+
+/// `__shfl_down_sync` of any trivially copyable struct whose size is a multiple of 4 bytes.
+template <class S>
+__device__ __forceinline__ S shfl_down_struct(const S& s, int delta) {
+  static_assert(sizeof(S) % 4 == 0, "shfl_down_struct: pad the struct to a multiple of 4 bytes");
+  constexpr int W = sizeof(S) / 4;
+  unsigned w[W];
+  std::memcpy(w, &s, sizeof(S));
+#pragma unroll
+  for (int i = 0; i < W; ++i) w[i] = __shfl_down_sync(0xffffffffu, w[i], delta);
+  S out;
+  std::memcpy(&out, w, sizeof(S));
+  return out;
+}
+
+/// Exclusive suffix scan over the threads of a block (NT threads, a multiple of 32): thread i
+/// gets op(x_{i+1}, op(x_{i+2}, ... x_{NT-1})) -- the combination of every thread to its right,
+/// nearest first -- or `identity` for the last thread; `total` gets the combination of all
+/// threads. `op(near, far)` must be associative. `smem` holds NT/32 elements. Contains
+/// __syncthreads (call from every thread of the block).
+template <int NT, class S, class Op>
+__device__ __forceinline__ S block_suffix_exclusive(S x, const S& identity, Op op, S* smem, S& total) {
+  constexpr int warps = NT / 32;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  S incl = x;
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    S y = shfl_down_struct(incl, d);
+    if (lane + d < 32) incl = op(incl, y);
+  }
+  S excl = shfl_down_struct(incl, 1);
+  if (lane == 31) excl = identity;
+  if (lane == 0) smem[warp] = incl;
+  __syncthreads();
+  S far = identity;  // combination of the warps to the right of this one
+#pragma unroll
+  for (int w = warps - 1; w > 0; --w)
+    if (w > warp) far = op(smem[w], far);
+  S all = identity;
+#pragma unroll
+  for (int w = warps - 1; w >= 0; --w) all = op(smem[w], all);
+  total = all;
+  __syncthreads();
+  return op(excl, far);
+}
+
+/// Reduction over the threads of a block in a fixed tree (lanes, then warps in order);
+/// `op(left, right)` combines neighbours. The result is valid in thread 0 only. `smem` holds
+/// NT/32 elements. Contains __syncthreads.
+template <int NT, class S, class Op>
+__device__ __forceinline__ S block_reduce_fixed(S x, Op op, S* smem) {
+  constexpr int warps = NT / 32;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) {
+    S y = shfl_down_struct(x, d);
+    if (lane + d < 32) x = op(x, y);
+  }
+  if (lane == 0) smem[warp] = x;
+  __syncthreads();
+  S r = smem[0];
+  if (threadIdx.x == 0) {
+#pragma unroll
+    for (int w = 1; w < warps; ++w) r = op(r, smem[w]);
+  }
+  __syncthreads();
+  return r;
+}
+
+/// Error key: orders data errors as the CPU backend finds them (row by row; within a row the
+/// arguments in `kind` order; within an argument by position). Smaller is earlier; none is
+/// `no_error_key`. Rows below 2^29, kinds below 4, positions below 2^32.
+inline constexpr unsigned long long no_error_key = ~0ull;
+POLO_HD_INLINE unsigned long long error_key(index_t row, int kind, index_t t) {
+  return (static_cast<unsigned long long>(row) << 34) | (static_cast<unsigned long long>(kind) << 32) |
+         static_cast<unsigned long long>(t);
+}
+POLO_HD_INLINE index_t error_key_row(unsigned long long k) { return static_cast<index_t>(k >> 34); }
+POLO_HD_INLINE int error_key_kind(unsigned long long k) { return static_cast<int>((k >> 32) & 3u); }
+POLO_HD_INLINE index_t error_key_pos(unsigned long long k) { return static_cast<index_t>(k & 0xffffffffull); }
+
+/// Widest vector (16, 8 or 4 bytes, else 0: scalar) that divides a run of K elements of T.
+template <int K, class T>
+inline constexpr int vector_bytes_v = (K * sizeof(T)) % 16 == 0 ? 16 : (K * sizeof(T)) % 8 == 0 ? 8 : (K * sizeof(T)) % 4 == 0 ? 4 : 0;
+
+template <int VB>
+struct vector_word;
+template <>
+struct vector_word<16> { using type = uint4; };
+template <>
+struct vector_word<8> { using type = uint2; };
+template <>
+struct vector_word<4> { using type = unsigned; };
+
+/// Loads `K` consecutive elements starting at `p + k0` (blocked: thread-owned, contiguous)
+/// with a bound `n`; out-of-range items get `fill`. Uses the widest vector loads (16, 8 or 4
+/// bytes) that the run's length and `p + k0`'s alignment allow, scalar loads otherwise.
+template <int K, class T>
+__device__ __forceinline__ void load_blocked(const T* __restrict__ p, index_t k0, index_t n, T (&out)[K], T fill) {
+  constexpr int VB = vector_bytes_v<K, T>;
+  const T* q = p + k0;
+  if constexpr (VB > 0) {
+    if (k0 + K <= n && (reinterpret_cast<std::uintptr_t>(q) % VB) == 0) {
+      using W = typename vector_word<VB>::type;
+      constexpr int per = VB / sizeof(T);
+#pragma unroll
+      for (int v = 0; v < K / per; ++v) {
+        W u = __ldg(reinterpret_cast<const W*>(q) + v);
+        T tmp[per];
+        std::memcpy(tmp, &u, VB);
+#pragma unroll
+        for (int j = 0; j < per; ++j) out[v * per + j] = tmp[j];
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k) out[k] = (k0 + k < n) ? q[k] : fill;
+}
+
+/// Stores the first `min(K, n - k0)` of `K` consecutive elements at `p + k0` (vector stores
+/// when the whole run is in range and aligned).
+template <int K, class T>
+__device__ __forceinline__ void store_blocked(T* __restrict__ p, index_t k0, index_t n, const T (&in)[K]) {
+  constexpr int VB = vector_bytes_v<K, T>;
+  T* q = p + k0;
+  if constexpr (VB > 0) {
+    if (k0 + K <= n && (reinterpret_cast<std::uintptr_t>(q) % VB) == 0) {
+      using W = typename vector_word<VB>::type;
+      constexpr int per = VB / sizeof(T);
+#pragma unroll
+      for (int v = 0; v < K / per; ++v) {
+        T tmp[per];
+#pragma unroll
+        for (int j = 0; j < per; ++j) tmp[j] = in[v * per + j];
+        W u;
+        std::memcpy(&u, tmp, VB);
+        reinterpret_cast<W*>(q)[v] = u;
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    if (k0 + k < n) q[k] = in[k];
+}
+
+}  // namespace polo::kernels
