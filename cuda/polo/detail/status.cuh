@@ -21,6 +21,7 @@
 #include "polo/core/error.hpp"
 #include "polo/detail/launch.cuh"
 #include "polo/detail/workspace.cuh"
+#include "polo/whiten.hpp"
 
 namespace polo::detail {
 
@@ -31,7 +32,24 @@ enum status_code : int {
   status_offsets_start = 2,      ///< a: offsets[0]
   status_offsets_decrease = 3,   ///< index: i + 1; a: offsets[i]; b: offsets[i + 1]
   status_offsets_end = 4,        ///< a: offsets[B]; b: N
+  status_nonfinite_arg = 5,      ///< index: flat index; value: the value; a: argument (nonfinite_arg)
+  status_singleton = 6,          ///< a: first member of the group; b: the group (ascending label order)
+  status_degenerate = 7,         ///< a: valid tokens; b: 1 under std_kind::sample
 };
+
+/// `status_nonfinite_arg`'s argument names (status::a).
+enum nonfinite_arg : int { arg_x = 0, arg_values = 1, arg_old_values = 2, arg_returns = 3, arg_scores = 4 };
+
+inline const char* nonfinite_arg_name(long long a) {
+  switch (a) {
+    case arg_x: return "x";
+    case arg_values: return "values";
+    case arg_old_values: return "old_values";
+    case arg_returns: return "returns";
+    case arg_scores: return "scores";
+    default: return "unknown_argument";
+  }
+}
 
 /// `polo::cuda::status::entry` values: the entry point that recorded the error.
 enum status_entry : int {
@@ -40,6 +58,7 @@ enum status_entry : int {
   entry_whiten = 2,
   entry_masked_moments = 3,
   entry_value_loss = 4,
+  entry_group_advantages = 5,
 };
 
 inline const char* entry_name(int entry) {
@@ -48,6 +67,7 @@ inline const char* entry_name(int entry) {
     case entry_whiten: return "whiten";
     case entry_masked_moments: return "masked_moments";
     case entry_value_loss: return "value_loss";
+    case entry_group_advantages: return "group_advantages";
     default: return "unknown_entry";
   }
 }
@@ -68,6 +88,22 @@ inline void throw_status(const cuda::status& s) {
     case status_offsets_end:
       throw_value(fn, "offsets",
                   "ends at " + std::to_string(s.a) + "; expected offsets[B] = N = " + std::to_string(s.b));
+    case status_nonfinite_arg:
+      throw_nonfinite(fn, nonfinite_arg_name(s.a), s.index, s.value,
+                      s.a == arg_scores ? "set nonfinite_policy::zero_advantage to give unscorable sequences A = 0" : "");
+    case status_singleton:
+      throw_value(fn, "scores",
+                  "has a group of one scoreable member (sequence " + std::to_string(s.a) + " of group " +
+                      std::to_string(s.b) +
+                      " counting groups in ascending label order); expected >= 2 per group under "
+                      "singleton_rule::error (choose singleton_rule::zero or ::raw)");
+    case status_degenerate: {
+      moments m;
+      m.count = static_cast<index_t>(s.a);
+      whiten_config c;
+      c.std = s.b != 0 ? std_kind::sample : std_kind::population;
+      throw_degenerate(fn, m, c);
+    }
     default:
       throw value_error("polo: unknown device status code " + std::to_string(s.code) + " from polo::" + fn);
   }

@@ -95,6 +95,14 @@ struct cuda {
   /// nothing, record the first error here, and `polo::cuda_check(be)` throws it later. When
   /// null, such errors are thrown by the call itself, after one stream synchronization.
   status* deferred_errors = nullptr;
+  /// Device memory for the statistics of an entry that returns them, or null (the default).
+  /// Set together with `deferred_errors`, such entries (group_advantages, masked_moments,
+  /// whiten, value_loss) never synchronize: the statistics they would return are written here
+  /// by the stream, as that entry's return type (group_stats, moments, whiten_stats,
+  /// value_loss_stats; 8-byte aligned), and the call returns a default-constructed value.
+  /// On a data error nothing is written here or to the outputs and the error waits in
+  /// `deferred_errors`. See docs/cuda.md, "Statistics without a host synchronization".
+  void* result = nullptr;
 };
 
 /// A backend tag: names its memory space and itself.
