@@ -5,13 +5,16 @@
 /// CUDA implementation of <polo/value_loss.hpp>: the same per-token term
 /// (`detail::value_loss_term`, computed in the input type where the peers round), the same
 /// aggregation weights, statistics, errors and messages as the CPU backend; sums in double
-/// (rank-ordered within a row, Neumaier across rows in a fixed tree), so results agree with
+/// (position-ordered within a row, Neumaier across rows in a fixed tree), so results agree with
 /// the CPU to rounding, are bitwise identical run to run, and padded == packed bitwise.
 ///
-/// Synchronization: value_loss returns its statistics, so it synchronizes the tag's stream
-/// once, after the statistics pass (which also checks every valid input and packed offsets);
-/// it then throws (nothing written) or enqueues the gradient write and returns without
-/// waiting. Scratch: `value_loss_workspace_bytes` (56 bytes per row).
+/// Synchronization: value_loss returns its statistics. By default it synchronizes the tag's
+/// stream once, after the statistics pass (which also checks every valid input and packed
+/// offsets); it then throws (nothing written) or enqueues the gradient write and returns
+/// without waiting. With `be.result` and `be.deferred_errors` set it never synchronizes
+/// (detail/async_result.cuh): the statistics go to `be.result`, errors to
+/// `be.deferred_errors`, and the gradient kernel writes nothing after an error (it reads the
+/// divisor on the device). Scratch: `value_loss_workspace_bytes`.
 
 #include <cuda_runtime.h>
 
@@ -21,6 +24,7 @@
 #include "polo/core/backend.hpp"
 #include "polo/core/error.hpp"
 #include "polo/core/layout.hpp"
+#include "polo/detail/async_result.cuh"
 #include "polo/detail/launch.cuh"
 #include "polo/detail/status.cuh"
 #include "polo/detail/workspace.cuh"
@@ -36,7 +40,8 @@ std::size_t value_loss_workspace_bytes(const cuda&, const L& layout) {
   const index_t B = layout.num_seqs();
   sp.take<kernels::value_loss_row>(B > 0 ? B : 1);
   sp.take<kernels::offsets_check>(1);
-  sp.take<kernels::value_loss_status>(1);
+  sp.take<double>(1);
+  sp.take<detail::result_slot<value_loss_stats>>(1);
   return sp.bytes();
 }
 
@@ -52,6 +57,7 @@ struct backend_impl<cuda, value_loss_tag> {
                                      layout_tensor<L, T> grad, bool write_grad, const value_loss_config& c,
                                      const normalizers& norm) {
     constexpr const char* fn = "value_loss";
+    const bool async = async_result_mode(be, fn);
     const index_t B = layout.num_seqs();
     scratch ws(be, value_loss_workspace_bytes(be, layout), fn);
     scratch_plan sp(ws.data());
@@ -62,34 +68,15 @@ struct backend_impl<cuda, value_loss_tag> {
     p.ret = R;
     p.grad = grad;
     p.cfg = c;
-    p.scale = norm.scale;
+    p.norm = norm;
     p.rows = sp.take<kernels::value_loss_row>(B > 0 ? B : 1);
     p.check = sp.take<kernels::offsets_check>(1);
-    p.status = sp.take<kernels::value_loss_status>(1);
+    p.divisor = sp.take<double>(1);
+    p.out = make_result_target(be, sp.take<result_slot<value_loss_stats>>(1), async);
     POLO_CUDA_TRY(kernels::launch_value_loss_stats(p, stream_of(be)));
-
-    // The one synchronization: counts, sums and checks back to the host.
-    kernels::value_loss_status hs;
-    read_back(be, &hs, p.status, sizeof hs);
-    throw_status(hs.offsets);
-    if (hs.bad_arg >= 0) {
-      static constexpr const char* args[3] = {"values", "old_values", "returns"};
-      throw_nonfinite(fn, args[hs.bad_arg], hs.bad, hs.bad_value, "");
-    }
-
-    value_loss_stats st;
-    st.tokens = hs.tokens;
-    st.sequences = hs.sequences;
-    const double divisor = aggregation_divisor(c.agg, norm, st.tokens, st.sequences);
-    const bool per_seq = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
-    st.parts = {hs.num.value(), per_seq ? st.sequences : st.tokens};
-    st.clipped = {hs.clipped.value(), st.tokens};
-    st.squared_error = {hs.sq.value(), st.tokens};
-    st.loss = divisor > 0.0 ? c.coef * norm.scale * st.parts.sum / divisor : 0.0;
-    if (write_grad) {
-      p.divisor = divisor;
-      POLO_CUDA_TRY(kernels::launch_value_loss_grad(p, stream_of(be)));
-    }
+    // Synchronous: the one read-back, which throws before anything is written.
+    const value_loss_stats st = finish(be, p.out);
+    if (write_grad) POLO_CUDA_TRY(kernels::launch_value_loss_grad(p, stream_of(be)));
     return st;
   }
 };

@@ -13,6 +13,13 @@
 /// is added to slot r % Threads; slots accumulate in rank order and are then combined in a
 /// fixed binary tree. The result is therefore bitwise the same for both layouts, and from run
 /// to run (no atomics on floating-point values).
+///
+/// The faster scheme that whiten and value_loss use (no scan, no barrier per chunk):
+/// `row_first_valid` finds the row's first valid position f, each thread k then takes the
+/// positions f + k + Threads·j in increasing j with several loads in flight, and
+/// `block_tree_fold` merges the threads' results in a fixed tree. The assignment depends only
+/// on the position relative to f, so a padded row and the same row packed from its first valid
+/// token (interior masked tokens kept, as polo packs) agree bitwise.
 
 #include <cuda_runtime.h>
 
@@ -90,6 +97,56 @@ __device__ index_t first_valid(index_t len, Valid&& valid, int* sh) {
     }
   }
   return found;
+}
+
+/// First valid position of a row (len when none), the same in every thread of the block; a
+/// warp-shuffle minimum over chunks of 4·Threads positions (no atomics). `sh` holds
+/// Threads / 32 ints. The row's first valid token anchors the position-ordered reductions
+/// below: positions are counted from it, so a padded row and the same row packed from its
+/// first valid token assign every valid value to the same thread in the same order.
+template <int Threads, class Valid>
+__device__ index_t row_first_valid(index_t len, Valid&& valid, int* sh) {
+  constexpr int U = 4;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  for (index_t c = 0; c < len; c += index_t(Threads) * U) {
+    int best = INT_MAX;
+#pragma unroll
+    for (int u = U - 1; u >= 0; --u) {
+      const index_t t = c + index_t(u) * Threads + tid;
+      if (t < len && valid(t)) best = u * Threads + tid;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const int other = __shfl_xor_sync(0xffffffffu, best, o);
+      best = other < best ? other : best;
+    }
+    if (lane == 0) sh[warp] = best;
+    __syncthreads();
+    int b = INT_MAX;
+#pragma unroll
+    for (int w = 0; w < Threads / 32; ++w) b = sh[w] < b ? sh[w] : b;
+    __syncthreads();
+    if (b != INT_MAX) return c + b;
+  }
+  return len;
+}
+
+/// Fixed binary tree over the threads of a block: returns merge of every thread's `v` in
+/// thread order (pairs (t, t+1), then (t, t+2), ...), in thread 0 (others: unspecified).
+/// `sh` is reused on return.
+template <int Threads, class V, class Merge>
+__device__ V block_tree_fold(const V& v, Merge&& merge, detail::shared_array<V, Threads>& sh) {
+  const int t = threadIdx.x;
+  sh[t] = v;
+  __syncthreads();
+#pragma unroll
+  for (int s = 1; s < Threads; s <<= 1) {
+    if (t % (2 * s) == 0) sh[t] = merge(sh[t], sh[t + s]);
+    __syncthreads();
+  }
+  const V r = sh[0];
+  __syncthreads();
+  return r;
 }
 
 /// One block folds `n` items with `merge` in a fixed order: thread t merges the contiguous

@@ -7,14 +7,19 @@
 /// synchronize, allocate or throw). cuda/polo/value_loss.cuh owns validation, scratch and the
 /// one read-back.
 ///
-///     value_loss_rows_kernel      one block per row: packed offsets of the row, the first
-///                                 non-finite valid value of each input, the valid count n_i,
-///                                 and Σ L, Σ (v − R)², #clipped over the row in rank order
-///                                 (detail/row_reduce.cuh: padded == packed bitwise)
+///     value_loss_rows_kernel      one block per row: packed offsets of the row, its first valid
+///                                 position f, then one pass: thread k takes the positions
+///                                 f + k + 256·j in order (several loads in flight) and sums
+///                                 L, (v − R)², #clipped in double; the threads' sums meet in a
+///                                 fixed tree (padded == packed bitwise: the assignment depends
+///                                 only on the position relative to f); first non-finite valid
+///                                 value of each input, valid count n_i
 ///     value_loss_finalize_kernel  one block: counts, Neumaier sums over rows in a fixed
-///                                 tree, the first error in the CPU's order -> status
+///                                 tree, the first error in the CPU's order, the divisor and
+///                                 value_loss_stats, published through detail/async_result.cuh
 ///     value_loss_grad_kernel      (row, slice) blocks: grad = coef · w_i · dL/dv, 0 at masked
-///                                 positions (launched once the host has the divisor)
+///                                 positions, w_i from the divisor on the device; writes
+///                                 nothing if the statistics' error is set
 ///
 /// No floating-point atomics: bitwise identical run to run.
 
@@ -27,6 +32,7 @@
 #include "polo/core/backend.hpp"
 #include "polo/core/layout.hpp"
 #include "polo/core/math.hpp"
+#include "polo/detail/async_result.cuh"
 #include "polo/detail/launch.cuh"
 #include "polo/detail/row_reduce.cuh"
 #include "polo/detail/status.cuh"
@@ -52,15 +58,7 @@ struct value_loss_row {
   }
 };
 
-/// What the host reads back.
-struct value_loss_status {
-  index_t tokens = 0, sequences = 0;
-  detail::neumaier_sum num{}, clipped{}, sq{};
-  int bad_arg = -1;  ///< -1: none; else 0 values, 1 old_values, 2 returns
-  long long bad = 0;
-  double bad_value = 0.0;
-  cuda::status offsets{};
-};
+inline constexpr int value_loss_unroll = 4;  ///< positions in flight per thread
 
 template <class T, class L>
 struct value_loss_params {
@@ -68,28 +66,36 @@ struct value_loss_params {
   detail::layout_tensor<L, const T> v{}, vo{}, ret{};
   detail::layout_tensor<L, T> grad{};
   value_loss_config cfg{};
-  double divisor = 0.0;  ///< grad kernel only: the aggregation divisor
-  double scale = 1.0;    ///< grad kernel only: normalizers::scale
+  normalizers norm{};
   value_loss_row* rows = nullptr;      ///< [max(B, 1)] scratch
   offsets_check* check = nullptr;      ///< scratch, zeroed by the launcher
-  value_loss_status* status = nullptr; ///< out
+  double* divisor = nullptr;           ///< scratch: the aggregation divisor (finalize -> grad)
+  detail::result_target<value_loss_stats> out{};
 };
 
 #if defined(__CUDACC__)
 
+POLO_HD_INLINE value_loss_row merge_rows(value_loss_row a, const value_loss_row& b) {
+  a.n += b.n;
+  a.s.loss += b.s.loss;
+  a.s.sq += b.s.sq;
+  a.s.clipped += b.s.clipped;
+  for (int k = 0; k < 3; ++k)
+    if (b.bad[k] < a.bad[k]) a.bad[k] = b.bad[k];
+  return a;
+}
+
 template <class T, class L>
 __global__ void __launch_bounds__(value_loss_threads) value_loss_rows_kernel(value_loss_params<T, L> p) {
-  __shared__ rank_sum_storage<value_loss_threads, value_loss_sums> sm;
-  __shared__ long long sh_bad[3];
+  __shared__ detail::shared_array<value_loss_row, value_loss_threads> sh;
+  __shared__ int sh_first[value_loss_threads / 32];
   __shared__ bool sh_ok;
   const index_t i = blockIdx.x;
-  if (threadIdx.x == 0) {
-    sh_bad[0] = sh_bad[1] = sh_bad[2] = LLONG_MAX;
-    sh_ok = check_row_offsets(p.layout, i, p.check);
-  }
+  const int tid = threadIdx.x;
+  if (tid == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
   __syncthreads();
   if (!sh_ok) {  // block-uniform
-    if (threadIdx.x == 0 && i < p.layout.num_seqs()) p.rows[i] = value_loss_row{};
+    if (tid == 0 && i < p.layout.num_seqs()) p.rows[i] = value_loss_row{};
     return;
   }
   const index_t len = p.layout.row_len(i);
@@ -99,31 +105,40 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_rows_kernel(val
   const auto* m = p.layout.mask_row(i);
   const bool clipping = p.cfg.clip != value_clip::none;
   const T cr = T(p.cfg.clip_range);
-  index_t n = 0;
-  const value_loss_sums s = rank_ordered_sum<value_loss_threads>(
-      len, [&](index_t t) { return m == nullptr || detail::is_valid(m[t]); },
-      [&](index_t t) {
-        const T v = vr[t], r = rr[t];
-        const T vo = clipping ? vor[t] : v;
-        const long long flat = static_cast<long long>(detail::flat_index(p.layout, i, t));
-        if (!detail::is_finite(v)) atomicMin(&sh_bad[0], flat);
-        if (clipping && !detail::is_finite(vo)) atomicMin(&sh_bad[1], flat);
-        if (!detail::is_finite(r)) atomicMin(&sh_bad[2], flat);
-        const detail::value_term term = detail::value_loss_term<T>(v, vo, r, p.cfg.clip, cr);
-        return value_loss_sums{term.loss, term.sq, term.clipped ? 1.0 : 0.0};
-      },
-      [](const value_loss_sums& a, const value_loss_sums& b) {
-        return value_loss_sums{a.loss + b.loss, a.sq + b.sq, a.clipped + b.clipped};
-      },
-      value_loss_sums{}, sm, n);
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    value_loss_row r;
-    r.n = n;
-    r.s = s;
-    for (int k = 0; k < 3; ++k) r.bad[k] = sh_bad[k];
-    p.rows[i] = r;
+  const index_t f = m == nullptr ? 0 : row_first_valid<value_loss_threads>(
+                                           len, [&](index_t t) { return detail::is_valid(m[t]); }, sh_first);
+  const long long flat0 = static_cast<long long>(detail::flat_index(p.layout, i, 0));
+  value_loss_row r;
+  constexpr int U = value_loss_unroll;
+  for (index_t c = f; c < len; c += index_t(value_loss_threads) * U) {
+    T v[U], vo[U], rt[U];
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t t = c + index_t(u) * value_loss_threads + tid;
+      const bool in = t < len;  // masked positions are loaded too: the loads overlap the mask's
+      v[u] = in ? vr[t] : T(0);
+      rt[u] = in ? rr[t] : T(0);
+      vo[u] = in && clipping ? vor[t] : v[u];
+      ok[u] = in && (m == nullptr || detail::is_valid(m[t]));
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      if (!ok[u]) continue;
+      const long long flat = flat0 + static_cast<long long>(c + index_t(u) * value_loss_threads + tid);
+      if (!detail::is_finite(v[u]) && r.bad[0] == LLONG_MAX) r.bad[0] = flat;
+      if (clipping && !detail::is_finite(vo[u]) && r.bad[1] == LLONG_MAX) r.bad[1] = flat;
+      if (!detail::is_finite(rt[u]) && r.bad[2] == LLONG_MAX) r.bad[2] = flat;
+      const detail::value_term term = detail::value_loss_term<T>(v[u], vo[u], rt[u], p.cfg.clip, cr);
+      r.s.loss += term.loss;
+      r.s.sq += term.sq;
+      r.s.clipped += term.clipped ? 1.0 : 0.0;
+      ++r.n;
+    }
   }
+  const value_loss_row total = block_tree_fold<value_loss_threads>(
+      r, [](const value_loss_row& a, const value_loss_row& b) { return merge_rows(a, b); }, sh);
+  if (tid == 0) p.rows[i] = total;
 }
 
 /// Running fold of rows: counts, Neumaier sums, and the first row with an error.
@@ -170,25 +185,34 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_finalize_kernel
       },
       value_loss_fold{}, sh);
   if (threadIdx.x == 0) {
-    value_loss_status s;
-    s.offsets = resolve_offsets(p.layout, *p.check, detail::entry_value_loss);
-    s.tokens = f.tokens;
-    s.sequences = f.sequences;
-    s.num = f.num;
-    s.clipped = f.clipped;
-    s.sq = f.sq;
-    if (s.offsets.code == detail::status_ok && f.first_bad.any_bad()) {
+    cuda::status err = resolve_offsets(p.layout, *p.check, detail::entry_value_loss);
+    if (err.code == detail::status_ok && f.first_bad.any_bad()) {
       for (int k = 0; k < 3; ++k) {
         if (f.first_bad.bad[k] != LLONG_MAX) {
-          s.bad_arg = k;
-          s.bad = f.first_bad.bad[k];
+          err.code = detail::status_nonfinite_arg;
+          err.a = detail::arg_values + k;
+          err.index = f.first_bad.bad[k];
           const auto& x = k == 0 ? p.v : (k == 1 ? p.vo : p.ret);
-          s.bad_value = double(at_flat(p.layout, x, s.bad));
+          err.value = double(at_flat(p.layout, x, err.index));
           break;
         }
       }
     }
-    *p.status = s;
+    value_loss_stats st;
+    st.tokens = f.tokens;
+    st.sequences = f.sequences;
+    const value_loss_config& c = p.cfg;
+    const double divisor = detail::aggregation_divisor(c.agg, p.norm, st.tokens, st.sequences);
+    const bool per_seq = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
+    st.parts.sum = f.num.value();
+    st.parts.count = per_seq ? st.sequences : st.tokens;
+    st.clipped.sum = f.clipped.value();
+    st.clipped.count = st.tokens;
+    st.squared_error.sum = f.sq.value();
+    st.squared_error.count = st.tokens;
+    st.loss = divisor > 0.0 ? c.coef * p.norm.scale * st.parts.sum / divisor : 0.0;
+    *p.divisor = divisor;
+    detail::publish(p.out, err, st);
   }
 }
 
@@ -207,6 +231,7 @@ cudaError_t launch_value_loss_stats(const value_loss_params<T, L>& p, cudaStream
 
 template <class T, class L>
 __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(value_loss_params<T, L> p) {
+  if (p.out.slot->error.code != 0) return;  // a check failed: write nothing
   const index_t i = blockIdx.x;
   const index_t len = p.layout.row_len(i);
   if (len <= 0) return;
@@ -217,17 +242,33 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(val
   const auto* m = p.layout.mask_row(i);
   const bool clipping = p.cfg.clip != value_clip::none;
   const T cr = T(p.cfg.clip_range);
-  const double w = p.cfg.coef * detail::aggregation_weight(p.cfg.agg, p.scale, p.divisor, p.rows[i].n);
+  const double w = p.cfg.coef * detail::aggregation_weight(p.cfg.agg, p.norm.scale, *p.divisor, p.rows[i].n);
   const index_t per = detail::ceil_div<index_t>(len, gridDim.y);
   const index_t lo = index_t(blockIdx.y) * per, hi = detail::min_of<index_t>(len, lo + per);
-  for (index_t t = lo + threadIdx.x; t < hi; t += value_loss_threads) {
-    if (m != nullptr && !detail::is_valid(m[t])) {
-      g[t] = T(0);
-      continue;
+  constexpr int U = value_loss_unroll;
+  for (index_t c = lo + threadIdx.x; c < hi; c += index_t(value_loss_threads) * U) {
+    T v[U], vo[U], rt[U];
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t t = c + index_t(u) * value_loss_threads;
+      const bool in = t < hi;
+      v[u] = in ? vr[t] : T(0);
+      rt[u] = in ? rr[t] : T(0);
+      vo[u] = in && clipping ? vor[t] : v[u];
+      ok[u] = in && (m == nullptr || detail::is_valid(m[t]));
     }
-    const T v = vr[t];
-    const detail::value_term term = detail::value_loss_term<T>(v, clipping ? vor[t] : v, rr[t], p.cfg.clip, cr);
-    g[t] = T(w * term.grad);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t t = c + index_t(u) * value_loss_threads;
+      if (t >= hi) continue;
+      if (!ok[u]) {
+        g[t] = T(0);
+        continue;
+      }
+      const detail::value_term term = detail::value_loss_term<T>(v[u], vo[u], rt[u], p.cfg.clip, cr);
+      g[t] = T(w * term.grad);
+    }
   }
 }
 

@@ -7,14 +7,19 @@
 /// `cudaError_t` (never synchronize, allocate or throw). cuda/polo/whiten.cuh owns validation,
 /// scratch and the one read-back.
 ///
-///     whiten_rows_kernel      one block per row: packed offsets of the row, the first
-///                             non-finite valid value, and the row's moments in two
-///                             rank-ordered passes (x0 + Σ(x − x0)/n, then Σ(x − μ)²), exactly
-///                             the CPU's per-row algorithm, layout-independent
-///                             (detail/row_reduce.cuh)
+///     whiten_rows_kernel      one block per row: packed offsets of the row, its first valid
+///                             position f, then ONE pass over the row: thread k takes the
+///                             positions f + k + 256·j in order (several loads in flight),
+///                             keeps shifted sums (x0 = its first value, Σd, Σd², d = x − x0)
+///                             and its first non-finite valid value; per-thread moments are
+///                             merged with Chan's update in a fixed tree (layout-independent:
+///                             the assignment depends only on the position relative to f)
 ///     whiten_finalize_kernel  one block: rows merged with Chan's update in a fixed tree, the
-///                             first error resolved -> whiten_status
-///     whiten_apply_kernel     (row, slice) blocks: out = whiten_token(valid, x, μ, 1/D)
+///                             first error resolved (offsets, non-finite, degenerate), the
+///                             coefficients, published through detail/async_result.cuh
+///     whiten_apply_kernel     (row, slice) blocks: out = whiten_token(valid, x, μ, 1/D) with
+///                             μ, 1/D read from the device slot; writes nothing if its error
+///                             is set
 ///
 /// No floating-point atomics: bitwise identical run to run, and padded == packed.
 
@@ -28,6 +33,7 @@
 #include "polo/core/layout.hpp"
 #include "polo/core/math.hpp"
 #include "polo/core/reduce.hpp"
+#include "polo/detail/async_result.cuh"
 #include "polo/detail/launch.cuh"
 #include "polo/detail/row_reduce.cuh"
 #include "polo/detail/status.cuh"
@@ -36,6 +42,8 @@
 namespace polo::kernels {
 
 inline constexpr int whiten_threads = 256;  ///< block of every whiten kernel
+inline constexpr int whiten_unroll = 8;      ///< positions in flight per thread (stats pass)
+inline constexpr int whiten_apply_unroll = 4;
 
 /// Moments of one row and its first non-finite valid value (flat index; LLONG_MAX: none).
 struct whiten_row {
@@ -43,23 +51,20 @@ struct whiten_row {
   long long bad = LLONG_MAX;
 };
 
-/// What the host reads back after the statistics.
-struct whiten_status {
-  moments local{};            ///< merged moments of every row
-  long long bad = LLONG_MAX;  ///< first non-finite valid value (flat index), LLONG_MAX: none
-  double bad_value = 0.0;     ///< x at `bad`
-  cuda::status offsets{};     ///< first packed-offsets error (code 0: none)
-};
-
-/// Params of launch_whiten_stats.
+/// Params of launch_whiten_stats. Exactly one of `ws` (whiten) and `ms` (masked_moments) has
+/// a slot.
 template <class T, class L>
 struct whiten_stats_params {
   L layout{};
   detail::layout_tensor<L, const T> x{};
-  int entry = detail::entry_whiten;  ///< entry point named by offset errors
+  int entry = detail::entry_whiten;  ///< entry point named by errors
   whiten_row* rows = nullptr;        ///< [max(B, 1)] scratch
   offsets_check* check = nullptr;    ///< scratch, zeroed by the launcher
-  whiten_status* status = nullptr;   ///< out
+  whiten_config cfg{};               ///< whiten only
+  bool has_batch = false;            ///< whiten only: `batch` replaces the local moments
+  moments batch{};
+  detail::result_target<whiten_stats> ws{};
+  detail::result_target<moments> ms{};
 };
 
 /// Params of launch_whiten_apply.
@@ -68,7 +73,7 @@ struct whiten_apply_params {
   L layout{};
   detail::layout_tensor<L, const T> x{};
   detail::layout_tensor<L, T> out{};
-  detail::whiten_coeffs w{};
+  const detail::result_slot<whiten_stats>* slot = nullptr;  ///< μ, 1/D, degenerate and the gate
   whiten_config cfg{};
 };
 
@@ -76,55 +81,65 @@ struct whiten_apply_params {
 
 template <class T, class L>
 __global__ void __launch_bounds__(whiten_threads) whiten_rows_kernel(whiten_stats_params<T, L> p) {
-  __shared__ rank_sum_storage<whiten_threads, double> sm;
-  __shared__ int sh_first;
-  __shared__ long long sh_bad;
+  __shared__ detail::shared_array<whiten_row, whiten_threads> sh;
+  __shared__ int sh_first[whiten_threads / 32];
   __shared__ bool sh_ok;
   const index_t i = blockIdx.x;
-  if (threadIdx.x == 0) {
-    sh_bad = LLONG_MAX;
-    sh_ok = check_row_offsets(p.layout, i, p.check);
-  }
+  const int tid = threadIdx.x;
+  if (tid == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
   __syncthreads();
   if (!sh_ok) {  // block-uniform
-    if (threadIdx.x == 0 && i < p.layout.num_seqs()) p.rows[i] = whiten_row{};
+    if (tid == 0 && i < p.layout.num_seqs()) p.rows[i] = whiten_row{};
     return;
   }
   const index_t len = p.layout.row_len(i);
   const T* xr = p.layout.row_ptr(p.x, i);
   const auto* m = p.layout.mask_row(i);
-  auto valid = [&](index_t t) { return m == nullptr || detail::is_valid(m[t]); };
-  auto plus = [](double a, double b) { return a + b; };
+  const index_t f = m == nullptr ? 0 : row_first_valid<whiten_threads>(
+                                           len, [&](index_t t) { return detail::is_valid(m[t]); }, sh_first);
+  const index_t flat0 = static_cast<index_t>(detail::flat_index(p.layout, i, 0));
+  index_t n = 0;
+  double x0 = 0.0, s1 = 0.0, s2 = 0.0;
+  long long bad = LLONG_MAX;
+  for (index_t c = f; c < len; c += index_t(whiten_threads) * whiten_unroll) {
+    T v[whiten_unroll];
+    bool ok[whiten_unroll];
+#pragma unroll
+    for (int u = 0; u < whiten_unroll; ++u) {
+      const index_t t = c + index_t(u) * whiten_threads + tid;
+      v[u] = t < len ? xr[t] : T(0);  // masked positions too: the load overlaps the mask's
+      ok[u] = t < len && (m == nullptr || detail::is_valid(m[t]));
+    }
+#pragma unroll
+    for (int u = 0; u < whiten_unroll; ++u) {
+      if (!ok[u]) continue;
+      const double xv = double(v[u]);
+      if (!detail::is_finite(xv) && bad == LLONG_MAX)
+        bad = static_cast<long long>(flat0 + c + index_t(u) * whiten_threads + tid);
+      if (n == 0) x0 = xv;
+      const double d = xv - x0;
+      s1 += d;
+      s2 += d * d;
+      ++n;
+    }
+  }
   whiten_row r;
-  const index_t f = first_valid<whiten_threads>(len, valid, &sh_first);
-  if (f < len) {
-    const double x0 = double(xr[f]);
-    index_t n = 0;
-    const double s = rank_ordered_sum<whiten_threads>(
-        len, valid,
-        [&](index_t t) {
-          const double v = double(xr[t]);
-          if (!detail::is_finite(v)) atomicMin(&sh_bad, static_cast<long long>(detail::flat_index(p.layout, i, t)));
-          return v - x0;
-        },
-        plus, 0.0, sm, n);
-    const double mean = x0 + s / double(n);
-    const double m2 = rank_ordered_sum<whiten_threads>(
-        len, valid,
-        [&](index_t t) {
-          const double d = double(xr[t]) - mean;
-          return d * d;
-        },
-        plus, 0.0, sm, n);
+  if (n > 0) {
     r.m.count = n;
-    r.m.mean = mean;
-    r.m.m2 = m2;
+    r.m.mean = x0 + s1 / double(n);
+    const double m2 = s2 - s1 * (s1 / double(n));
+    r.m.m2 = m2 > 0.0 ? m2 : 0.0;
   }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    r.bad = sh_bad;
-    p.rows[i] = r;
-  }
+  r.bad = bad;
+  const whiten_row total = block_tree_fold<whiten_threads>(
+      r,
+      [](whiten_row a, const whiten_row& b) {
+        a.m += b.m;
+        if (b.bad < a.bad) a.bad = b.bad;
+        return a;
+      },
+      sh);
+  if (tid == 0) p.rows[i] = total;
 }
 
 template <class T, class L>
@@ -140,14 +155,32 @@ __global__ void __launch_bounds__(whiten_threads) whiten_finalize_kernel(whiten_
       },
       whiten_row{}, sh);
   if (threadIdx.x == 0) {
-    whiten_status s;
-    s.offsets = resolve_offsets(p.layout, *p.check, p.entry);
-    if (s.offsets.code == detail::status_ok) {
-      s.local = total.m;
-      s.bad = total.bad;
-      if (total.bad != LLONG_MAX) s.bad_value = double(at_flat(p.layout, p.x, total.bad));
+    cuda::status err = resolve_offsets(p.layout, *p.check, p.entry);
+    whiten_stats st;
+    if (err.code == detail::status_ok) {
+      st.local = total.m;
+      if (total.bad != LLONG_MAX) {
+        err.code = detail::status_nonfinite_arg;
+        err.a = detail::arg_x;
+        err.index = total.bad;
+        err.value = double(at_flat(p.layout, p.x, total.bad));
+      }
     }
-    *p.status = s;
+    if (p.ws.slot != nullptr) {
+      st.used = p.has_batch ? p.batch : st.local;
+      const detail::whiten_coeffs w = detail::whiten_coefficients(st.used, p.cfg);
+      st.mean = w.mean;
+      st.inv_scale = w.inv_scale;
+      st.degenerate = w.degenerate;
+      if (err.code == detail::status_ok && w.degenerate && p.cfg.degenerate == whiten_degenerate::error) {
+        err.code = detail::status_degenerate;
+        err.a = st.used.count;
+        err.b = p.cfg.std == std_kind::sample ? 1 : 0;
+      }
+      detail::publish(p.ws, err, st);
+    } else {
+      detail::publish(p.ms, err, st.local);
+    }
   }
 }
 
@@ -165,17 +198,34 @@ cudaError_t launch_whiten_stats(const whiten_stats_params<T, L>& p, cudaStream_t
 
 template <class T, class L>
 __global__ void __launch_bounds__(whiten_threads) whiten_apply_kernel(whiten_apply_params<T, L> p) {
+  if (p.slot->error.code != 0) return;  // a check failed: write nothing
   const index_t i = blockIdx.x;
   const index_t len = p.layout.row_len(i);
   if (len <= 0) return;
+  detail::whiten_coeffs w;
+  w.mean = p.slot->value.mean;
+  w.inv_scale = p.slot->value.inv_scale;
+  w.degenerate = p.slot->value.degenerate;
   const T* xr = p.layout.row_ptr(p.x, i);
   T* o = p.layout.row_ptr(p.out, i);
   const auto* m = p.layout.mask_row(i);
   const index_t per = detail::ceil_div<index_t>(len, gridDim.y);
   const index_t lo = index_t(blockIdx.y) * per, hi = detail::min_of<index_t>(len, lo + per);
-  for (index_t t = lo + threadIdx.x; t < hi; t += whiten_threads) {
-    const bool ok = m == nullptr || detail::is_valid(m[t]);
-    o[t] = static_cast<T>(detail::whiten_token(ok, double(xr[t]), p.w, p.cfg));
+  constexpr int U = whiten_apply_unroll;
+  for (index_t c = lo + threadIdx.x; c < hi; c += index_t(whiten_threads) * U) {
+    T v[U];
+    bool ok[U];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t t = c + index_t(u) * whiten_threads;
+      v[u] = t < hi ? xr[t] : T(0);
+      ok[u] = t < hi && (m == nullptr || detail::is_valid(m[t]));
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t t = c + index_t(u) * whiten_threads;
+      if (t < hi) o[t] = static_cast<T>(detail::whiten_token(ok[u], double(v[u]), w, p.cfg));
+    }
   }
 }
 
