@@ -5,7 +5,9 @@
 // three inputs and the mask twice (statistics and checks, then the gradient) and writes the
 // gradient once; bytes are counted as the minimum (each input read once, the gradient written
 // once), so x_copy includes the cost of the second read. Scratch comes from a caller
-// workspace (value_loss_workspace_bytes).
+// workspace (value_loss_workspace_bytes). The third argument picks the mode: 1 the
+// asynchronous one (be.result + deferred_errors: no host synchronization, the number that
+// goes against the floor), 0 the synchronous one (one read-back of the statistics).
 #include <cstdint>
 #include <vector>
 
@@ -30,12 +32,22 @@ void BM_ValueLoss_cuda(benchmark::State& st) {
   POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const polo::padded<std::uint8_t, polo::device_space> lay(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
   cb::device_buffer<unsigned char> ws(polo::value_loss_workspace_bytes(polo::cuda{}, lay));
-  const polo::cuda be{.stream = stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  const bool async = st.range(2) != 0;
+  cb::device_buffer<unsigned char> res(sizeof(polo::value_loss_stats));
+  cb::device_buffer<polo::cuda::status> status(1);
+  POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
+  polo::cuda be{.stream = stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  if (async) {
+    be.deferred_errors = status.data();
+    be.result = res.data();
+  }
+  st.SetLabel(async ? "async" : "sync");
   auto view = [&](const cb::device_buffer<float>& b) { return polo::device_view_of<const float>(b.data(), B, T, T); };
   cb::time_loop(st, stream, [&] {
     polo::value_loss(be, lay, view(v), view(vo), view(ret), polo::device_view_of(grad.data(), B, T, T),
                      polo::presets::verl::critic);
   });
+  polo::cuda_check(be);
   cb::report(st, value_loss_bytes(B, T));
   (void)cudaStreamDestroy(stream);
 }
@@ -47,4 +59,4 @@ void BM_CopyFloor_value_loss_bytes(benchmark::State& st) {
 }  // namespace
 
 BENCHMARK(BM_CopyFloor_value_loss_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_ValueLoss_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_ValueLoss_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -4,7 +4,9 @@
 // moving the same bytes in this binary (x_copy). whiten reads x and the mask twice (statistics,
 // then the write) and writes out once; bytes are counted as the minimum, each input read once
 // and the output written once, so x_copy includes the cost of the second read. Scratch comes
-// from a caller workspace (whiten_workspace_bytes).
+// from a caller workspace (whiten_workspace_bytes). The third argument picks the mode: 1 the
+// asynchronous one (be.result + deferred_errors: no host synchronization, the number that
+// goes against the floor), 0 the synchronous one (one read-back of the statistics).
 #include <cstdint>
 #include <vector>
 
@@ -28,11 +30,21 @@ void BM_Whiten_cuda(benchmark::State& st) {
   POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const polo::padded<std::uint8_t, polo::device_space> lay(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
   cb::device_buffer<unsigned char> ws(polo::whiten_workspace_bytes(polo::cuda{}, lay));
-  const polo::cuda be{.stream = stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  const bool async = st.range(2) != 0;
+  cb::device_buffer<unsigned char> res(sizeof(polo::whiten_stats));
+  cb::device_buffer<polo::cuda::status> status(1);
+  POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
+  polo::cuda be{.stream = stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  if (async) {
+    be.deferred_errors = status.data();
+    be.result = res.data();
+  }
+  st.SetLabel(async ? "async" : "sync");
   cb::time_loop(st, stream, [&] {
     polo::whiten(be, lay, polo::device_view_of<const float>(x.data(), B, T, T), polo::device_view_of(out.data(), B, T, T),
                  polo::presets::verl::whitening_masked);
   });
+  polo::cuda_check(be);
   cb::report(st, whiten_bytes(B, T));
   (void)cudaStreamDestroy(stream);
 }
@@ -42,4 +54,4 @@ void BM_CopyFloor_whiten_bytes(benchmark::State& st) { cb::copy_benchmark(st, wh
 }  // namespace
 
 BENCHMARK(BM_CopyFloor_whiten_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_Whiten_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Whiten_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);

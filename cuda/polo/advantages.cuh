@@ -13,14 +13,19 @@
 /// with the CPU backend to rounding and are bitwise identical from run to run.
 ///
 /// Synchronization (docs/cuda.md):
-/// - `group_advantages` returns its `group_stats` by value, so it synchronizes the tag's
-///   stream exactly once: after the statistics pass, to read back the statistics and the
-///   data-dependent checks (non-finite scores, groups of one). It throws or enqueues the
-///   write, and returns without waiting for that write.
+/// - `group_advantages` returns its `group_stats` by value. By default it synchronizes the
+///   tag's stream exactly once, after the statistics pass, to read back the statistics and the
+///   data-dependent checks (non-finite scores, groups of one); it throws or enqueues the write,
+///   and returns without waiting for that write. With `be.result` and `be.deferred_errors` set
+///   it never synchronizes (detail/async_result.cuh): the statistics go to `be.result` on the
+///   device, a data error to `be.deferred_errors`, and nothing is written after an error.
 /// - `broadcast_to_tokens` synchronizes once (after its check kernel) when
 ///   `polo::cuda::deferred_errors` is null, so that it can throw before writing; with
 ///   `deferred_errors` set it never synchronizes: a failed check makes the write kernel write
 ///   nothing and the error waits in the status for `polo::cuda_check(be)`.
+/// - The combined call (with a layout) checks packed offsets on the device before anything
+///   is written (their error comes first, as on the CPU), then runs both steps: one
+///   synchronization plus the broadcast's; none with `be.result` and `be.deferred_errors`.
 
 #include <cuda_runtime.h>
 
@@ -34,6 +39,7 @@
 #include "polo/core/error.hpp"
 #include "polo/core/layout.hpp"
 #include "polo/core/view.hpp"
+#include "polo/detail/async_result.cuh"
 #include "polo/detail/launch.cuh"
 #include "polo/detail/status.cuh"
 #include "polo/detail/workspace.cuh"
@@ -48,6 +54,7 @@ struct advantages_regions {
   kernels::batch_partial* partials = nullptr;    // [stats blocks]
   neumaier_sum* sum_partials = nullptr;          // [advantage blocks]
   double* adv = nullptr;                         // [B] advantages (as T) before the checks pass
+  result_slot<group_stats>* slot = nullptr;      // [1] the statistics and the first data error
 };
 
 inline advantages_regions take_advantages_regions(scratch_plan& sp, index_t B, index_t max_groups) {
@@ -57,6 +64,7 @@ inline advantages_regions take_advantages_regions(scratch_plan& sp, index_t B, i
   r.partials = sp.take<kernels::batch_partial>(kernels::stats_blocks(max_groups));
   r.sum_partials = sp.take<neumaier_sum>(kernels::advantage_blocks(B));
   r.adv = sp.take<double>(B);
+  r.slot = sp.take<result_slot<group_stats>>(1);
   return r;
 }
 
@@ -122,12 +130,13 @@ std::size_t broadcast_to_tokens_workspace_bytes(const cuda&, const L&) {
 }
 
 /// Bytes of scratch of the combined `group_advantages(be, scores, groups, layout, advantages,
-/// token_advantages, cfg)`: its two steps run one after the other, so the larger of the two.
+/// token_advantages, cfg)`: the offsets check, the broadcast's check and the statistics, all
+/// live at once.
 template <class Groups, TokenLayout L>
 std::size_t group_advantages_workspace_bytes(const cuda& be, index_t B, const Groups& groups, const L& layout) {
-  const std::size_t a = group_advantages_workspace_bytes(be, B, groups);
-  const std::size_t b = broadcast_to_tokens_workspace_bytes(be, layout);
-  return a > b ? a : b;
+  detail::scratch_plan sp;
+  sp.take<kernels::offsets_precheck>(1);
+  return sp.bytes() + broadcast_to_tokens_workspace_bytes(be, layout) + group_advantages_workspace_bytes(be, B, groups);
 }
 
 }  // namespace polo
@@ -136,30 +145,31 @@ namespace polo::detail {
 
 template <>
 struct backend_impl<cuda, advantages_tag> {
-  /// See <polo/advantages.hpp>. Synchronizes the tag's stream once (after the statistics),
-  /// throws with nothing written if a data-dependent check fails, otherwise enqueues the write
-  /// and returns. Scratch: group_advantages_workspace_bytes.
+  /// The combined entry of <polo/advantages.hpp> calls the layout overload below, which checks
+  /// device offsets before writing anything.
+  static constexpr bool checks_layout_first = true;
+
+  /// What enqueue_advantages left for the caller: where the statistics are published, and
+  /// the staged advantages to copy (gated) once the checks pass (null: written directly).
+  template <class T>
+  struct enqueued {
+    result_target<group_stats> target{};
+    const T* staged = nullptr;
+  };
+
+  /// Enqueues the statistics, the advantages (to the output when no data error is possible
+  /// and `stage` is false, else to scratch) and the publication of group_stats; `pre` is an
+  /// earlier check whose error comes first. B >= 1.
   template <class T, class Groups>
-  static group_stats group_advantages(const cuda& be, view<const T, 1, device_space> s, const Groups& groups,
-                                      view<T, 1, device_space> out, const advantage_config& c) {
-    constexpr const char* fn = "group_advantages";
+  static enqueued<T> enqueue_advantages(const cuda& be, view<const T, 1, device_space> s, const Groups& groups,
+                                        view<T, 1, device_space> out, const advantage_config& c, scratch_plan& sp,
+                                        bool async, const cuda::status* pre, bool stage) {
     constexpr bool labelled = is_labelled_groups<Groups>::value;
     const index_t B = s.n;
-    group_stats st;
-    st.sequences = B;
-    if (B == 0) return st;
-    if constexpr (labelled) {
-      if (B > INT_MAX)
-        throw_shape(fn, "scores", shape_str({B}),
-                    "at most 2147483647 sequences (the CUDA backend indexes labelled groups with 32 bits)");
-    }
     const cudaStream_t stream = stream_of(be);
-    // With no error possible, advantages go straight to the output; otherwise to scratch first.
-    const bool direct = c.nonfinite != nonfinite_policy::error && c.singleton != singleton_rule::error;
-
-    scratch ws(be, group_advantages_scratch_bytes(B, groups), fn);
-    scratch_plan sp(ws.data());
+    const bool direct = !stage && c.nonfinite != nonfinite_policy::error && c.singleton != singleton_rule::error;
     advantages_regions r;
+    enqueued<T> e;
     auto run = [&](const auto& map) {
       using Map = std::remove_cvref_t<decltype(map)>;
       kernels::group_stats_params<T, Map> gp;
@@ -182,6 +192,10 @@ struct backend_impl<cuda, advantages_tag> {
       ap.out = direct ? out.data : reinterpret_cast<T*>(r.adv);
       ap.out_stride = direct ? out.stride : 1;
       ap.partials = r.sum_partials;
+      ap.pre = pre;
+      ap.result = make_result_target(be, r.slot, async);
+      e.target = ap.result;
+      e.staged = direct ? nullptr : reinterpret_cast<const T*>(r.adv);
       POLO_CUDA_TRY(kernels::launch_group_advantages(ap, stream));
     };
     if constexpr (labelled) {
@@ -204,30 +218,98 @@ struct backend_impl<cuda, advantages_tag> {
       r = take_advantages_regions(sp, B, B / groups.size);
       run(kernels::contiguous_map{groups.size, B / groups.size});
     }
+    return e;
+  }
 
-    // The one synchronization: statistics and checks back to the host.
-    kernels::advantages_status hs;
-    read_back(be, &hs, r.status, sizeof hs);
-    const kernels::batch_partial& b = hs.batch;
-    if (c.nonfinite == nonfinite_policy::error && b.nonfinite > 0)
-      throw_nonfinite(fn, "scores", b.first_nonfinite, hs.first_nonfinite_value,
-                      "set nonfinite_policy::zero_advantage to give unscorable sequences A = 0");
-    if (c.singleton == singleton_rule::error && b.singleton > 0)
-      throw_value(fn, "scores",
-                  "has a group of one scoreable member (sequence " + std::to_string(b.first_singleton_seq) +
-                      " of group " + std::to_string(b.first_singleton) +
-                      " counting groups in ascending label order); expected >= 2 per group under "
-                      "singleton_rule::error (choose singleton_rule::zero or ::raw)");
-    if (!direct) POLO_CUDA_TRY(kernels::launch_copy_strided(reinterpret_cast<const T*>(r.adv), B, out.data, out.stride, stream));
+  template <class Groups>
+  static void check_label_count(index_t B) {
+    if constexpr (is_labelled_groups<Groups>::value) {
+      if (B > INT_MAX)
+        throw_shape("group_advantages", "scores", shape_str({B}),
+                    "at most 2147483647 sequences (the CUDA backend indexes labelled groups with 32 bits)");
+    }
+  }
 
-    st.groups = b.groups;
-    st.empty_groups = b.empty;
-    st.singleton_groups = b.singleton;
-    st.zero_std_groups = b.zero_std;
-    st.nonfinite_scores = b.nonfinite;
-    st.scores = b.scores;
-    st.group_std = sum_count<double>{b.std_sum, b.std_count};
-    st.advantage = sum_count<double>{hs.advantage_sum, B};
+  /// See <polo/advantages.hpp>. Synchronous: one synchronization (after the statistics), a
+  /// throw with nothing written if a data-dependent check fails, otherwise the write is
+  /// enqueued. Asynchronous (be.result): no synchronization. Scratch:
+  /// group_advantages_workspace_bytes.
+  template <class T, class Groups>
+  static group_stats group_advantages(const cuda& be, view<const T, 1, device_space> s, const Groups& groups,
+                                      view<T, 1, device_space> out, const advantage_config& c) {
+    constexpr const char* fn = "group_advantages";
+    const bool async = async_result_mode(be, fn);
+    const index_t B = s.n;
+    if (B == 0) {
+      if (async) POLO_CUDA_TRY(cudaMemsetAsync(be.result, 0, sizeof(group_stats), stream_of(be)));
+      return group_stats{};
+    }
+    check_label_count<Groups>(B);
+    scratch ws(be, group_advantages_scratch_bytes(B, groups), fn);
+    scratch_plan sp(ws.data());
+    const enqueued<T> e = enqueue_advantages<T>(be, s, groups, out, c, sp, async, nullptr, false);
+    const group_stats st = finish(be, e.target);  // synchronous: throws before anything is written
+    if (e.staged != nullptr)
+      POLO_CUDA_TRY(kernels::launch_copy_strided(e.staged, B, out.data, out.stride, e.target.gate(), stream_of(be)));
+    return st;
+  }
+
+  /// The combined entry: packed offsets checked on the device first (their error precedes
+  /// the statistics' and nothing is written), then group_advantages and broadcast_to_tokens.
+  template <class T, class Groups, TokenLayout L>
+  static group_stats group_advantages(const cuda& be, view<const T, 1, device_space> s, const Groups& groups,
+                                      const L& layout, view<T, 1, device_space> out, token_tensor<L, T> tok,
+                                      const advantage_config& c) {
+    constexpr const char* fn = "group_advantages";
+    const bool async = async_result_mode(be, fn);
+    const index_t B = s.n;
+    check_label_count<Groups>(B);
+    const cudaStream_t stream = stream_of(be);
+    scratch ws(be, group_advantages_workspace_bytes(be, B, groups, layout), fn);
+    scratch_plan sp(ws.data());
+    kernels::offsets_precheck* pc = sp.take<kernels::offsets_precheck>(1);
+    kernels::broadcast_check* bc = sp.take<kernels::broadcast_check>(1);
+    const cuda::status* pre = nullptr;
+    if constexpr (L::is_packed) {
+      POLO_CUDA_TRY(kernels::launch_packed_offsets(layout, pc, entry_group_advantages,
+                                                   async ? be.deferred_errors : nullptr, stream));
+      pre = &pc->status;
+    }
+    group_stats st;
+    const cuda::status* gate = pre;
+    if (B > 0) {
+      const enqueued<T> e = enqueue_advantages<T>(be, s, groups, out, c, sp, async, pre, L::is_packed);
+      st = finish(be, e.target);  // synchronous: throws (offsets first) before anything is written
+      if (e.staged != nullptr)
+        POLO_CUDA_TRY(kernels::launch_copy_strided(e.staged, B, out.data, out.stride, e.target.gate(), stream));
+      gate = e.target.gate();
+    } else if (async) {
+      POLO_CUDA_TRY(cudaMemsetAsync(be.result, 0, sizeof(group_stats), stream));
+    } else if (pre != nullptr) {
+      cuda::status hs;
+      read_back(be, &hs, pre, sizeof hs);
+      throw_status(hs);
+    }
+    if constexpr (!L::is_packed) {
+      if (B == 0 || layout.seq_len == 0) return st;  // nothing to check, nothing to write
+    }
+    kernels::broadcast_params<T, L> p;
+    p.values = out.data;
+    p.values_stride = out.stride;
+    p.layout = layout;
+    p.out = tok;
+    p.check = bc;
+    p.deferred = be.deferred_errors;
+    p.gate2 = gate;
+    POLO_CUDA_TRY(kernels::launch_broadcast_check(p, stream));
+    if (be.deferred_errors == nullptr) {
+      cuda::status hs;
+      read_back(be, &hs, &p.check->status, sizeof hs);
+      throw_status(hs);
+    } else {
+      p.gate = &p.check->status;
+    }
+    POLO_CUDA_TRY(kernels::launch_broadcast(p, stream));
     return st;
   }
 

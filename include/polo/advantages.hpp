@@ -404,10 +404,22 @@ group_stats group_advantages(const B& be, view<U, 1, Space> scores, const Groups
   if constexpr (L::is_packed) {
     if constexpr (std::is_same_v<typename L::memory_space, host_space>) layout.check_offsets_host(fn);
   }
-  group_stats st = group_advantages(be, scores, groups, advantages, cfg);
-  detail::backend_impl<B, detail::advantages_tag>::broadcast_to_tokens(be, view<const T, 1, Space>(advantages), layout,
-                                               token_advantages);
-  return st;
+  if constexpr (requires { detail::backend_impl<B, detail::advantages_tag>::checks_layout_first; }) {
+    // A backend that checks device-resident offsets itself, before writing anything.
+    detail::static_check_space<B, Space>();
+    detail::static_check_real<T>();
+    detail::check_view(fn, "scores", scores);
+    detail::require_extent(fn, "advantages", advantages, scores.n, "one advantage per score");
+    detail::check_groups(fn, scores.n, groups);
+    detail::check_advantage_config(fn, cfg);
+    return detail::backend_impl<B, detail::advantages_tag>::group_advantages(
+        be, view<const T, 1, Space>(scores), groups, layout, advantages, token_advantages, cfg);
+  } else {
+    group_stats st = group_advantages(be, scores, groups, advantages, cfg);
+    detail::backend_impl<B, detail::advantages_tag>::broadcast_to_tokens(be, view<const T, 1, Space>(advantages),
+                                                                         layout, token_advantages);
+    return st;
+  }
 }
 
 }  // namespace polo

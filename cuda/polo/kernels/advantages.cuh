@@ -23,7 +23,13 @@
 ///     3. advantage_kernel         one thread per position: A_i as the CPU backend computes it,
 ///                                 written to scratch (or straight to the output when no
 ///                                 data-dependent error is possible); Neumaier partial of ΣA
-///     4. finalize_sum_kernel      one block: ΣA in a fixed tree -> advantages_status
+///     4. finalize_sum_kernel      one block: ΣA in a fixed tree; builds the group_stats and
+///                                 the first data error and publishes them
+///                                 (detail/async_result.cuh); copy_strided_kernel (the write
+///                                 when an error was possible) writes nothing after an error
+///
+/// The combined call with a packed layout first runs packed_offsets_kernel (offsets only), whose
+/// error takes precedence in step 4, so that nothing is written for malformed offsets.
 ///
 /// Every reduction has a fixed shape that depends on B (and G) only: no floating-point atomics,
 /// so results are bitwise identical run to run (determinism::run_to_run).
@@ -60,7 +66,9 @@
 #include "polo/core/math.hpp"
 #include "polo/core/reduce.hpp"
 #include "polo/core/view.hpp"
+#include "polo/detail/async_result.cuh"
 #include "polo/detail/launch.cuh"
+#include "polo/detail/row_reduce.cuh"
 #include "polo/detail/status.cuh"
 
 namespace polo::kernels {
@@ -637,6 +645,8 @@ struct advantage_params {
   T* out = nullptr;                       ///< [B] at stride out_stride (scratch or the output)
   index_t out_stride = 1;
   detail::neumaier_sum* partials = nullptr;  ///< [advantage_blocks(B)] scratch
+  const cuda::status* pre = nullptr;         ///< an earlier check whose error comes first, or null
+  detail::result_target<group_stats> result{};  ///< where finalize_sum_kernel publishes
 };
 
 #if defined(__CUDACC__)
@@ -668,22 +678,54 @@ __global__ void __launch_bounds__(advantage_threads) advantage_kernel(advantage_
   if (threadIdx.x == 0) p.partials[blockIdx.x] = total;
 }
 
-/// One block: Σ of `n` Neumaier partials in a fixed tree -> status->advantage_sum.
-template <int Threads = finalize_threads>
-__global__ void __launch_bounds__(Threads)
-    finalize_sum_kernel(const detail::neumaier_sum* partials, index_t n, advantages_status* status) {
+/// One block: Σ of the Neumaier partials of advantage_kernel in a fixed tree, then (thread 0)
+/// the group_stats and the first data error (p.pre's, a non-finite score under
+/// nonfinite_policy::error, a group of one under singleton_rule::error), published.
+template <class T, class Map, int Threads = finalize_threads>
+__global__ void __launch_bounds__(Threads) finalize_sum_kernel(advantage_params<T, Map> p, index_t n) {
   __shared__ detail::shared_array<detail::neumaier_sum, Threads> sh;
   const int t = threadIdx.x;
   const index_t per = detail::ceil_div<index_t>(n, Threads);
   detail::neumaier_sum acc;
-  for (index_t q = t * per; q < (t + 1) * per && q < n; ++q) acc = merge_sums(acc, partials[q]);
+  for (index_t q = t * per; q < (t + 1) * per && q < n; ++q) acc = merge_sums(acc, p.partials[q]);
   sh[t] = acc;
   __syncthreads();
   for (int s = 1; s < Threads; s <<= 1) {
     if (t % (2 * s) == 0) sh[t] = merge_sums(sh[t], sh[t + s]);
     __syncthreads();
   }
-  if (t == 0) status->advantage_sum = sh[0].value();
+  if (t == 0) {
+    const double asum = sh[0].value();
+    p.status->advantage_sum = asum;
+    const batch_partial& b = p.status->batch;
+    cuda::status err;
+    err.entry = detail::entry_group_advantages;
+    if (p.pre != nullptr && p.pre->code != detail::status_ok) {
+      err = *p.pre;
+    } else if (p.cfg.nonfinite == nonfinite_policy::error && b.nonfinite > 0) {
+      err.code = detail::status_nonfinite_arg;
+      err.a = detail::arg_scores;
+      err.index = b.first_nonfinite;
+      err.value = p.status->first_nonfinite_value;
+    } else if (p.cfg.singleton == singleton_rule::error && b.singleton > 0) {
+      err.code = detail::status_singleton;
+      err.a = b.first_singleton_seq;
+      err.b = b.first_singleton;
+    }
+    group_stats st;
+    st.sequences = p.n;
+    st.groups = b.groups;
+    st.empty_groups = b.empty;
+    st.singleton_groups = b.singleton;
+    st.zero_std_groups = b.zero_std;
+    st.nonfinite_scores = b.nonfinite;
+    st.scores = b.scores;
+    st.group_std.sum = b.std_sum;
+    st.group_std.count = b.std_count;
+    st.advantage.sum = asum;
+    st.advantage.count = p.n;
+    detail::publish(p.result, err, st);
+  }
 }
 
 /// Enqueues advantage_kernel and finalize_sum_kernel. p.n >= 1.
@@ -692,22 +734,74 @@ cudaError_t launch_group_advantages(const advantage_params<T, Map>& p, cudaStrea
   const index_t blocks = advantage_blocks(p.n);
   advantage_kernel<T, Map><<<static_cast<unsigned>(blocks), advantage_threads, 0, stream>>>(p);
   POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  finalize_sum_kernel<><<<1, finalize_threads, 0, stream>>>(p.partials, blocks, p.status);
+  finalize_sum_kernel<T, Map><<<1, finalize_threads, 0, stream>>>(p, blocks);
   return cudaGetLastError();
 }
 
-/// out[i * out_stride] = in[i] for i < n.
+/// out[i * out_stride] = in[i] for i < n; nothing when gate->code != 0.
 template <class T>
-__global__ void __launch_bounds__(256) copy_strided_kernel(const T* in, index_t n, T* out, index_t out_stride) {
+__global__ void __launch_bounds__(256)
+    copy_strided_kernel(const T* in, index_t n, T* out, index_t out_stride, const cuda::status* gate) {
+  if (gate != nullptr && gate->code != 0) return;
   for (index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n; i += index_t(gridDim.x) * blockDim.x)
     out[i * out_stride] = in[i];
 }
 
 /// Enqueues copy_strided_kernel (the write pass of group_advantages after its checks).
 template <class T>
-cudaError_t launch_copy_strided(const T* in, index_t n, T* out, index_t out_stride, cudaStream_t stream) {
+cudaError_t launch_copy_strided(const T* in, index_t n, T* out, index_t out_stride, const cuda::status* gate,
+                                cudaStream_t stream) {
   if (n <= 0) return cudaSuccess;
-  copy_strided_kernel<T><<<detail::grid_for(n, 256, 4096), 256, 0, stream>>>(in, n, out, out_stride);
+  copy_strided_kernel<T><<<detail::grid_for(n, 256, 4096), 256, 0, stream>>>(in, n, out, out_stride, gate);
+  return cudaGetLastError();
+}
+
+/// Scratch of packed_offsets_kernel.
+struct offsets_precheck {
+  offsets_check chk{};
+  unsigned int blocks_done = 0;
+  cuda::status status{};  ///< the resolved first offsets error (code 0: none)
+};
+
+/// Packed offsets only (start, first decrease, end), one thread per row; the last block
+/// resolves the first error in the CPU's order for entry `entry` (also into `deferred`, when
+/// not null). Padded layouts: no error.
+template <class L>
+__global__ void __launch_bounds__(256)
+    packed_offsets_kernel(L layout, offsets_precheck* pc, int entry, cuda::status* deferred) {
+  if constexpr (L::is_packed) {
+    const index_t B = layout.num_seqs();
+    const index_t i = index_t(blockIdx.x) * 256 + threadIdx.x;
+    if (i == 0) {
+      if (layout.offsets(0) != 0) atomicOr(&pc->chk.flags, 1u);
+      if (static_cast<index_t>(layout.offsets(B)) != layout.tokens) atomicOr(&pc->chk.flags, 2u);
+    }
+    if (i < B && static_cast<index_t>(layout.offsets(i + 1)) < static_cast<index_t>(layout.offsets(i)))
+      atomicMax(&pc->chk.decrease, ~static_cast<unsigned long long>(i + 1));
+    __shared__ bool last;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      __threadfence();
+      last = atomicAdd(&pc->blocks_done, 1u) == gridDim.x - 1;
+    }
+    __syncthreads();
+    if (last && threadIdx.x == 0) {
+      __threadfence();
+      offsets_check c;
+      c.flags = atomicOr(&pc->chk.flags, 0u);
+      c.decrease = atomicMax(&pc->chk.decrease, 0ull);
+      pc->status = resolve_offsets(layout, c, entry);
+      detail::record_status(deferred, pc->status);
+    }
+  }
+}
+
+/// Clears the scratch and enqueues packed_offsets_kernel.
+template <class L>
+cudaError_t launch_packed_offsets(const L& layout, offsets_precheck* pc, int entry, cuda::status* deferred,
+                                  cudaStream_t stream) {
+  POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(pc, 0, sizeof(offsets_precheck), stream));
+  packed_offsets_kernel<L><<<detail::grid_for(layout.num_seqs() + 1, 256), 256, 0, stream>>>(layout, pc, entry, deferred);
   return cudaGetLastError();
 }
 
@@ -740,6 +834,7 @@ struct broadcast_params {
   token_tensor<L, T> out{};   ///< [B,T] or [N]
   broadcast_check* check = nullptr;       ///< scratch of the check
   const cuda::status* gate = nullptr;     ///< broadcast_kernel writes nothing if gate->code != 0
+  const cuda::status* gate2 = nullptr;    ///< likewise (an earlier step's error), or null
   cuda::status* deferred = nullptr;       ///< caller's deferred status, or null
 };
 
@@ -857,6 +952,7 @@ __global__ void __launch_bounds__(broadcast_threads) broadcast_kernel(broadcast_
   using Mask = typename L::mask_type;
   constexpr int V = vec16<T>::width;
   if (p.gate != nullptr && p.gate->code != 0) return;  // a check failed: write nothing
+  if (p.gate2 != nullptr && p.gate2->code != 0) return;
   const index_t i = blockIdx.x;
   const index_t len = p.layout.row_len(i);
   if (len <= 0) return;
