@@ -80,7 +80,7 @@ struct whiten_apply_params {
 #if defined(__CUDACC__)
 
 template <class T, class L>
-__global__ void __launch_bounds__(whiten_threads) whiten_rows_kernel(whiten_stats_params<T, L> p) {
+__global__ void __launch_bounds__(whiten_threads, 4) whiten_rows_kernel(whiten_stats_params<T, L> p) {
   __shared__ detail::shared_array<whiten_row, whiten_threads> sh;
   __shared__ int sh_first[whiten_threads / 32];
   __shared__ bool sh_ok;
