@@ -45,7 +45,7 @@ namespace polo::detail {
 
 /// Threads per block and tokens per thread of the scan kernels for element type T.
 template <class T>
-inline constexpr int scan_items_v = 8;
+inline constexpr int scan_items_v = POLO_CUDA_SCAN_ITEMS;
 
 /// Chunk geometry for a layout: S = NT*K with NT the smallest of {32, 64, 256} whose chunk
 /// holds a typical row (padded: T; packed: N/B), 256 for long rows.

@@ -47,7 +47,7 @@
 namespace polo::detail {
 
 /// Tokens per thread of the policy-loss kernels.
-inline constexpr int pl_items = 8;
+inline constexpr int pl_items = POLO_CUDA_PL_ITEMS;
 
 template <TokenLayout L>
 int pl_threads(const L& layout) {

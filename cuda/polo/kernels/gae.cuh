@@ -57,6 +57,15 @@
 #include "polo/gae.hpp"
 #include "polo/kernels/scan.cuh"
 
+/// Tuning knobs (compile-time): tokens per thread of the scans, and the minimum resident blocks
+/// per multiprocessor the summary and apply kernels are compiled for (caps their registers).
+#ifndef POLO_CUDA_SCAN_ITEMS
+#define POLO_CUDA_SCAN_ITEMS 8
+#endif
+#ifndef POLO_CUDA_SCAN_MIN_BLOCKS
+#define POLO_CUDA_SCAN_MIN_BLOCKS 3
+#endif
+
 namespace polo::kernels {
 
 /// A key that closes the apply pass's gate without being a data error (set before the scan
@@ -249,7 +258,7 @@ __device__ __forceinline__ bool flag_set(const F* p, index_t stride, index_t i) 
 // ---- summary pass -------------------------------------------------------------------------------
 
 template <int NT, int K, bool HasMask, bool CountOnly, class T, class L, class F>
-__global__ void __launch_bounds__(NT) scan_summary_kernel(scan_params<T, L, F> p) {
+__global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_kernel(scan_params<T, L, F> p) {
   __shared__ chunk_smem<NT> sm;
   using Mask = typename L::mask_type;
   const index_t c = blockIdx.x;
@@ -443,7 +452,7 @@ __global__ void __launch_bounds__(128) scan_rows_kernel(scan_params<T, L, F> p) 
 /// (launched after): the leading chunks, the rightmost of them entering with that exact state
 /// (so the echo of masked_fill::recursion equals the first valid value bit for bit).
 template <int NT, int K, bool HasMask, bool Two, bool Lead, class T, class L, class F>
-__global__ void __launch_bounds__(NT) scan_apply_kernel(scan_params<T, L, F> p) {
+__global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kernel(scan_params<T, L, F> p) {
   __shared__ chunk_smem<NT> sm;
   __shared__ struct {
     T a[NT * K];

@@ -48,6 +48,15 @@
 #include "polo/kl.hpp"
 #include "polo/policy_loss.hpp"
 
+/// Tuning knobs (compile-time): tokens per thread of the policy-loss kernels, and the minimum
+/// resident blocks per multiprocessor the main kernel is compiled for (caps its registers).
+#ifndef POLO_CUDA_PL_ITEMS
+#define POLO_CUDA_PL_ITEMS 8
+#endif
+#ifndef POLO_CUDA_PL_MIN_BLOCKS
+#define POLO_CUDA_PL_MIN_BLOCKS 2
+#endif
+
 namespace polo::kernels {
 
 /// Converts a stored log-prob or advantage to double (float, double, and through float for
@@ -319,7 +328,7 @@ __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
 // ---- main pass -----------------------------------------------------------------------------------
 
 template <int NT, int K, bool HasMask, bool ReadRef, class G, class LP, class T, class L>
-__global__ void __launch_bounds__(NT, 2) pl_main_kernel(pl_params<LP, T, L> p) {
+__global__ void __launch_bounds__(NT, POLO_CUDA_PL_MIN_BLOCKS) pl_main_kernel(pl_params<LP, T, L> p) {
   __shared__ pl_smem<NT> sm;
   using Mask = typename L::mask_type;
   const index_t c = blockIdx.x;
