@@ -60,6 +60,13 @@ bool same_bits(const R& a, const R& b) {
   return std::memcmp(&a, &b, sizeof(R)) == 0;
 }
 
+// whiten_stats ends in a bool followed by padding bytes, whose values are unspecified: compare
+// its members' bits, not the object's.
+bool same_bits(const whiten_stats& a, const whiten_stats& b) {
+  return same_bits(a.local, b.local) && same_bits(a.used, b.used) && same_bits(a.mean, b.mean) &&
+         same_bits(a.inv_scale, b.inv_scale) && a.degenerate == b.degenerate;
+}
+
 template <class F>
 std::string message_of(F&& f) {
   try {
