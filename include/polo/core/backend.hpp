@@ -37,7 +37,8 @@ using stream_t = CUstream_st*;
 /// How reproducible a reduction must be (after CUB's determinism levels).
 enum class determinism : unsigned char {
   run_to_run,  ///< bitwise identical results for identical inputs on the same device (default)
-  fast,        ///< may use floating-point atomics; results can differ in the last bits
+  fast,        ///< may use floating-point atomics; results can differ in the last bits.
+               ///< No primitive has such a variant yet: `fast` runs the deterministic kernels.
 };
 
 /// The CPU backend: single-threaded, fixed-order, deterministic loops over Eigen maps.
