@@ -1,68 +1,51 @@
 // SPDX-FileCopyrightText: 2026 The polo authors
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
-// One RL batch on the device for bench/sweep_bench.cu and bench/step_bench.cu: every per-token
-// tensor the GRPO and PPO primitives read or write, for B sequences of T tokens, generated on
-// the device (a counter-based hash, so a 2^24-token batch takes milliseconds, and the same
-// seed gives the same batch), with the inputs of bench/torch_baseline.py's distributions:
+// One RL batch on the device for bench/sweep_bench.cu and bench/step_bench.cu (polo::cuda),
+// the counterpart of bench/support/rl_batch.hpp: every per-token tensor the GRPO and PPO
+// primitives read or write, for B sequences of T tokens, generated on the device by
+// bench/support/rl_suite.hpp's counter-based generator (a 2^24-token batch takes milliseconds;
+// the same seed gives the same batch as on the host), and `run_point`, which checks, times and
+// reports one call of the suite on one batch.
 //
-//   mask        right-padded, each row's length uniform in [0.8 T, T] (about 10% masked)
-//   scores      N(0,1) per sequence;   adv_seq N(0,1) per sequence, tok_adv its broadcast
-//   logp_old    -|N(0,1)| - 0.05;      logp, logp_ref = logp_old + N(0, 0.1^2)
-//   rewards, values  N(0,1);           values_new = values + N(0, 0.3^2);  returns = values + N(0,1)
-//
-// Outputs (grad, advantages, ...) are allocated but left unwritten: every primitive timed
-// writes all of its output elements. Bytes each primitive must move (the memory floor's
-// numerator) are in `floor_bytes`, the same table as bench/torch_baseline.py's BYTES_PER_TOKEN.
+// Asynchronous statistics: the timed calls run with `deferred_errors` set (a status in the
+// batch), and the entries that can hand their statistics back in device memory
+// (group_advantages, whiten, value_loss: docs/cuda.md) get `result` set too (`stats<S>`), so
+// they never synchronize -- what a training step that does not want a host round trip per call
+// runs. policy_loss, gae and kl_penalized_rewards return their statistics synchronously (one
+// stream synchronization each). The first call of every benchmark runs fully synchronously, so
+// that a polo error or a non-finite result is reported instead of timed; after the timing,
+// polo::cuda_check surfaces any error the asynchronous calls deferred.
 
 #include <cuda_runtime.h>
 
 #include <cmath>
 #include <cstdint>
 #include <string>
+#include <type_traits>
 
-#include <polo/core/layout.hpp>
-#include <polo/core/view.hpp>
+#include <polo/polo.cuh>
 
 #include "support/cuda_timer.cuh"
+#include "support/rl_suite.hpp"
 
 namespace polo::bench::rl {
 
 namespace cb = polo::bench::cuda;
 
-__device__ inline std::uint64_t splitmix64(std::uint64_t x) {
-  x += 0x9E3779B97F4A7C15ull;
-  x = (x ^ (x >> 30)) * 0xBF58476D1CE4E5B9ull;
-  x = (x ^ (x >> 27)) * 0x94D049BB133111EBull;
-  return x ^ (x >> 31);
-}
-
-/// A standard normal value for (seed, i): Box-Muller over two hashed uniforms.
-__device__ inline float hashed_normal(std::uint64_t seed, std::uint64_t i) {
-  const std::uint64_t h = splitmix64(seed * 0x100000001B3ull ^ splitmix64(i));
-  const double u1 = (double((h >> 11) & ((1ull << 26) - 1)) + 0.5) / double(1ull << 26);
-  const double u2 = double(h >> 38) / double(1ull << 26);
-  return float(sqrt(-2.0 * log(u1)) * cospi(2.0 * u2));
-}
-
-/// out[i] = (base ? base[i] : mean) + sd * N(0,1); with `neg_abs`, out[i] = -|N(0,1)| - 0.05.
+/// out[i] = normal_value(seed, i, ...) (rl_suite.hpp).
 __global__ void fill_normal_kernel(float* out, const float* base, std::int64_t n, std::uint64_t seed, float mean,
                                    float sd, bool neg_abs) {
   for (std::int64_t i = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
-       i += std::int64_t(gridDim.x) * blockDim.x) {
-    const float z = hashed_normal(seed, std::uint64_t(i));
-    out[i] = neg_abs ? -fabsf(z) - 0.05f : (base ? base[i] : mean) + sd * z;
-  }
+       i += std::int64_t(gridDim.x) * blockDim.x)
+    out[i] = normal_value(seed, std::uint64_t(i), mean, sd, base, neg_abs);
 }
 
-/// Right-padded mask: row i valid for t < len_i, len_i = floor(u_i * T), u_i uniform in [0.8, 1].
+/// Right-padded mask: row i valid for t < row_length(seed, i, T).
 __global__ void fill_mask_kernel(std::uint8_t* mask, std::int64_t B, std::int64_t T, std::uint64_t seed) {
   for (std::int64_t k = std::int64_t(blockIdx.x) * blockDim.x + threadIdx.x; k < B * T;
-       k += std::int64_t(gridDim.x) * blockDim.x) {
-    const std::int64_t i = k / T, t = k % T;
-    const double u = 0.8 + 0.2 * double(splitmix64(seed ^ splitmix64(std::uint64_t(i))) >> 11) / double(1ull << 53);
-    mask[k] = t < std::int64_t(u * double(T)) ? 1 : 0;
-  }
+       k += std::int64_t(gridDim.x) * blockDim.x)
+    mask[k] = k % T < row_length(seed, k / T, T) ? 1 : 0;
 }
 
 /// tok[i,t] = mask[i,t] ? adv[i] : 0.
@@ -78,39 +61,19 @@ inline unsigned fill_grid(std::int64_t n) {
   return unsigned(g < 8192 ? (g > 0 ? g : 1) : 8192);
 }
 
-inline void fill_normal(float* out, std::int64_t n, std::uint64_t seed, float mean = 0.0f, float sd = 1.0f,
-                        const float* base = nullptr, bool neg_abs = false) {
-  fill_normal_kernel<<<fill_grid(n), 256>>>(out, base, n, seed, mean, sd, neg_abs);
-  POLO_BENCH_CUDA(cudaGetLastError());
+/// The stream every benchmark of the suite runs on.
+inline cudaStream_t bench_stream() {
+  static cudaStream_t s = [] {
+    cudaStream_t x{};
+    POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&x, cudaStreamNonBlocking));
+    return x;
+  }();
+  return s;
 }
 
-/// Bytes each primitive must move per token (fp32 tensors, uint8 mask) and per sequence: every
-/// input read once, every output written once. Steps: the sum of their calls' floors (for
-/// PPO, with the modelled critic pass: one read and one write of a [B,T] fp32 tensor).
-inline double bytes_per_token(const std::string& prim) {
-  if (prim == "group_advantages") return 4 + 1;
-  if (prim == "policy_loss") return 4 * 4 + 1 + 4;
-  if (prim == "policy_loss_nokl") return 3 * 4 + 1 + 4;
-  if (prim == "gae") return 2 * 4 + 1 + 2 * 4;
-  if (prim == "whiten") return 4 + 1 + 4;
-  if (prim == "value_loss") return 3 * 4 + 1 + 4;
-  if (prim == "kl_rewards") return 3 * 4 + 1 + 4;
-  if (prim == "critic_pass") return 4 + 4;
-  if (prim == "grpo_step") return bytes_per_token("group_advantages") + bytes_per_token("policy_loss");
-  if (prim == "ppo_step")
-    return bytes_per_token("kl_rewards") + bytes_per_token("gae") + bytes_per_token("whiten") +
-           bytes_per_token("policy_loss_nokl") + bytes_per_token("value_loss") + bytes_per_token("critic_pass");
-  return 0;
-}
-inline double bytes_per_seq(const std::string& prim) {
-  return (prim == "group_advantages" || prim == "grpo_step") ? 8.0 : 0.0;
-}
-inline double floor_bytes(const std::string& prim, std::int64_t B, std::int64_t T) {
-  return bytes_per_token(prim) * double(B) * double(T) + bytes_per_seq(prim) * double(B);
-}
-
-/// Every tensor of one batch, on the device.
-struct batch {
+/// Every tensor of one batch, on the device, plus the status and the statistics slots of the
+/// asynchronous calls (see rl_suite.hpp for the distributions and the interface).
+struct device_batch {
   using layout_type = polo::padded<std::uint8_t, polo::device_space>;
   std::int64_t B, T;
   std::size_t n;
@@ -118,42 +81,114 @@ struct batch {
   cb::device_buffer<float> scores, adv_seq, adv_out;                // [B]
   cb::device_buffer<float> tok_adv, logp, logp_old, logp_ref, grad;  // [B,T]
   cb::device_buffer<float> rewards, shaped, values, values_new, returns, advantages, gae_returns, out;
+  cb::device_buffer<polo::cuda::status> status{1};  ///< deferred errors of the timed calls
+  cb::device_buffer<polo::group_stats> group_result{1};
+  cb::device_buffer<polo::whiten_stats> whiten_result{1};
+  cb::device_buffer<polo::value_loss_stats> value_loss_result{1};
 
-  batch(std::int64_t b, std::int64_t t, std::uint64_t seed = 1)
+  device_batch(std::int64_t b, std::int64_t t, std::uint64_t seed = 1)
       : B(b), T(t), n(std::size_t(b * t)), mask(n), scores(std::size_t(b)), adv_seq(std::size_t(b)),
         adv_out(std::size_t(b)), tok_adv(n), logp(n), logp_old(n), logp_ref(n), grad(n), rewards(n), shaped(n),
         values(n), values_new(n), returns(n), advantages(n), gae_returns(n), out(n) {
+    using S = tensor_seeds;
     const auto N = std::int64_t(n);
     fill_mask_kernel<<<fill_grid(N), 256>>>(mask.data(), B, T, seed);
     POLO_BENCH_CUDA(cudaGetLastError());
-    fill_normal(scores.data(), B, seed + 1);
-    fill_normal(adv_seq.data(), B, seed + 2);
+    fill(scores, B, seed + S::scores);
+    fill(adv_seq, B, seed + S::adv_seq);
     broadcast_kernel<<<fill_grid(N), 256>>>(tok_adv.data(), adv_seq.data(), mask.data(), B, T);
     POLO_BENCH_CUDA(cudaGetLastError());
-    fill_normal(logp_old.data(), N, seed + 3, 0.0f, 1.0f, nullptr, true);
-    fill_normal(logp.data(), N, seed + 4, 0.0f, 0.1f, logp_old.data());
-    fill_normal(logp_ref.data(), N, seed + 5, 0.0f, 0.1f, logp_old.data());
-    fill_normal(rewards.data(), N, seed + 6);
-    fill_normal(values.data(), N, seed + 7);
-    fill_normal(values_new.data(), N, seed + 8, 0.0f, 0.3f, values.data());
-    fill_normal(returns.data(), N, seed + 9, 0.0f, 1.0f, values.data());
+    fill(logp_old, N, seed + S::logp_old, 0.0f, 1.0f, nullptr, true);
+    fill(logp, N, seed + S::logp, 0.0f, 0.1f, logp_old.data());
+    fill(logp_ref, N, seed + S::logp_ref, 0.0f, 0.1f, logp_old.data());
+    fill(rewards, N, seed + S::rewards);
+    fill(values, N, seed + S::values);
+    fill(values_new, N, seed + S::values_new, 0.0f, 0.3f, values.data());
+    fill(returns, N, seed + S::returns, 0.0f, 1.0f, values.data());
+    POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
     POLO_BENCH_CUDA(cudaDeviceSynchronize());
   }
 
   [[nodiscard]] layout_type layout() const {
     return layout_type(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
   }
-  /// `[B,T]` view of one of this batch's token tensors.
   [[nodiscard]] polo::view<float, 2, polo::device_space> v(const cb::device_buffer<float>& x) const {
     return polo::device_view_of(x.data(), B, T, T);
   }
   [[nodiscard]] polo::view<const float, 2, polo::device_space> c(const cb::device_buffer<float>& x) const {
     return polo::device_view_of<const float>(x.data(), B, T, T);
   }
-  /// `[B]` view of a per-sequence tensor.
   [[nodiscard]] polo::view<float, 1, polo::device_space> s(const cb::device_buffer<float>& x) const {
     return polo::device_view_of(x.data(), B);
   }
+  [[nodiscard]] polo::view<const float, 1, polo::device_space> sc(const cb::device_buffer<float>& x) const {
+    return polo::device_view_of<const float>(x.data(), B);
+  }
+  [[nodiscard]] static polo::view<const float, 2, polo::device_space> none() { return {}; }
+
+  // Backend hooks of rl_suite.hpp.
+  /// `be` with `result` set to this batch's slot for S, when `be` defers its errors and the
+  /// entry returning S has an asynchronous mode; otherwise `be` unchanged.
+  template <class S>
+  [[nodiscard]] polo::cuda stats(const polo::cuda& be) const {
+    polo::cuda w = be;
+    if (be.deferred_errors == nullptr) return w;
+    if constexpr (std::is_same_v<S, polo::group_stats>) w.result = group_result.data();
+    if constexpr (std::is_same_v<S, polo::whiten_stats>) w.result = whiten_result.data();
+    if constexpr (std::is_same_v<S, polo::value_loss_stats>) w.result = value_loss_result.data();
+    return w;
+  }
+  /// The modelled critic pass: the new values the critic's forward produces, as one device
+  /// copy values -> values_new (one read and one write of a [B,T] fp32 tensor).
+  void critic_pass(const polo::cuda& be) const {
+    POLO_BENCH_CUDA(cudaMemcpyAsync(values_new.data(), values.data(), n * sizeof(float), cudaMemcpyDeviceToDevice,
+                                    be.stream));
+  }
+  /// Where a step surfaces its deferred errors (one synchronization, and a status read back).
+  static void finish(const polo::cuda& be) { polo::cuda_check(be); }
+
+ private:
+  static void fill(const cb::device_buffer<float>& x, std::int64_t count, std::uint64_t seed, float mean = 0.0f,
+                   float sd = 1.0f, const float* base = nullptr, bool neg_abs = false) {
+    fill_normal_kernel<<<fill_grid(count), 256>>>(x.data(), base, count, seed, mean, sd, neg_abs);
+    POLO_BENCH_CUDA(cudaGetLastError());
+  }
 };
+
+using cuda_call = double (*)(const polo::cuda&, device_batch&);
+
+/// One benchmark of the suite on CUDA, on `be` (its stream, scratch source): a synchronous
+/// first call (no deferred errors: a polo error or a non-finite result skips the benchmark with
+/// the message), then CUDA-event timing of the asynchronous calls (cb::time_loop: L2 flush,
+/// median), polo::cuda_check of what they deferred, and the report against the copy kernel
+/// (x_copy, bytes/s) with the size counters. Use with ->UseManualTime().
+inline void run_point(benchmark::State& st, const std::string& name, cuda_call f, polo::cuda be) {
+  const std::int64_t B = st.range(0), T = st.range(1);
+  device_batch& d = batch_for<device_batch>(B, T);
+  be.result = nullptr;
+  be.deferred_errors = nullptr;
+  double check = 0.0;
+  try {
+    check = f(be, d);
+    POLO_BENCH_CUDA(cudaStreamSynchronize(be.stream));
+  } catch (const polo::error& e) {
+    st.SkipWithError(e.what());
+    return;
+  }
+  if (!std::isfinite(check)) {
+    st.SkipWithError((name + ": the call returned a non-finite result").c_str());
+    return;
+  }
+  be.deferred_errors = d.status.data();
+  cb::time_loop(st, be.stream, [&] { benchmark::DoNotOptimize(f(be, d)); });
+  try {
+    polo::cuda_check(be);
+  } catch (const polo::error& e) {
+    st.SkipWithError(e.what());
+    return;
+  }
+  cb::report(st, floor_bytes(name, B, T));
+  size_counters(st, name, B, T, st.counters["median_us"].value * 1e-6);
+}
 
 }  // namespace polo::bench::rl
