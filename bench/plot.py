@@ -4,12 +4,13 @@
 """Reads one results folder written by bench/run_all.sh and writes, into the same folder:
 
   tokens.png   time per token against token count (T = 4096, 2^16 .. 2^24 tokens), one panel per
-               primitive and per step: polo CUDA, PyTorch eager, torch.compile, the Python loops,
-               and the memory floor (the primitive's bytes over the copy bandwidth measured on
-               the same device)
+               primitive and per step: polo CUDA, polo CPU, PyTorch eager, torch.compile, the
+               Python loops, and the memory floors (the primitive's bytes over the copy bandwidth
+               measured on the GPU, dashed, and on the CPU, dotted)
   seqlen.png   the same against the sequence length T at 2^22 tokens
-  summary.md   the tables printed here: polo against PyTorch at the headline sizes (512 x 4096,
-               1024 x 8192), and one GRPO step against one PPO step in time and memory
+  summary.md   the tables printed here: a compact table for the README (the largest headline
+               size), polo against PyTorch at the headline sizes (512 x 4096, 1024 x 8192),
+               and one GRPO step against one PPO step in time and memory
 
 Inputs in the folder: torch_baseline.json (bench/torch_baseline.py), the Google Benchmark JSON
 files of polo's benchmarks (any *.json with a "benchmarks" list; the records of
@@ -20,7 +21,8 @@ A ratio "torch/polo" is PyTorch's median time over polo's median time for the sa
 the same B x T, on the same device in the same run: above 1 polo is faster. "x floor" is a
 time over the memory floor (1.0 = the copy bandwidth).
 
-Without matplotlib the tables are still printed and written; the charts are skipped.
+Without matplotlib the tables are still printed and written; the charts are skipped. Without
+torch_baseline.json (no PyTorch, or a CPU-only machine) the tables hold polo's columns only.
 
 Run: python3 bench/plot.py bench/results/<device>
 """
@@ -99,7 +101,8 @@ def polo_records(folder):
                 med = float(b["real_time"]) * time_unit_seconds(b.get("time_unit", "ns"))
             rec = dict(impl=impl, primitive=prim, sweep=sweep, B=B, T=T, tokens=B * T, median_s=med,
                        source=os.path.basename(path))
-            for k in ("x_copy", "copy_GBps", "peak_bytes", "bytes_per_token", "floor_bytes", "workspace_bytes"):
+            for k in ("x_copy", "copy_GBps", "peak_bytes", "bytes_per_token", "floor_bytes", "workspace_bytes",
+                      "tensor_bytes", "scratch_peak_bytes"):
                 if k in b:
                     rec[k] = float(b[k])
             out.append(rec)
@@ -142,24 +145,32 @@ def fmt_bytes(n):
     return f"{n:.0f} B"
 
 
+def polo_x_floor(rec, prim, B, T, copy_bps, bytes_per_token, bytes_per_seq):
+    """polo's time over its floor: the x_copy its binary measured, else bytes / copy_bps."""
+    if not rec:
+        return None
+    if "x_copy" in rec:
+        return rec["x_copy"]
+    if copy_bps and prim in bytes_per_token:
+        return rec["median_s"] / ((bytes_per_token[prim] * B * T + bytes_per_seq.get(prim, 0) * B) / copy_bps)
+    return None
+
+
 def headline_table(tab, sizes, copy_bps, bytes_per_token, bytes_per_seq):
     rows = []
     header = ["primitive", "B x T", "polo CUDA", "x floor", "PyTorch eager", "torch.compile", "Python loop",
-              "eager/polo", "compile/polo", "loop/polo"]
+              "eager/polo", "compile/polo", "loop/polo", "polo CPU", "CPU x copy"]
     for prim in PRIMITIVES:
         for B, T in sizes:
             polo = tab.get((prim, "polo_cuda", "headline", B, T))
+            cpu = tab.get((prim, "polo_cpu", "headline", B, T))
             eager = tab.get((prim, "torch_eager", "headline", B, T))
             comp = tab.get((prim, "torch_compile", "headline", B, T))
             loop = tab.get((prim, "torch_loop", "headline", B, T)) or tab.get((prim, "torch_dictloop", "headline", B, T))
-            if not (polo or eager or comp or loop):
+            if not (polo or cpu or eager or comp or loop):
                 continue
             p = polo["median_s"] if polo else None
-            xf = None
-            if polo and "x_copy" in polo:
-                xf = polo["x_copy"]
-            elif p is not None and copy_bps and prim in bytes_per_token:
-                xf = p / ((bytes_per_token[prim] * B * T + bytes_per_seq.get(prim, 0) * B) / copy_bps)
+            xf = polo_x_floor(polo, prim, B, T, copy_bps, bytes_per_token, bytes_per_seq)
 
             def ratio(r):
                 return r["median_s"] / p if (r and p) else None
@@ -167,9 +178,53 @@ def headline_table(tab, sizes, copy_bps, bytes_per_token, bytes_per_seq):
             rows.append([prim, f"{B} x {T}", fmt_time(p), fmt_ratio(xf) if xf else "-",
                          fmt_time(eager["median_s"] if eager else None), fmt_time(comp["median_s"] if comp else None),
                          fmt_time(loop["median_s"] if loop else None), fmt_ratio(ratio(eager)),
-                         fmt_ratio(ratio(comp)), fmt_ratio(ratio(loop))])
+                         fmt_ratio(ratio(comp)), fmt_ratio(ratio(loop)),
+                         fmt_time(cpu["median_s"] if cpu else None),
+                         fmt_ratio(cpu["x_copy"]) if cpu and cpu.get("x_copy") else "-"])
     return header, rows
 
+
+def readme_table(tab, sizes, copy_bps, bytes_per_token, bytes_per_seq):
+    """One row per primitive and per step at the largest headline size: polo CUDA (x floor), then
+    each PyTorch implementation as `time (ratio)` with ratio = its time / polo's, and polo CPU."""
+    if not sizes:
+        return None, [], None
+    B, T = max(sizes, key=lambda s: s[0] * s[1])
+    header = ["", "polo CUDA (x floor)", "PyTorch eager", "torch.compile", "PyTorch loop", "polo CPU"]
+    rows = []
+    for prim in PRIMITIVES:
+        polo = tab.get((prim, "polo_cuda", "headline", B, T))
+        cpu = tab.get((prim, "polo_cpu", "headline", B, T))
+        others = [tab.get((prim, impl, "headline", B, T)) for impl in ("torch_eager", "torch_compile")]
+        others.append(tab.get((prim, "torch_loop", "headline", B, T)) or tab.get((prim, "torch_dictloop", "headline", B, T)))
+        if not (polo or cpu or any(others)):
+            continue
+        p = polo["median_s"] if polo else None
+        xf = polo_x_floor(polo, prim, B, T, copy_bps, bytes_per_token, bytes_per_seq)
+        cells = [TITLES.get(prim, prim) if prim.endswith("_step") else f"`{prim}`",
+                 (fmt_time(p) + (f" ({fmt_ratio(xf)})" if xf else "")) if p else "-"]
+        for r in others:
+            if not r:
+                cells.append("-")
+            elif p:
+                cells.append(f"{fmt_time(r['median_s'])} ({fmt_ratio(r['median_s'] / p)})")
+            else:
+                cells.append(fmt_time(r["median_s"]))
+        cells.append(fmt_time(cpu["median_s"]) if cpu else "-")
+        rows.append(cells)
+    # GRPO vs PPO in one sentence per implementation
+    notes = []
+    for impl, label in (("polo_cuda", "polo CUDA"), ("torch_eager", "PyTorch eager"), ("torch_compile", "torch.compile"),
+                        ("polo_cpu", "polo CPU")):
+        g = tab.get(("grpo_step", impl, "headline", B, T))
+        q = tab.get(("ppo_step", impl, "headline", B, T))
+        if not (g and q):
+            continue
+        txt = f"{label}: a PPO step's RL math takes {fmt_ratio(q['median_s'] / g['median_s'])} the time of a GRPO step's"
+        if g.get("peak_bytes") and q.get("peak_bytes"):
+            txt += f" and {fmt_ratio(q['peak_bytes'] / g['peak_bytes'])} its memory"
+        notes.append(txt + ".")
+    return (B, T), header, rows, notes
 
 def step_table(tab, sizes):
     header = ["B x T", "implementation", "GRPO step", "PPO step", "PPO/GRPO time", "GRPO memory", "PPO memory",
@@ -223,11 +278,20 @@ def draw(tab, records, sweep, xkey, folder, copy_bps, bytes_per_token, bytes_per
                          if r["primitive"] == prim and r["impl"] == impl and r["sweep"] == sweep and r.get("tokens"))
             if pts:
                 ax.plot([x for x, _ in pts], [y for _, y in pts], **STYLE.get(impl, {}), ms=4)
-        if copy_bps and prim in bytes_per_token:
-            pts = sorted({(r[xkey], r["B"], r["T"]) for r in records if r["primitive"] == prim and r["sweep"] == sweep})
-            fl = [(x, (bytes_per_token[prim] + bytes_per_seq.get(prim, 0) / T) / copy_bps * 1e9) for x, _, T in pts]
-            if fl:
-                ax.plot([x for x, _ in fl], [y for _, y in fl], color="black", ls="--", lw=1.0, label="memory floor")
+        # GPU floor: the primitive's bytes over the GPU copy bandwidth (PyTorch's measurement, else
+        # polo's copy kernel); CPU floor: each polo CPU record's bytes over the memcpy bandwidth its
+        # binary measured at that size.
+        gpu_pts = sorted({(r[xkey], r["B"], r["T"]) for r in records
+                          if r["primitive"] == prim and r["sweep"] == sweep and r["impl"] != "polo_cpu"})
+        if copy_bps and prim in bytes_per_token and gpu_pts:
+            fl = [(x, (bytes_per_token[prim] + bytes_per_seq.get(prim, 0) / T) / copy_bps * 1e9) for x, _, T in gpu_pts]
+            ax.plot([x for x, _ in fl], [y for _, y in fl], color="black", ls="--", lw=1.0, label="memory floor (GPU)")
+        cpu_fl = sorted((r[xkey], r["floor_bytes"] / (r["copy_GBps"] * 1e9) * 1e9 / r["tokens"]) for r in records
+                        if r["primitive"] == prim and r["sweep"] == sweep and r["impl"] == "polo_cpu"
+                        and r.get("copy_GBps") and r.get("floor_bytes") and r.get("tokens"))
+        if cpu_fl:
+            ax.plot([x for x, _ in cpu_fl], [y for _, y in cpu_fl], color="tab:purple", ls=":", lw=1.0,
+                    label="memory floor (CPU memcpy)")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_title(TITLES.get(prim, prim), fontsize=9)
@@ -245,6 +309,7 @@ def draw(tab, records, sweep, xkey, folder, copy_bps, bytes_per_token, bytes_per
                frameon=False)
     meta = load_json(os.path.join(folder, "meta.json")) or {}
     title = "polo vs PyTorch: " + ("token sweep (T = 4096)" if sweep == "tokens" else "sequence-length sweep (2^22 tokens)")
+    title += "; ns per token, lower is better"
     if meta.get("device"):
         title += f" -- {meta['device']}, driver {meta.get('driver', '?')}, {meta.get('commit', '?')[:10]}, {meta.get('date', '')}"
     fig.suptitle(title, fontsize=10)
@@ -270,25 +335,34 @@ def main(argv):
     copy_bps = (torch_doc.get("meta") or {}).get("copy_bytes_per_s")
     copy_from = "the PyTorch process (a device-to-device copy of 1 GiB)"
     if not copy_bps:
-        gb = [r["copy_GBps"] for r in records if r.get("copy_GBps")]
+        gb = [r["copy_GBps"] for r in records if r.get("copy_GBps") and r["impl"] == "polo_cuda"]
         copy_bps = max(gb) * 1e9 if gb else None
-        copy_from = "polo's benchmark binaries (the copy floor of the largest size)"
+        copy_from = "polo's CUDA benchmark binaries (the copy kernel at the largest size)"
     sizes = sorted({(r["B"], r["T"]) for r in records if r["sweep"] == "headline"})
 
     meta = load_json(os.path.join(folder, "meta.json")) or {}
     head = ["# polo vs PyTorch", ""]
     if meta:
-        head.append(f"Device {meta.get('device', '?')}, driver {meta.get('driver', '?')}, commit "
-                    f"{meta.get('commit', '?')}, {meta.get('date', '?')}; PyTorch "
-                    f"{(torch_doc.get('meta') or {}).get('torch', '?')}.")
+        tmeta = torch_doc.get("meta") or {}
+        head.append(f"Device {meta.get('device') or '?'}, driver {meta.get('driver') or '-'}, commit "
+                    f"{meta.get('commit') or '?'}, {meta.get('date') or '?'}; "
+                    + (f"PyTorch {tmeta.get('torch', '?')} (run {tmeta.get('date', '?')})." if tmeta
+                       else "no PyTorch results in this folder."))
     if copy_bps:
         head.append(f"Copy bandwidth (read + write) measured in {copy_from}: {copy_bps * 1e-9:.0f} GB/s; "
                     "the charts' memory floor is bytes / this bandwidth.")
     head.append("")
     h1, r1 = headline_table(tab, sizes, copy_bps, bytes_per_token, bytes_per_seq)
     h2, r2 = step_table(tab, sizes)
+    rsize, h0, r0, notes = readme_table(tab, sizes, copy_bps, bytes_per_token, bytes_per_seq)
     checks = torch_doc.get("checks", [])
     print("\n".join(head))
+    if rsize:
+        print(f"For the README ({rsize[0]} x {rsize[1]}; PyTorch cells: time (PyTorch time / polo CUDA time)):")
+        print(plain(h0, r0))
+        for n in notes:
+            print(n)
+        print()
     print("Per primitive (median; ratio = PyTorch time / polo time, above 1 polo is faster):")
     print(plain(h1, r1))
     print()
@@ -297,13 +371,23 @@ def main(argv):
     if checks:
         bad = [c for c in checks if not c.get("ok")]
         print(f"\nPyTorch baseline numerical checks: {len(checks) - len(bad)}/{len(checks)} ok")
-    md = head + ["## Per primitive", "",
-                 "Median times; `eager/polo` is PyTorch eager's time over polo's (above 1, polo is faster); "
-                 "`x floor` is polo's time over the memory floor measured in the same binary.", "",
-                 markdown(h1, r1), "", "## GRPO step against PPO step", "",
-                 "The RL math of one step for the same batch (docs/benchmarks.md says what each step contains "
-                 "and how the critic's pass is modelled). Memory: peak device bytes of inputs, outputs and "
-                 "workspace.", "", markdown(h2, r2), ""]
+    md = list(head)
+    if rsize:
+        md += ["## For the README", "",
+               f"{rsize[0]} x {rsize[1]} tokens (fp32, ~10% padding), one {meta.get('device', 'device')}; median "
+               "time per call; in parentheses: polo's time over the memory floor (`x floor`), and for PyTorch its "
+               "time over polo CUDA's (above 1, polo is faster). Steps: the RL math of one step "
+               "(docs/benchmarks.md).", "", markdown(h0, r0), ""]
+        md += [f"- {n}" for n in notes] + ([""] if notes else [])
+    md += ["## Per primitive", "",
+           "Median times; `eager/polo` is PyTorch eager's time over polo's (above 1, polo is faster); "
+           "`x floor` is polo's time over the memory floor measured in the same binary; `CPU x copy` "
+           "is polo CPU's (mean) time over memcpy of the same bytes.", "",
+           markdown(h1, r1), "", "## GRPO step against PPO step", "",
+           "The RL math of one step for the same batch (docs/benchmarks.md says what each step contains "
+           "and how the critic's pass is modelled). Memory: bytes of the step's tensors plus, for polo "
+           "CUDA, the peak of its scratch; for PyTorch, the step's inputs plus the peak it allocates.", "",
+           markdown(h2, r2), ""]
     charts = []
     for sweep, xkey, fname in (("tokens", "tokens", "tokens.png"), ("seqlen", "T", "seqlen.png")):
         p = draw(tab, records, sweep, xkey, folder, copy_bps, bytes_per_token, bytes_per_seq, fname)

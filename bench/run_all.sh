@@ -18,15 +18,25 @@
 # cpu-<model> without a GPU) with meta.json recording the device, the driver, the commit and the
 # date. docs/benchmarks.md explains what is measured and how to read it.
 #
+# The stages can run in separate invocations over the same results folder (e.g. the polo stages
+# on one machine session, the PyTorch stage and the report on the next, with the folder carried
+# over): meta.json is merged, not overwritten, and records each invocation under "runs".
+#
 # Options:
 #   --out DIR          results folder (default bench/results/<device>)
 #   --build DIR        build folder (default build/bench)
-#   --quick            a smoke test: short benchmark times, small PyTorch sizes
+#   --quick            a smoke test: short benchmark times, only the small sizes
+#                      (512 x 4096 and 2^16..2^18 tokens), small PyTorch sizes
 #   --min-time S       Google Benchmark's --benchmark_min_time per benchmark (default 0.2)
 #   --filter REGEX     only benchmarks matching REGEX (--benchmark_filter)
+#   --bin-timeout S    stop a benchmark binary after S seconds (default 300): its results
+#                      are lost, the other binaries still run (a guard for a time-limited call)
+#   --torch-timeout S  stop torch_baseline.py after S seconds (default 480; it rewrites its
+#                      JSON after every size, so what it measured is kept)
 #   --torch-args "..." extra arguments for torch_baseline.py (e.g. "--sweeps headline")
 #   --no-build | --no-polo | --no-torch | --no-plot   skip a stage
-#   --tar FILE         also pack the results folder into FILE (.tar.gz)
+#   --tar FILE         also pack the results folder into FILE (.tar.gz, paths from the
+#                      repository root: unpack it there)
 #
 # Environment: CMAKE_PREFIX_PATH / benchmark_DIR to find Google Benchmark and Eigen; NVCC (default:
 # nvcc on PATH, then /usr/local/cuda/bin/nvcc); CUDA_ARCH (default 90); PYTHON (default python3);
@@ -37,7 +47,7 @@ set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root" || exit 1
 
-out="" build="build/bench" quick=0 min_time=0.2 filter="" torch_args="" tarfile=""
+out="" build="build/bench" quick=0 min_time=0.2 filter="" torch_args="" tarfile="" bin_timeout=300 torch_timeout=480
 do_build=1 do_polo=1 do_torch=1 do_plot=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -46,6 +56,8 @@ while [[ $# -gt 0 ]]; do
     --quick) quick=1; min_time=0.02; shift ;;
     --min-time) min_time=$2; shift 2 ;;
     --filter) filter=$2; shift 2 ;;
+    --bin-timeout) bin_timeout=$2; shift 2 ;;
+    --torch-timeout) torch_timeout=$2; shift 2 ;;
     --torch-args) torch_args=$2; shift 2 ;;
     --tar) tarfile=$2; shift 2 ;;
     --no-build) do_build=0; shift ;;
@@ -87,19 +99,65 @@ fi
 date_utc=$(date -u +%Y-%m-%dT%H:%M:%SZ)
 cuda_version=""
 [[ -n "$nvcc" ]] && cuda_version=$("$nvcc" --version 2>/dev/null | sed -n 's/.*release \([0-9.]*\).*/\1/p' | head -1)
-cat >"$out/meta.json" <<EOF
-{
-  "device": "$device",
-  "driver": "$driver",
-  "commit": "$commit",
-  "date": "$date_utc",
-  "cuda_compiler": "$cuda_version",
-  "cuda_benchmarks": "$cuda",
-  "cpu": "$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)",
-  "benchmark_min_time": "$min_time",
-  "quick": $quick
+stages=()
+[[ $do_build == 1 ]] && stages+=(build)
+[[ $do_polo == 1 ]] && stages+=(polo)
+[[ $do_torch == 1 ]] && stages+=(torch)
+[[ $do_plot == 1 ]] && stages+=(plot)
+t_start=$SECONDS
+
+# meta.json: device, driver, commit, date, compiler, CPU, options at the top (from the invocation
+# that ran polo's benchmarks: a new polo run starts a new meta.json); every invocation over the
+# folder appended to "runs" (date, commit, stages, wall seconds), so a PyTorch stage run later
+# is recorded beside the polo stage it joins, and a commit that differs is flagged.
+write_meta() {  # $1: wall seconds so far, or "" at the start
+  META_PATH="$out/meta.json" META_FRESH=$do_polo META_WALL="$1" META_DEVICE="$device" META_DRIVER="$driver" \
+  META_COMMIT="$commit" META_DATE="$date_utc" META_CUDA_VERSION="$cuda_version" META_CUDA="$cuda" \
+  META_CPU="$cpu_model" META_MIN_TIME="$min_time" META_QUICK="$quick" META_STAGES="${stages[*]}" \
+  "$python" - <<'PY' || log "could not write $out/meta.json"
+import json, os
+e = os.environ
+path = e["META_PATH"]
+meta = {}
+if e["META_FRESH"] != "1" and os.path.exists(path):
+    try:
+        with open(path) as f:
+            meta = json.load(f)
+    except (OSError, ValueError):
+        meta = {}
+top = dict(device=e["META_DEVICE"], driver=e["META_DRIVER"], commit=e["META_COMMIT"], date=e["META_DATE"],
+           cuda_compiler=e["META_CUDA_VERSION"], cuda_benchmarks=e["META_CUDA"], cpu=e["META_CPU"],
+           benchmark_min_time=e["META_MIN_TIME"], quick=e["META_QUICK"] == "1")
+for k, v in top.items():
+    meta.setdefault(k, v)
+run = dict(date=e["META_DATE"], commit=e["META_COMMIT"], device=e["META_DEVICE"], driver=e["META_DRIVER"],
+           stages=e["META_STAGES"].split(), wall_s=float(e["META_WALL"]) if e["META_WALL"] else None)
+if meta.get("commit") != run["commit"]:
+    run["commit_differs_from_top"] = True
+if meta.get("device") != run["device"]:
+    run["device_differs_from_top"] = True
+runs = meta.setdefault("runs", [])
+if runs and runs[-1].get("date") == run["date"] and runs[-1].get("stages") == run["stages"]:
+    runs[-1] = run  # the same invocation, finishing
+else:
+    runs.append(run)
+with open(path + ".tmp", "w") as f:
+    json.dump(meta, f, indent=2)
+    f.write("\n")
+os.replace(path + ".tmp", path)
+for k in ("commit", "device"):
+    if run.get(k + "_differs_from_top"):
+        print(f"[run_all] WARNING: this run's {k} ({run[k]}) differs from the results folder's ({meta.get(k)})")
+PY
 }
-EOF
+cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
+if [[ $do_polo == 0 ]]; then
+  shopt -s nullglob
+  polo_json=("$out"/*_bench.json "$out"/*_bench_cuda.json)
+  shopt -u nullglob
+  [[ ${#polo_json[@]} -eq 0 ]] && log "WARNING: --no-polo and no polo results in $out (a different device or folder?)"
+fi
+write_meta ""
 log "device: $device${driver:+, driver $driver}; commit $commit; results in $out"
 
 # ---- 1. build ---------------------------------------------------------------------------------
@@ -126,12 +184,20 @@ if [[ $do_polo == 1 ]]; then
     name=$(basename "$b")
     args=(--benchmark_out="$out/$name.json" --benchmark_out_format=json --benchmark_counters_tabular=true
           --benchmark_min_time="$min_time")
-    [[ -n "$filter" ]] && args+=(--benchmark_filter="$filter")
+    if [[ -n "$filter" ]]; then
+      args+=(--benchmark_filter="$filter")
+    elif [[ $quick == 1 ]]; then
+      args+=(--benchmark_filter='(/512/4096|/tokens/(16|32|64)/)')  # the small sizes only
+    fi
     log "run $name"
     start=$SECONDS
-    "$b" "${args[@]}" >"$out/$name.txt" 2>&1
+    timeout --signal=KILL "$bin_timeout" "$b" "${args[@]}" >"$out/$name.txt" 2>&1
     rc=$?
     log "  $name: rc=$rc, $((SECONDS - start)) s"
+    if [[ $rc == 137 ]]; then
+      log "  $name stopped after --bin-timeout $bin_timeout s; its results are incomplete"
+      rm -f "$out/$name.json"
+    fi
     [[ $rc != 0 ]] && tail -5 "$out/$name.txt"
   done
 fi
@@ -144,8 +210,12 @@ if [[ $do_torch == 1 ]]; then
     # shellcheck disable=SC2206
     [[ -n "$torch_args" ]] && targs+=($torch_args)
     log "run torch_baseline.py ${targs[*]}"
-    PYTHONUNBUFFERED=1 "$python" bench/torch_baseline.py "${targs[@]}" 2>&1 | tee "$out/torch_baseline.txt"
-    log "  torch_baseline.py: rc=${PIPESTATUS[0]}"
+    start=$SECONDS
+    POLO_COMMIT=$commit PYTHONUNBUFFERED=1 timeout "$torch_timeout" "$python" bench/torch_baseline.py "${targs[@]}" 2>&1 |
+      tee "$out/torch_baseline.txt"
+    rc=${PIPESTATUS[0]}
+    log "  torch_baseline.py: rc=$rc, $((SECONDS - start)) s"
+    [[ $rc == 124 ]] && log "  stopped after --torch-timeout $torch_timeout s: torch_baseline.json holds the sizes it finished"
   else
     log "python3 has no PyTorch with a CUDA device: PyTorch baselines skipped"
   fi
@@ -156,6 +226,8 @@ if [[ $do_plot == 1 ]]; then
   "$python" bench/plot.py "$out"
 fi
 
+write_meta "$((SECONDS - t_start))"
+log "done in $((SECONDS - t_start)) s"
 if [[ -n "$tarfile" ]]; then
   tar czf "$tarfile" --exclude='*.log' "$out" && log "packed $out into $tarfile"
 fi

@@ -620,12 +620,16 @@ def device_meta(device):
         meta["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
     except (OSError, subprocess.SubprocessError):
         meta["driver"] = None
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30,
-                             cwd=os.path.dirname(os.path.abspath(__file__)))
-        meta["commit"] = out.stdout.strip() if out.returncode == 0 else None
-    except (OSError, subprocess.SubprocessError):
-        meta["commit"] = None
+    # POLO_COMMIT: the commit being run, when this tree is a copy whose git metadata is not it
+    # (bench/run_all.sh passes its own).
+    meta["commit"] = os.environ.get("POLO_COMMIT") or None
+    if meta["commit"] is None:
+        try:
+            out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=30,
+                                 cwd=os.path.dirname(os.path.abspath(__file__)))
+            meta["commit"] = out.stdout.strip() if out.returncode == 0 else None
+        except (OSError, subprocess.SubprocessError):
+            meta["commit"] = None
     return meta
 
 
