@@ -33,6 +33,10 @@
 #                      are lost, the other binaries still run (a guard for a time-limited call)
 #   --torch-timeout S  stop torch_baseline.py after S seconds (default 480; it rewrites its
 #                      JSON after every size, so what it measured is kept)
+#   --budget S         finish within S seconds (default: no limit): benchmark binaries and the
+#                      PyTorch stage are stopped or skipped so that the report and --tar still
+#                      happen in time (for a time-limited machine session); CUDA binaries run
+#                      before the CPU ones, so a short budget drops CPU results first
 #   --torch-args "..." extra arguments for torch_baseline.py (e.g. "--sweeps headline")
 #   --no-build | --no-polo | --no-torch | --no-plot   skip a stage
 #   --tar FILE         also pack the results folder into FILE (.tar.gz, paths from the
@@ -47,7 +51,7 @@ set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root" || exit 1
 
-out="" build="build/bench" quick=0 min_time=0.2 filter="" torch_args="" tarfile="" bin_timeout=300 torch_timeout=480
+out="" build="build/bench" quick=0 min_time=0.2 filter="" torch_args="" tarfile="" bin_timeout=300 torch_timeout=480 budget=0
 do_build=1 do_polo=1 do_torch=1 do_plot=1
 while [[ $# -gt 0 ]]; do
   case "$1" in
@@ -58,6 +62,7 @@ while [[ $# -gt 0 ]]; do
     --filter) filter=$2; shift 2 ;;
     --bin-timeout) bin_timeout=$2; shift 2 ;;
     --torch-timeout) torch_timeout=$2; shift 2 ;;
+    --budget) budget=$2; shift 2 ;;
     --torch-args) torch_args=$2; shift 2 ;;
     --tar) tarfile=$2; shift 2 ;;
     --no-build) do_build=0; shift ;;
@@ -150,6 +155,9 @@ for k in ("commit", "device"):
         print(f"[run_all] WARNING: this run's {k} ({run[k]}) differs from the results folder's ({meta.get(k)})")
 PY
 }
+# Seconds left of --budget (a large number without one), and min(a, b).
+left() { if [[ $budget -gt 0 ]]; then echo $((budget - (SECONDS - t_start))); else echo 1000000; fi; }
+min() { if [[ $1 -lt $2 ]]; then echo "$1"; else echo "$2"; fi; }
 cpu_model=$(lscpu 2>/dev/null | sed -n 's/^Model name:[[:space:]]*//p' | head -1)
 if [[ $do_polo == 0 ]]; then
   shopt -s nullglob
@@ -170,15 +178,27 @@ if [[ $do_build == 1 ]]; then
   jobs=${JOBS:-$(nproc)}
   log "build ($jobs jobs; log in $out/build.log)"
   # Keep going past a benchmark that does not compile: the others still run.
-  cmake --build "$build" -j"$jobs" -- -k 0 >"$out/build.log" 2>&1 ||
-    { log "some benchmarks failed to build:"; grep -E "error|FAILED" "$out/build.log" | head -20; }
+  start=$SECONDS
+  # Keep going past a benchmark that does not compile: the others still run. With --budget the
+  # build may take 70% of it.
+  bt=$(left); [[ $budget -gt 0 ]] && bt=$((budget * 7 / 10))
+  timeout "$bt" cmake --build "$build" -j"$jobs" -- -k 0 >"$out/build.log" 2>&1 ||
+    { log "some benchmarks failed to build (or the build ran out of --budget):"
+      grep -E "error|FAILED" "$out/build.log" | head -20; }
+  log "  build: $((SECONDS - start)) s"
 fi
 
 # ---- 2. polo's benchmarks ---------------------------------------------------------------------
 if [[ $do_polo == 1 ]]; then
   shopt -s nullglob
   bins=()
-  for b in "$build"/bench/*_bench "$build"/bench/*_bench_cuda; do [[ -x "$b" ]] && bins+=("$b"); done
+  # CUDA first (the sweep and the steps first of all), then the CPU binaries.
+  for b in "$build"/bench/{step,sweep}_bench_cuda "$build"/bench/*_bench_cuda "$build"/bench/{step,sweep}_bench \
+           "$build"/bench/*_bench; do
+    [[ -x "$b" ]] || continue
+    for x in "${bins[@]}"; do [[ "$x" == "$b" ]] && continue 2; done
+    bins+=("$b")
+  done
   [[ ${#bins[@]} -eq 0 ]] && log "no benchmark binaries in $build/bench"
   for b in "${bins[@]}"; do
     name=$(basename "$b")
@@ -189,13 +209,19 @@ if [[ $do_polo == 1 ]]; then
     elif [[ $quick == 1 ]]; then
       args+=(--benchmark_filter='(/512/4096|/tokens/(16|32|64)/)')  # the small sizes only
     fi
+    # Leave 30 s of --budget for the report and the archive.
+    t=$(min "$bin_timeout" $(($(left) - 30)))
+    if [[ $t -lt 10 ]]; then
+      log "skip $name: --budget $budget s is spent"
+      continue
+    fi
     log "run $name"
     start=$SECONDS
-    timeout --signal=KILL "$bin_timeout" "$b" "${args[@]}" >"$out/$name.txt" 2>&1
+    timeout --signal=KILL "$t" "$b" "${args[@]}" >"$out/$name.txt" 2>&1
     rc=$?
     log "  $name: rc=$rc, $((SECONDS - start)) s"
     if [[ $rc == 137 ]]; then
-      log "  $name stopped after --bin-timeout $bin_timeout s; its results are incomplete"
+      log "  $name stopped after $t s (--bin-timeout / --budget); its results are lost"
       rm -f "$out/$name.json"
     fi
     [[ $rc != 0 ]] && tail -5 "$out/$name.txt"
@@ -209,13 +235,18 @@ if [[ $do_torch == 1 ]]; then
     [[ $quick == 1 ]] && targs+=(--quick)
     # shellcheck disable=SC2206
     [[ -n "$torch_args" ]] && targs+=($torch_args)
-    log "run torch_baseline.py ${targs[*]}"
-    start=$SECONDS
-    POLO_COMMIT=$commit PYTHONUNBUFFERED=1 timeout "$torch_timeout" "$python" bench/torch_baseline.py "${targs[@]}" 2>&1 |
-      tee "$out/torch_baseline.txt"
-    rc=${PIPESTATUS[0]}
-    log "  torch_baseline.py: rc=$rc, $((SECONDS - start)) s"
-    [[ $rc == 124 ]] && log "  stopped after --torch-timeout $torch_timeout s: torch_baseline.json holds the sizes it finished"
+    t=$(min "$torch_timeout" $(($(left) - 45)))
+    if [[ $t -lt 30 ]]; then
+      log "PyTorch baselines skipped: --budget $budget s is spent"
+    else
+      log "run torch_baseline.py ${targs[*]} (stopped after $t s)"
+      start=$SECONDS
+      POLO_COMMIT=$commit PYTHONUNBUFFERED=1 timeout "$t" "$python" bench/torch_baseline.py "${targs[@]}" 2>&1 |
+        tee "$out/torch_baseline.txt"
+      rc=${PIPESTATUS[0]}
+      log "  torch_baseline.py: rc=$rc, $((SECONDS - start)) s"
+      [[ $rc == 124 ]] && log "  stopped after $t s: torch_baseline.json holds the sizes it finished"
+    fi
   else
     log "python3 has no PyTorch with a CUDA device: PyTorch baselines skipped"
   fi
