@@ -311,7 +311,8 @@ def draw(tab, records, sweep, xkey, folder, copy_bps, bytes_per_token, bytes_per
     title = "polo vs PyTorch: " + ("token sweep (T = 4096)" if sweep == "tokens" else "sequence-length sweep (2^22 tokens)")
     title += "; ns per token, lower is better"
     if meta.get("device"):
-        title += f" -- {meta['device']}, driver {meta.get('driver', '?')}, {meta.get('commit', '?')[:10]}, {meta.get('date', '')}"
+        title += (f" -- {meta['device']}" + (f", driver {meta['driver']}" if meta.get("driver") else "")
+                  + f", {(meta.get('commit') or '?')[:10]}, {meta.get('date', '')}")
     fig.suptitle(title, fontsize=10)
     fig.tight_layout(rect=(0, 0.05, 1, 0.96))
     path = os.path.join(folder, fname)
