@@ -15,7 +15,7 @@
 #include <cstdint>
 #include <vector>
 
-#include <polo/polo.cuh>
+#include <polo/advantages.cuh>  // only the primitive measured (builds without the others)
 
 #include "support/bench_support.hpp"
 #include "support/cuda_timer.cuh"

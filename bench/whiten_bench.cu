@@ -10,7 +10,7 @@
 #include <cstdint>
 #include <vector>
 
-#include <polo/polo.cuh>
+#include <polo/whiten.cuh>  // only the primitive measured
 
 #include "support/bench_support.hpp"
 #include "support/cuda_timer.cuh"
@@ -49,9 +49,43 @@ void BM_Whiten_cuda(benchmark::State& st) {
   (void)cudaStreamDestroy(stream);
 }
 
+// masked_moments alone: the statistics pass of whiten (x and the mask read once, nothing
+// written but the statistics), to split whiten's time into its two passes.
+double moments_bytes(std::int64_t B, std::int64_t T) { return double(B) * double(T) * (sizeof(float) + 1); }
+
+void BM_MaskedMoments_cuda(benchmark::State& st) {
+  const std::int64_t B = st.range(0), T = st.range(1);
+  cb::device_buffer<float> x(polo::bench::normal_values<float>(static_cast<std::size_t>(B * T), 3));
+  cb::device_buffer<std::uint8_t> mask(polo::bench::right_padded_mask(B, T));
+  cudaStream_t stream{};
+  POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
+  const polo::padded<std::uint8_t, polo::device_space> lay(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
+  cb::device_buffer<unsigned char> ws(polo::whiten_workspace_bytes(polo::cuda{}, lay));
+  const bool async = st.range(2) != 0;
+  cb::device_buffer<unsigned char> res(sizeof(polo::moments));
+  cb::device_buffer<polo::cuda::status> status(1);
+  POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
+  polo::cuda be{.stream = stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  if (async) {
+    be.deferred_errors = status.data();
+    be.result = res.data();
+  }
+  st.SetLabel(async ? "async" : "sync");
+  cb::time_loop(st, stream, [&] {
+    benchmark::DoNotOptimize(polo::masked_moments(be, lay, polo::device_view_of<const float>(x.data(), B, T, T)));
+  });
+  polo::cuda_check(be);
+  cb::report(st, moments_bytes(B, T));
+  (void)cudaStreamDestroy(stream);
+}
+
+void BM_CopyFloor_moments_bytes(benchmark::State& st) { cb::copy_benchmark(st, moments_bytes(st.range(0), st.range(1))); }
+
 void BM_CopyFloor_whiten_bytes(benchmark::State& st) { cb::copy_benchmark(st, whiten_bytes(st.range(0), st.range(1))); }
 
 }  // namespace
 
 BENCHMARK(BM_CopyFloor_whiten_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Whiten_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_CopyFloor_moments_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_MaskedMoments_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);

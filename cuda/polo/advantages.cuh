@@ -221,6 +221,57 @@ struct backend_impl<cuda, advantages_tag> {
     return e;
   }
 
+  /// B <= kernels::fused_max: the whole of group_advantages in one launch
+  /// (kernels::group_advantages_fused_kernel), which writes `out` only when no error is found
+  /// and, for the combined call (L a layout), also makes the broadcast's check: the slot's
+  /// error is then the first error of both steps. Scratch: the same regions as the multi-kernel
+  /// path. Returns where the statistics are published.
+  template <class T, class Groups, class L>
+  static result_target<group_stats> enqueue_fused(const cuda& be, view<const T, 1, device_space> s, const Groups& groups,
+                                                  view<T, 1, device_space> out, const advantage_config& c,
+                                                  scratch_plan& sp, bool async, const cuda::status* pre, const L& layout) {
+    const index_t B = s.n;
+    const cudaStream_t stream = stream_of(be);
+    auto run = [&](const auto& map, const auto& seg, const advantages_regions& r) {
+      using Map = std::remove_cvref_t<decltype(map)>;
+      using Seg = std::remove_cvref_t<decltype(seg)>;
+      kernels::fused_advantages_params<T, Map, Seg, L> p;
+      p.scores = s.data;
+      p.scores_stride = s.stride;
+      p.n = B;
+      p.groups = map;
+      p.cfg = c;
+      p.info = r.info;
+      p.out = out.data;
+      p.out_stride = out.stride;
+      p.pre = pre;
+      p.result = make_result_target(be, r.slot, async);
+      p.seg = seg;
+      p.layout = layout;
+      POLO_CUDA_TRY(kernels::launch_group_advantages_fused(p, stream));
+      return p.result;
+    };
+    if constexpr (is_labelled_groups<Groups>::value) {
+      using Label = typename std::remove_cvref_t<decltype(groups.labels)>::value_type;
+      kernels::segment_labels_params<std::remove_const_t<Label>> seg;
+      seg.labels = groups.labels.data;
+      seg.labels_stride = groups.labels.stride;
+      seg.n = static_cast<int>(B);
+      take_segment_regions(sp, seg, seg.n);
+      const advantages_regions r = take_advantages_regions(sp, B, B);
+      kernels::segmented_map map;
+      map.starts = seg.starts;
+      map.order = seg.order;
+      map.seg = seg.seg;
+      map.n_groups = seg.n_groups;
+      map.bound = B;
+      return run(map, seg, r);
+    } else {
+      const advantages_regions r = take_advantages_regions(sp, B, B / groups.size);
+      return run(kernels::contiguous_map{groups.size, B / groups.size}, kernels::no_segment{}, r);
+    }
+  }
+
   template <class Groups>
   static void check_label_count(index_t B) {
     if constexpr (is_labelled_groups<Groups>::value) {
@@ -247,6 +298,10 @@ struct backend_impl<cuda, advantages_tag> {
     check_label_count<Groups>(B);
     scratch ws(be, group_advantages_scratch_bytes(B, groups), fn);
     scratch_plan sp(ws.data());
+    if (B <= kernels::fused_max) {
+      const result_target<group_stats> t = enqueue_fused<T>(be, s, groups, out, c, sp, async, nullptr, kernels::no_token_check{});
+      return finish(be, t);  // synchronous: throws (nothing written) or returns
+    }
     const enqueued<T> e = enqueue_advantages<T>(be, s, groups, out, c, sp, async, nullptr, false);
     const group_stats st = finish(be, e.target);  // synchronous: throws before anything is written
     if (e.staged != nullptr)
@@ -274,6 +329,23 @@ struct backend_impl<cuda, advantages_tag> {
       POLO_CUDA_TRY(kernels::launch_packed_offsets(layout, pc, entry_group_advantages,
                                                    async ? be.deferred_errors : nullptr, stream));
       pre = &pc->status;
+    }
+    if (B > 0 && B <= kernels::fused_max) {
+      // One launch for the statistics, the advantages and the broadcast's check (its error is
+      // the slot's when group_advantages itself succeeds), then the broadcast gated on it.
+      const result_target<group_stats> t = enqueue_fused<T>(be, s, groups, out, c, sp, async, pre, layout);
+      const group_stats st = finish(be, t);  // synchronous: the one read-back, throws first
+      if constexpr (!L::is_packed) {
+        if (layout.seq_len == 0) return st;
+      }
+      kernels::broadcast_params<T, L> p;
+      p.values = out.data;
+      p.values_stride = out.stride;
+      p.layout = layout;
+      p.out = tok;
+      p.gate = t.gate();
+      POLO_CUDA_TRY(kernels::launch_broadcast(p, stream));
+      return st;
     }
     group_stats st;
     const cuda::status* gate = pre;

@@ -26,6 +26,7 @@
 #include <cub/block/block_scan.cuh>
 
 #include <climits>
+#include <utility>
 
 #include "polo/core/backend.hpp"
 #include "polo/core/config.hpp"
@@ -171,6 +172,7 @@ __device__ V fixed_tree_fold(index_t n, Get&& get, Merge&& merge, V zero, detail
 /// accumulated with integer atomics only: every block checks its own row, block 0 the ends.
 struct offsets_check {
   unsigned int flags = 0;           ///< bit 0: offsets[0] != 0; bit 1: offsets[B] != N
+  unsigned int blocks_done = 0;     ///< blocks finished (last_block_done's counter)
   unsigned long long decrease = 0;  ///< ~(i + 1) for the smallest i with offsets[i+1] < offsets[i]; 0: none
 };
 
@@ -192,6 +194,31 @@ __device__ bool check_row_offsets(const L& layout, index_t i, offsets_check* chk
   } else {
     return i < layout.num_seqs();
   }
+}
+
+/// Every thread of every block calls this after thread 0 wrote the block's results to global
+/// memory: true in every thread of the one block that finishes last (integer atomic on a
+/// counter zeroed before the launch), which then sees every block's results and, through
+/// `read_offsets_check`, the offsets flags. Lets the last block fold the per-row results in a
+/// fixed order without a second launch.
+__device__ inline bool last_block_done(unsigned int* counter, bool* sh_last) {
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    __threadfence();
+    *sh_last = atomicAdd(counter, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  const bool last = *sh_last;
+  if (last) __threadfence();
+  return last;
+}
+
+/// The flags of an offsets_check written by other blocks' atomics (read atomically).
+__device__ inline offsets_check read_offsets_check(offsets_check* chk) {
+  offsets_check c;
+  c.flags = atomicOr(&chk->flags, 0u);
+  c.decrease = atomicMax(&chk->decrease, 0ull);
+  return c;
 }
 
 /// Resolves an offsets_check into the first error in the CPU's order (offsets[0], the first
@@ -220,6 +247,26 @@ __device__ cuda::status resolve_offsets(const L& layout, const offsets_check& ch
   return s;
 }
 
+/// Programmatic dependent launch (sm_90+): a write kernel that follows a statistics kernel on
+/// the same stream is launched with `launch_dependent`, so that its blocks can be scheduled
+/// (and load the inputs that do not depend on the statistics) while the statistics kernel
+/// finishes; `grid_dependency_wait` then blocks until the preceding kernel has completed and
+/// its writes are visible. It must come before the first read of anything the preceding
+/// kernel writes. Launched normally, or on an older GPU, the wait is a no-op.
+__device__ __forceinline__ void grid_dependency_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+/// Lets the kernel launched after this one with `launch_dependent` start being scheduled (each
+/// block calls it once its own loads are issued; without it, at the block's exit).
+__device__ __forceinline__ void allow_dependent_launch() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
 /// Element at a flat index of a per-token tensor of the layout (i*T + t for padded, the
 /// position itself for packed).
 template <class L, class X>
@@ -229,6 +276,23 @@ __device__ auto at_flat(const L& layout, const X& x, index_t flat) {
   } else {
     return x.row(flat / layout.seq_len)[flat % layout.seq_len];
   }
+}
+
+/// Launches `kernel<<<grid, block, 0, stream>>>(args...)` as a programmatic dependent of the
+/// kernel before it on the stream (see grid_dependency_wait).
+template <class... Params, class... Args>
+cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t stream, Args&&... args) {
+  cudaLaunchConfig_t cfg{};
+  cfg.gridDim = grid;
+  cfg.blockDim = block;
+  cfg.dynamicSmemBytes = 0;
+  cfg.stream = stream;
+  cudaLaunchAttribute attr[1];
+  attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attr[0].val.programmaticStreamSerializationAllowed = 1;
+  cfg.attrs = attr;
+  cfg.numAttrs = 1;
+  return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
 #endif  // __CUDACC__

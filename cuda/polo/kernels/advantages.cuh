@@ -31,6 +31,12 @@
 /// The combined call with a packed layout first runs packed_offsets_kernel (offsets only), whose
 /// error takes precedence in step 4, so that nothing is written for malformed offsets.
 ///
+/// Batches of at most `fused_max` (2048) sequences, the common case, take none of steps 1-4:
+/// group_advantages_fused_kernel does all of it in ONE block of 512 threads (one launch; the
+/// segmentation of labelled groups included), finds the first error before writing anything,
+/// and in the combined call also makes the broadcast's check, so that the combined call is two
+/// launches (that kernel and broadcast_kernel) and, synchronously, one read-back.
+///
 /// Every reduction has a fixed shape that depends on B (and G) only: no floating-point atomics,
 /// so results are bitwise identical run to run (determinism::run_to_run).
 ///
@@ -42,7 +48,10 @@
 ///                                 deferred status if any
 ///     broadcast_kernel            one block per (row, slice): 16-byte stores of
 ///                                 mask ? value : 0, vector mask loads where aligned; with a gate
-///                                 it writes nothing when the check found an error
+///                                 it writes nothing when the check found an error. Launched as
+///                                 a programmatic dependent (detail/row_reduce.cuh): its blocks
+///                                 load the mask while the check (or the fused group_advantages
+///                                 kernel) runs, then wait for it before reading the values
 
 #include <cuda_runtime.h>
 
@@ -259,8 +268,9 @@ std::size_t segment_temp_bytes(int n) {
 
 /// One block sorts (label, index) pairs of a batch of at most segment_small_max and writes the
 /// whole segmentation.
-template <class Label, int Threads = segment_small_threads, int Items = segment_small_items>
-__global__ void __launch_bounds__(Threads) segment_small_kernel(segment_labels_params<Label> p) {
+/// (The block-wide body; every thread of a block of Threads calls it.)
+template <class Label, int Threads, int Items>
+__device__ void segment_small_block(const segment_labels_params<Label>& p) {
   // Preconditions: p.n <= Threads * Items; one block.
   using K = label_key_t<Label>;
   using sort_t = cub::BlockRadixSort<K, Threads, Items, int>;
@@ -311,6 +321,11 @@ __global__ void __launch_bounds__(Threads) segment_small_kernel(segment_labels_p
       }
     }
   }
+}
+
+template <class Label, int Threads = segment_small_threads, int Items = segment_small_items>
+__global__ void __launch_bounds__(Threads) segment_small_kernel(segment_labels_params<Label> p) {
+  segment_small_block<Label, Threads, Items>(p);
 }
 
 /// keys_in[i] = labels[i], idx_in[i] = i.
@@ -413,23 +428,21 @@ __device__ __forceinline__ detail::neumaier_sum down(const detail::neumaier_sum&
 }
 }  // namespace warp
 
-/// One warp per group (see the file comment).
+/// Statistics of group g by one warp (every lane calls it): its group_info and its batch
+/// partial, valid in lane 0.
 template <class T, class Map>
-__global__ void __launch_bounds__(stats_threads) group_stats_kernel(group_stats_params<T, Map> p) {
-  __shared__ detail::shared_array<batch_partial, stats_warps> warp_part;
-  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-  const index_t g = index_t(blockIdx.x) * stats_warps + w;
-  batch_partial part;
-  if (g < p.groups.num_groups()) {  // warp-uniform
-    const index_t lo = p.groups.begin(g), hi = p.groups.end(g);
+__device__ void warp_group_stats(const T* scores, index_t scores_stride, const Map& groups, const advantage_config& cfg,
+                                 index_t g, int lane, group_info& gi, batch_partial& part) {
+  {
+    const index_t lo = groups.begin(g), hi = groups.end(g);
     // Pass 1: count, sum, min, max of the scoreable members; non-finite count and first index.
     index_t k = 0, bad = 0;
     long long first_bad = LLONG_MAX;
     detail::neumaier_sum acc;
     double mn = 0.0, mx = 0.0;
     for (index_t q = lo + lane; q < hi; q += 32) {
-      const index_t i = p.groups.seq(q);
-      const double x = double(p.scores[i * p.scores_stride]);
+      const index_t i = groups.seq(q);
+      const double x = double(scores[i * scores_stride]);
       if (detail::is_finite(x)) {
         acc.add(x);
         mn = k == 0 ? x : detail::min_of(mn, x);
@@ -468,7 +481,7 @@ __global__ void __launch_bounds__(stats_threads) group_stats_kernel(group_stats_
     index_t n_min = 0, n_max = 0;
     detail::neumaier_sum m2;
     for (index_t q = lo + lane; q < hi; q += 32) {
-      const double x = double(p.scores[p.groups.seq(q) * p.scores_stride]);
+      const double x = double(scores[groups.seq(q) * scores_stride]);
       if (!detail::is_finite(x)) continue;
       if (x == mn) ++n_min;
       if (x == mx) ++n_max;
@@ -487,7 +500,6 @@ __global__ void __launch_bounds__(stats_threads) group_stats_kernel(group_stats_
       }
     }
     if (lane == 0) {
-      group_info gi;
       gi.k = k;
       gi.sum = sum;
       gi.mean = mean;
@@ -496,7 +508,6 @@ __global__ void __launch_bounds__(stats_threads) group_stats_kernel(group_stats_
       gi.max = mx;
       gi.n_min = n_min;
       gi.n_max = n_max;
-      p.info[g] = gi;
       part.groups = 1;
       part.nonfinite = bad;
       part.first_nonfinite = first_bad;
@@ -504,7 +515,7 @@ __global__ void __launch_bounds__(stats_threads) group_stats_kernel(group_stats_
       if (k == 1) {
         part.singleton = 1;
         part.first_singleton = g;
-        part.first_singleton_seq = p.groups.seq(lo);
+        part.first_singleton_seq = groups.seq(lo);
       }
       if (k > 0) {
         part.scores.count = k;
@@ -515,11 +526,25 @@ __global__ void __launch_bounds__(stats_threads) group_stats_kernel(group_stats_
       }
       if (k >= 2) {
         bool defined = false;
-        part.std_sum = constant ? 0.0 : std_from_m2(gi.m2, k, p.cfg.std, defined);
+        part.std_sum = constant ? 0.0 : std_from_m2(gi.m2, k, cfg.std, defined);
         part.std_count = 1;
         if (constant) part.zero_std = 1;
       }
     }
+  }
+}
+
+/// One warp per group (see the file comment).
+template <class T, class Map>
+__global__ void __launch_bounds__(stats_threads) group_stats_kernel(group_stats_params<T, Map> p) {
+  __shared__ detail::shared_array<batch_partial, stats_warps> warp_part;
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  const index_t g = index_t(blockIdx.x) * stats_warps + w;
+  batch_partial part;
+  if (g < p.groups.num_groups()) {  // warp-uniform
+    group_info gi;
+    warp_group_stats(p.scores, p.scores_stride, p.groups, p.cfg, g, lane, gi, part);
+    if (lane == 0) p.info[g] = gi;
   }
   if (lane == 0) warp_part[w] = part;
   __syncthreads();
@@ -528,6 +553,23 @@ __global__ void __launch_bounds__(stats_threads) group_stats_kernel(group_stats_
     for (int j = 1; j < stats_warps; ++j) merge(b, warp_part[j]);
     p.partials[blockIdx.x] = b;
   }
+}
+
+/// The batch statistics and the batch σ from the merged partial of every group.
+template <class T>
+__device__ advantages_status batch_status(const batch_partial& b, const T* scores, index_t scores_stride,
+                                          const advantage_config& cfg) {
+  advantages_status st;
+  st.batch = b;
+  st.first_nonfinite_value = b.nonfinite > 0 ? double(scores[b.first_nonfinite * scores_stride]) : 0.0;
+  if (cfg.scale == scale_kind::batch_std) {
+    const moments bm = cfg.batch.count > 0 ? cfg.batch : b.scores;
+    const bool all_equal = cfg.batch.count > 0 ? bm.m2 == 0.0 : (b.scores.count == 0 || b.min == b.max);
+    bool defined = false;
+    st.batch_sigma = all_equal ? 0.0 : std_from_m2(bm.m2, bm.count, cfg.std, defined);
+    st.batch_zero = (all_equal || !defined) ? 1 : 0;
+  }
+  return st;
 }
 
 /// One block: merges `n` block partials in a fixed tree (in group order), then the batch σ.
@@ -546,20 +588,7 @@ __global__ void __launch_bounds__(Threads)
     if (t % (2 * s) == 0) merge(sh[t], sh[t + s]);
     __syncthreads();
   }
-  if (t == 0) {
-    const batch_partial& b = sh[0];
-    advantages_status st;
-    st.batch = b;
-    st.first_nonfinite_value = b.nonfinite > 0 ? double(scores[b.first_nonfinite * scores_stride]) : 0.0;
-    if (cfg.scale == scale_kind::batch_std) {
-      const moments bm = cfg.batch.count > 0 ? cfg.batch : b.scores;
-      const bool all_equal = cfg.batch.count > 0 ? bm.m2 == 0.0 : (b.scores.count == 0 || b.min == b.max);
-      bool defined = false;
-      st.batch_sigma = all_equal ? 0.0 : std_from_m2(bm.m2, bm.count, cfg.std, defined);
-      st.batch_zero = (all_equal || !defined) ? 1 : 0;
-    }
-    *out = st;
-  }
+  if (t == 0) *out = batch_status(sh[0], scores, scores_stride, cfg);
 }
 
 /// Enqueues group_stats_kernel and finalize_batch_kernel.
@@ -678,6 +707,45 @@ __global__ void __launch_bounds__(advantage_threads) advantage_kernel(advantage_
   if (threadIdx.x == 0) p.partials[blockIdx.x] = total;
 }
 
+/// The first data error of group_advantages: pre's, a non-finite score under
+/// nonfinite_policy::error, a group of one under singleton_rule::error (code 0: none).
+__device__ inline cuda::status advantages_error(const cuda::status* pre, const advantage_config& cfg,
+                                                const advantages_status& s) {
+  const batch_partial& b = s.batch;
+  cuda::status err;
+  err.entry = detail::entry_group_advantages;
+  if (pre != nullptr && pre->code != detail::status_ok) {
+    err = *pre;
+  } else if (cfg.nonfinite == nonfinite_policy::error && b.nonfinite > 0) {
+    err.code = detail::status_nonfinite_arg;
+    err.a = detail::arg_scores;
+    err.index = b.first_nonfinite;
+    err.value = s.first_nonfinite_value;
+  } else if (cfg.singleton == singleton_rule::error && b.singleton > 0) {
+    err.code = detail::status_singleton;
+    err.a = b.first_singleton_seq;
+    err.b = b.first_singleton;
+  }
+  return err;
+}
+
+/// The group_stats returned for n sequences from the batch partial and ΣA.
+__device__ inline group_stats make_group_stats(const batch_partial& b, index_t n, double asum) {
+  group_stats st;
+  st.sequences = n;
+  st.groups = b.groups;
+  st.empty_groups = b.empty;
+  st.singleton_groups = b.singleton;
+  st.zero_std_groups = b.zero_std;
+  st.nonfinite_scores = b.nonfinite;
+  st.scores = b.scores;
+  st.group_std.sum = b.std_sum;
+  st.group_std.count = b.std_count;
+  st.advantage.sum = asum;
+  st.advantage.count = n;
+  return st;
+}
+
 /// One block: Σ of the Neumaier partials of advantage_kernel in a fixed tree, then (thread 0)
 /// the group_stats and the first data error (p.pre's, a non-finite score under
 /// nonfinite_policy::error, a group of one under singleton_rule::error), published.
@@ -697,34 +765,8 @@ __global__ void __launch_bounds__(Threads) finalize_sum_kernel(advantage_params<
   if (t == 0) {
     const double asum = sh[0].value();
     p.status->advantage_sum = asum;
-    const batch_partial& b = p.status->batch;
-    cuda::status err;
-    err.entry = detail::entry_group_advantages;
-    if (p.pre != nullptr && p.pre->code != detail::status_ok) {
-      err = *p.pre;
-    } else if (p.cfg.nonfinite == nonfinite_policy::error && b.nonfinite > 0) {
-      err.code = detail::status_nonfinite_arg;
-      err.a = detail::arg_scores;
-      err.index = b.first_nonfinite;
-      err.value = p.status->first_nonfinite_value;
-    } else if (p.cfg.singleton == singleton_rule::error && b.singleton > 0) {
-      err.code = detail::status_singleton;
-      err.a = b.first_singleton_seq;
-      err.b = b.first_singleton;
-    }
-    group_stats st;
-    st.sequences = p.n;
-    st.groups = b.groups;
-    st.empty_groups = b.empty;
-    st.singleton_groups = b.singleton;
-    st.zero_std_groups = b.zero_std;
-    st.nonfinite_scores = b.nonfinite;
-    st.scores = b.scores;
-    st.group_std.sum = b.std_sum;
-    st.group_std.count = b.std_count;
-    st.advantage.sum = asum;
-    st.advantage.count = p.n;
-    detail::publish(p.result, err, st);
+    const group_stats st = make_group_stats(p.status->batch, p.n, asum);
+    detail::publish(p.result, advantages_error(p.pre, p.cfg, *p.status), st);
   }
 }
 
@@ -851,6 +893,7 @@ POLO_HD_INLINE index_t rows_of(const broadcast_params<T, L>& p) {
 template <class T, class L>
 __global__ void __launch_bounds__(check_threads) broadcast_check_kernel(broadcast_params<T, L> p) {
   using Mask = typename L::mask_type;
+  allow_dependent_launch();  // the broadcast's blocks may load the mask meanwhile
   const int lane = threadIdx.x & 31;
   const index_t B = rows_of(p);
   const index_t i = index_t(blockIdx.x) * check_rows + (threadIdx.x >> 5);
@@ -947,45 +990,40 @@ struct alignas(sizeof(Mask) * V) mask_vec {
 };
 
 /// One block per (row, slice of the row): out = mask ? value : 0 with 16-byte stores.
+/// Launched as a programmatic dependent of the kernel that checks (and, in the combined call,
+/// computes) the values: for padded layouts the block's first mask vectors are loaded before
+/// grid_dependency_wait (the mask is an input); the values and the gates are read after it,
+/// and packed rows are only touched after it (their offsets are checked before).
 template <class T, class L>
 __global__ void __launch_bounds__(broadcast_threads) broadcast_kernel(broadcast_params<T, L> p) {
   using Mask = typename L::mask_type;
   constexpr int V = vec16<T>::width;
-  if (p.gate != nullptr && p.gate->code != 0) return;  // a check failed: write nothing
-  if (p.gate2 != nullptr && p.gate2->code != 0) return;
+  constexpr int U = broadcast_unroll;
+  auto gates_closed = [&] {
+    return (p.gate != nullptr && p.gate->code != 0) || (p.gate2 != nullptr && p.gate2->code != 0);
+  };
+  if constexpr (L::is_packed) {
+    grid_dependency_wait();
+    if (gates_closed()) return;  // a check failed: write nothing
+  }
   const index_t i = blockIdx.x;
   const index_t len = p.layout.row_len(i);
-  if (len <= 0) return;
   T* __restrict__ o = p.layout.row_ptr(p.out, i);
   const Mask* __restrict__ m = p.layout.mask_row(i);
-  const T v = p.values[i * p.values_stride];
-  const T zero = T(0);
   // Head (up to the first 16-byte boundary of the output), body of V-vectors, tail.
+  const index_t n = len > 0 ? len : 0;
   const index_t mis = static_cast<index_t>((reinterpret_cast<std::uintptr_t>(o) / sizeof(T)) % V);
-  const index_t head = detail::min_of<index_t>(len, mis == 0 ? 0 : V - mis);
-  const index_t nvec = (len - head) / V;
+  const index_t head = detail::min_of<index_t>(n, mis == 0 ? 0 : V - mis);
+  const index_t nvec = (n - head) / V;
   const index_t tail = head + nvec * V;
   const int t = threadIdx.x;
-  if (blockIdx.y == 0) {
-    for (index_t j = t; j < head; j += broadcast_threads) o[j] = (m == nullptr || detail::is_valid(m[j])) ? v : zero;
-    for (index_t j = tail + t; j < len; j += broadcast_threads) o[j] = (m == nullptr || detail::is_valid(m[j])) ? v : zero;
-  }
   const index_t per = detail::ceil_div<index_t>(nvec, gridDim.y);
   const index_t vlo = index_t(blockIdx.y) * per;
   const index_t vhi = detail::min_of<index_t>(nvec, vlo + per);
-  vec16<T>* ov = reinterpret_cast<vec16<T>*>(o + head);
-  if (m == nullptr) {
-    vec16<T> all;
-#pragma unroll
-    for (int u = 0; u < V; ++u) all.x[u] = v;
-    for (index_t k = vlo + t; k < vhi; k += broadcast_threads) ov[k] = all;
-    return;
-  }
-  const Mask* mb = m + head;
-  const bool mask_vec_ok = detail::is_aligned(mb, sizeof(Mask) * V);
-  constexpr int U = broadcast_unroll;
-  for (index_t k0 = vlo + t; k0 < vhi; k0 += index_t(U) * broadcast_threads) {
-    Mask mk[U][V];
+  const Mask* mb = m == nullptr ? nullptr : m + head;
+  const bool mask_vec_ok = mb != nullptr && detail::is_aligned(mb, sizeof(Mask) * V);
+  Mask mk[U][V];
+  auto load = [&](index_t k0) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t k = k0 + index_t(u) * broadcast_threads;
@@ -1000,6 +1038,30 @@ __global__ void __launch_bounds__(broadcast_threads) broadcast_kernel(broadcast_
         }
       }
     }
+  };
+  index_t k0 = vlo + t;
+  if (mb != nullptr && k0 < vhi) load(k0);
+  if constexpr (!L::is_packed) {
+    grid_dependency_wait();
+    if (gates_closed()) return;  // a check failed: write nothing
+  }
+  if (n == 0) return;
+  const T v = p.values[i * p.values_stride];
+  const T zero = T(0);
+  if (blockIdx.y == 0) {
+    for (index_t j = t; j < head; j += broadcast_threads) o[j] = (m == nullptr || detail::is_valid(m[j])) ? v : zero;
+    for (index_t j = tail + t; j < n; j += broadcast_threads) o[j] = (m == nullptr || detail::is_valid(m[j])) ? v : zero;
+  }
+  vec16<T>* ov = reinterpret_cast<vec16<T>*>(o + head);
+  if (m == nullptr) {
+    vec16<T> all;
+#pragma unroll
+    for (int u = 0; u < V; ++u) all.x[u] = v;
+    for (index_t k = vlo + t; k < vhi; k += broadcast_threads) ov[k] = all;
+    return;
+  }
+  for (bool first = true; k0 < vhi; k0 += index_t(U) * broadcast_threads, first = false) {
+    if (!first) load(k0);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t k = k0 + index_t(u) * broadcast_threads;
@@ -1013,8 +1075,9 @@ __global__ void __launch_bounds__(broadcast_threads) broadcast_kernel(broadcast_
   }
 }
 
-/// Enqueues broadcast_kernel over every row. Rows split into slices so that a block writes
-/// about broadcast_threads * broadcast_unroll vectors.
+/// Enqueues broadcast_kernel over every row, as a programmatic dependent of the kernel before
+/// it (row_reduce.cuh: launch_dependent). Rows split into slices so that a block writes about
+/// broadcast_threads * broadcast_unroll vectors.
 template <class T, class L>
 cudaError_t launch_broadcast(const broadcast_params<T, L>& p, cudaStream_t stream) {
   const index_t rows = rows_of(p);
@@ -1030,7 +1093,164 @@ cudaError_t launch_broadcast(const broadcast_params<T, L>& p, cudaStream_t strea
   if (slices > 65535) slices = 65535;
   if (rows > 0x7fffffff) return cudaErrorInvalidConfiguration;
   const dim3 grid(static_cast<unsigned>(rows), static_cast<unsigned>(slices));
-  broadcast_kernel<T, L><<<grid, broadcast_threads, 0, stream>>>(p);
+  return launch_dependent(broadcast_kernel<T, L>, grid, dim3(broadcast_threads), stream, p);
+}
+
+#endif  // __CUDACC__
+
+// =============================================================================================
+// group_advantages in one block (B <= fused_max)
+// =============================================================================================
+
+inline constexpr int fused_threads = 512;                                  ///< one block
+inline constexpr int fused_items = 4;                                      ///< positions per thread
+inline constexpr index_t fused_max = index_t(fused_threads) * fused_items;  ///< largest B of the one-block path
+static_assert(fused_max <= segment_small_max, "labelled groups of the one-block path are segmented in one block");
+
+/// No label segmentation (contiguous groups) / no token check (group_advantages alone).
+struct no_segment {};
+struct no_token_check {};
+
+/// Params of launch_group_advantages_fused. Seg: segment_labels_params<Label> (labelled
+/// groups: `groups` points into its outputs) or no_segment. L: the token layout of the
+/// combined call, whose broadcast check (a non-finite advantage on a row with a valid token)
+/// this kernel makes, or no_token_check.
+template <class T, class Map, class Seg, class L>
+struct fused_advantages_params {
+  const T* scores = nullptr;  ///< [B] at stride scores_stride
+  index_t scores_stride = 1;
+  index_t n = 0;              ///< B, 1 <= B <= fused_max
+  Map groups{};
+  advantage_config cfg{};
+  group_info* info = nullptr;  ///< [max groups] scratch
+  T* out = nullptr;            ///< [B] at stride out_stride: the advantages (written only without error)
+  index_t out_stride = 1;
+  const cuda::status* pre = nullptr;             ///< an earlier check whose error comes first, or null
+  detail::result_target<group_stats> result{};   ///< slot error: the first error (the gate of the broadcast)
+  Seg seg{};
+  L layout{};
+};
+
+#if defined(__CUDACC__)
+
+template <int Threads, int Items, class Label>
+__device__ void segment_block(const segment_labels_params<Label>& p) {
+  segment_small_block<Label, Threads, Items>(p);
+}
+template <int Threads, int Items>
+__device__ void segment_block(const no_segment&) {}
+
+/// True when row i of the layout has a valid token (the broadcast check's condition).
+template <class L>
+__device__ bool row_has_valid(const L& layout, index_t i) {
+  const index_t len = layout.row_len(i);
+  const auto* m = layout.mask_row(i);
+  if (m == nullptr) return len > 0;
+  for (index_t j = 0; j < len; ++j)
+    if (detail::is_valid(m[j])) return true;
+  return false;
+}
+
+/// The whole of group_advantages in one block: the segmentation of labelled groups, one warp
+/// per group (warp w takes groups w, w + 32, ... and merges their partials in that order),
+/// the warps' partials in a fixed tree, the batch σ, A for positions q = t·items + j (ΣA:
+/// per thread in order, then cub's fixed block tree), the first error, then the write of A
+/// only when there is none, and the broadcast check. One launch instead of four to six;
+/// bitwise the same from run to run.
+template <class T, class Map, class Seg, class L>
+__global__ void __launch_bounds__(fused_threads) group_advantages_fused_kernel(fused_advantages_params<T, Map, Seg, L> p) {
+  constexpr int W = fused_threads / 32;
+  using reduce_t = cub::BlockReduce<detail::neumaier_sum, fused_threads>;
+  __shared__ typename reduce_t::TempStorage red;
+  __shared__ detail::shared_array<batch_partial, W> part;
+  __shared__ detail::shared_array<advantages_status, 1> bs;
+  __shared__ detail::shared_array<cuda::status, 1> err;
+  __shared__ unsigned long long bad_row;
+  const int t = threadIdx.x, lane = t & 31, w = t >> 5;
+  allow_dependent_launch();  // the broadcast's blocks may load the mask on the other SMs meanwhile
+  segment_block<fused_threads, fused_items>(p.seg);
+  __syncthreads();  // the segmentation (global scratch) is visible to the whole block
+  batch_partial acc;
+  const index_t G = p.groups.num_groups();
+  for (index_t g = w; g < G; g += W) {  // warp-uniform
+    group_info gi;
+    batch_partial one;
+    warp_group_stats(p.scores, p.scores_stride, p.groups, p.cfg, g, lane, gi, one);
+    if (lane == 0) {
+      p.info[g] = gi;
+      merge(acc, one);
+    }
+  }
+  if (lane == 0) part[w] = acc;
+  __syncthreads();
+#pragma unroll
+  for (int s = 1; s < W; s <<= 1) {
+    if (t < W && t % (2 * s) == 0) merge(part[t], part[t + s]);
+    __syncthreads();
+  }
+  if (t == 0) bs[0] = batch_status(part[0], p.scores, p.scores_stride, p.cfg);
+  __syncthreads();
+  const double bsig = bs[0].batch_sigma;
+  const bool bzero = bs[0].batch_zero != 0;
+  T a[fused_items];
+  detail::neumaier_sum mine;
+#pragma unroll
+  for (int j = 0; j < fused_items; ++j) {
+    const index_t q = index_t(t) * fused_items + j;
+    a[j] = T(0);
+    if (q < p.n) {
+      const index_t i = p.groups.seq(q);
+      const group_info gi = p.info[p.groups.group_of(q)];
+      const double x = double(p.scores[i * p.scores_stride]);
+      a[j] = static_cast<T>(advantage_of(x, detail::is_finite(x), gi, p.cfg, bsig, bzero));
+      mine.add(double(a[j]));
+    }
+  }
+  const detail::neumaier_sum total = reduce_t(red).Reduce(mine, neumaier_merge_op{});
+  if (t == 0) {
+    err[0] = advantages_error(p.pre, p.cfg, bs[0]);
+    bad_row = ULLONG_MAX;
+  }
+  __syncthreads();
+  const bool ok = err[0].code == detail::status_ok;
+  if (ok) {
+#pragma unroll
+    for (int j = 0; j < fused_items; ++j) {
+      const index_t q = index_t(t) * fused_items + j;
+      if (q < p.n) {
+        const index_t i = p.groups.seq(q);
+        p.out[i * p.out_stride] = a[j];
+        if constexpr (!std::is_same_v<L, no_token_check>) {
+          if (!detail::is_finite(a[j]) && row_has_valid(p.layout, i))
+            atomicMin(&bad_row, static_cast<unsigned long long>(i));  // integer minimum: order-free
+        }
+      }
+    }
+  }
+  __syncthreads();
+  if (t == 0) {
+    const group_stats st = make_group_stats(bs[0].batch, p.n, total.value());
+    cuda::status e = err[0];
+    if (ok && bad_row != ULLONG_MAX) {  // the broadcast's check (group_advantages itself succeeded)
+      const index_t at = static_cast<index_t>(bad_row);
+      e = cuda::status{};
+      e.entry = detail::entry_broadcast_to_tokens;
+      e.code = detail::status_nonfinite_value;
+      e.index = at;
+      e.value = double(p.out[at * p.out_stride]);
+    }
+    p.result.slot->error = e;
+    p.result.slot->value = st;
+    if (p.result.result != nullptr && ok) *p.result.result = st;
+    detail::record_status(p.result.deferred, e);
+  }
+}
+
+/// Enqueues group_advantages_fused_kernel (one block). 1 <= p.n <= fused_max.
+template <class T, class Map, class Seg, class L>
+cudaError_t launch_group_advantages_fused(const fused_advantages_params<T, Map, Seg, L>& p, cudaStream_t stream) {
+  if (p.n < 1 || p.n > fused_max) return cudaErrorInvalidValue;
+  group_advantages_fused_kernel<T, Map, Seg, L><<<1, fused_threads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

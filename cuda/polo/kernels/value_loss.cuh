@@ -14,12 +14,17 @@
 ///                                 fixed tree (padded == packed bitwise: the assignment depends
 ///                                 only on the position relative to f); first non-finite valid
 ///                                 value of each input, valid count n_i
-///     value_loss_finalize_kernel  one block: counts, Neumaier sums over rows in a fixed
-///                                 tree, the first error in the CPU's order, the divisor and
+///     (last block)                the block that finishes last (integer counter,
+///                                 last_block_done) runs value_loss_finalize_block: counts,
+///                                 Neumaier sums over rows in a fixed tree over the row index,
+///                                 the first error in the CPU's order, the divisor and
 ///                                 value_loss_stats, published through detail/async_result.cuh
-///     value_loss_grad_kernel      (row, slice) blocks: grad = coef · w_i · dL/dv, 0 at masked
-///                                 positions, w_i from the divisor on the device; writes
-///                                 nothing if the statistics' error is set
+///     value_loss_grad_kernel      (row, slice) blocks, rows in reverse order (the last rows
+///                                 the statistics read are still in L2): grad = coef · w_i ·
+///                                 dL/dv, 0 at masked positions, w_i from the divisor on the
+///                                 device; writes nothing if the statistics' error is set. A
+///                                 programmatic dependent of the statistics kernel: padded rows
+///                                 load their first chunk before waiting for it.
 ///
 /// No floating-point atomics: bitwise identical run to run.
 
@@ -85,19 +90,11 @@ POLO_HD_INLINE value_loss_row merge_rows(value_loss_row a, const value_loss_row&
   return a;
 }
 
+/// Row i's sums, count and first non-finite values (the whole block) -> p.rows[i].
 template <class T, class L>
-__global__ void __launch_bounds__(value_loss_threads) value_loss_rows_kernel(value_loss_params<T, L> p) {
-  __shared__ detail::shared_array<value_loss_row, value_loss_threads> sh;
-  __shared__ int sh_first[value_loss_threads / 32];
-  __shared__ bool sh_ok;
-  const index_t i = blockIdx.x;
+__device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i,
+                                     detail::shared_array<value_loss_row, value_loss_threads>& sh, int* sh_first) {
   const int tid = threadIdx.x;
-  if (tid == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
-  __syncthreads();
-  if (!sh_ok) {  // block-uniform
-    if (tid == 0 && i < p.layout.num_seqs()) p.rows[i] = value_loss_row{};
-    return;
-  }
   const index_t len = p.layout.row_len(i);
   const T* vr = p.layout.row_ptr(p.v, i);
   const T* vor = p.layout.row_ptr(p.vo, i);
@@ -136,6 +133,7 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_rows_kernel(val
       ++r.n;
     }
   }
+  allow_dependent_launch();  // this block's loads are done: the gradient kernel may be scheduled
   const value_loss_row total = block_tree_fold<value_loss_threads>(
       r, [](const value_loss_row& a, const value_loss_row& b) { return merge_rows(a, b); }, sh);
   if (tid == 0) p.rows[i] = total;
@@ -154,9 +152,11 @@ POLO_HD_INLINE detail::neumaier_sum merge_neumaier(detail::neumaier_sum a, const
   return a;
 }
 
+/// Counts, Neumaier sums over rows in a fixed tree, the first error in the CPU's order, the
+/// divisor and value_loss_stats, published (one block, after every row).
 template <class T, class L>
-__global__ void __launch_bounds__(value_loss_threads) value_loss_finalize_kernel(value_loss_params<T, L> p) {
-  __shared__ detail::shared_array<value_loss_fold, value_loss_threads> sh;
+__device__ void value_loss_finalize_block(const value_loss_params<T, L>& p,
+                                          detail::shared_array<value_loss_fold, value_loss_threads>& sh) {
   const index_t B = p.layout.num_seqs();
   const bool seq_mean = p.cfg.agg == aggregation::seq_mean_token_mean;
   const value_loss_fold f = fixed_tree_fold<value_loss_threads>(
@@ -185,7 +185,7 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_finalize_kernel
       },
       value_loss_fold{}, sh);
   if (threadIdx.x == 0) {
-    cuda::status err = resolve_offsets(p.layout, *p.check, detail::entry_value_loss);
+    cuda::status err = resolve_offsets(p.layout, read_offsets_check(p.check), detail::entry_value_loss);
     if (err.code == detail::status_ok && f.first_bad.any_bad()) {
       for (int k = 0; k < 3; ++k) {
         if (f.first_bad.bad[k] != LLONG_MAX) {
@@ -216,25 +216,48 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_finalize_kernel
   }
 }
 
-/// Enqueues the statistics and checks: zeroes the offsets check, one block per row, one
-/// finalizing block.
+/// One block per row; the last block to finish folds the rows (value_loss_finalize_block).
+template <class T, class L>
+__global__ void __launch_bounds__(value_loss_threads) value_loss_rows_kernel(value_loss_params<T, L> p) {
+  __shared__ union {
+    detail::shared_array<value_loss_row, value_loss_threads> row;
+    detail::shared_array<value_loss_fold, value_loss_threads> fold;
+  } sh;
+  __shared__ int sh_first[value_loss_threads / 32];
+  __shared__ bool sh_ok;
+  const index_t i = blockIdx.x;
+  const int tid = threadIdx.x;
+  if (tid == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
+  __syncthreads();
+  if (sh_ok) value_loss_row_stats(p, i, sh.row, sh_first);  // block-uniform
+  else if (tid == 0 && i < p.layout.num_seqs()) p.rows[i] = value_loss_row{};
+  if (last_block_done(&p.check->blocks_done, &sh_ok)) value_loss_finalize_block(p, sh.fold);
+}
+
+/// Enqueues the statistics and checks: zeroes the offsets check (and block counter), one
+/// block per row (the last one to finish folds the rows).
 template <class T, class L>
 cudaError_t launch_value_loss_stats(const value_loss_params<T, L>& p, cudaStream_t stream) {
   POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.check, 0, sizeof(offsets_check), stream));
   const index_t B = p.layout.num_seqs();
   if (B > 0x7fffffff) return cudaErrorInvalidConfiguration;
   value_loss_rows_kernel<T, L><<<static_cast<unsigned>(B > 0 ? B : 1), value_loss_threads, 0, stream>>>(p);
-  POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  value_loss_finalize_kernel<T, L><<<1, value_loss_threads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
 template <class T, class L>
 __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(value_loss_params<T, L> p) {
-  if (p.out.slot->error.code != 0) return;  // a check failed: write nothing
-  const index_t i = blockIdx.x;
+  // Launched as a programmatic dependent of the statistics kernel: for padded layouts the first
+  // chunk of the inputs is loaded before grid_dependency_wait (inputs, never written by the
+  // statistics); packed rows are only touched after it (their offsets are checked there).
+  constexpr int U = value_loss_unroll;
+  if constexpr (L::is_packed) grid_dependency_wait();
+  // Rows in reverse: the statistics pass read the last rows last, so they are still in L2.
+  const index_t i = index_t(gridDim.x) - 1 - index_t(blockIdx.x);
+  if constexpr (L::is_packed) {
+    if (p.out.slot->error.code != 0) return;  // a check failed: write nothing (offsets included)
+  }
   const index_t len = p.layout.row_len(i);
-  if (len <= 0) return;
   const T* vr = p.layout.row_ptr(p.v, i);
   const T* vor = p.layout.row_ptr(p.vo, i);
   const T* rr = p.layout.row_ptr(p.ret, i);
@@ -242,13 +265,11 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(val
   const auto* m = p.layout.mask_row(i);
   const bool clipping = p.cfg.clip != value_clip::none;
   const T cr = T(p.cfg.clip_range);
-  const double w = p.cfg.coef * detail::aggregation_weight(p.cfg.agg, p.norm.scale, *p.divisor, p.rows[i].n);
-  const index_t per = detail::ceil_div<index_t>(len, gridDim.y);
+  const index_t per = detail::ceil_div<index_t>(len > 0 ? len : 0, gridDim.y);
   const index_t lo = index_t(blockIdx.y) * per, hi = detail::min_of<index_t>(len, lo + per);
-  constexpr int U = value_loss_unroll;
-  for (index_t c = lo + threadIdx.x; c < hi; c += index_t(value_loss_threads) * U) {
-    T v[U], vo[U], rt[U];
-    bool ok[U];
+  T v[U], vo[U], rt[U];
+  bool ok[U];
+  auto load = [&](index_t c) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t t = c + index_t(u) * value_loss_threads;
@@ -258,6 +279,16 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(val
       vo[u] = in && clipping ? vor[t] : v[u];
       ok[u] = in && (m == nullptr || detail::is_valid(m[t]));
     }
+  };
+  index_t c = lo + threadIdx.x;
+  if (c < hi) load(c);
+  if constexpr (!L::is_packed) {
+    grid_dependency_wait();
+    if (p.out.slot->error.code != 0) return;  // a check failed: write nothing
+  }
+  const double w = p.cfg.coef * detail::aggregation_weight(p.cfg.agg, p.norm.scale, *p.divisor, p.rows[i].n);
+  for (bool first = true; c < hi; c += index_t(value_loss_threads) * U, first = false) {
+    if (!first) load(c);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t t = c + index_t(u) * value_loss_threads;
@@ -272,7 +303,8 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(val
   }
 }
 
-/// Enqueues value_loss_grad_kernel over every row (slices of about 4096 tokens).
+/// Enqueues value_loss_grad_kernel over every row (slices of about 4096 tokens), as a
+/// programmatic dependent of the statistics kernel (row_reduce.cuh: launch_dependent).
 template <class T, class L>
 cudaError_t launch_value_loss_grad(const value_loss_params<T, L>& p, cudaStream_t stream) {
   const index_t B = p.layout.num_seqs();
@@ -283,8 +315,8 @@ cudaError_t launch_value_loss_grad(const value_loss_params<T, L>& p, cudaStream_
   else avg = p.layout.seq_len;
   index_t slices = detail::ceil_div<index_t>(avg > 0 ? avg : 1, 4096);
   if (slices > 65535) slices = 65535;
-  value_loss_grad_kernel<T, L><<<dim3(static_cast<unsigned>(B), static_cast<unsigned>(slices)), value_loss_threads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_dependent(value_loss_grad_kernel<T, L>, dim3(static_cast<unsigned>(B), static_cast<unsigned>(slices)),
+                          dim3(value_loss_threads), stream, p);
 }
 
 #endif  // __CUDACC__

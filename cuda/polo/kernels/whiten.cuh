@@ -13,13 +13,19 @@
 ///                             keeps shifted sums (x0 = its first value, Σd, Σd², d = x − x0)
 ///                             and its first non-finite valid value; per-thread moments are
 ///                             merged with Chan's update in a fixed tree (layout-independent:
-///                             the assignment depends only on the position relative to f)
-///     whiten_finalize_kernel  one block: rows merged with Chan's update in a fixed tree, the
-///                             first error resolved (offsets, non-finite, degenerate), the
-///                             coefficients, published through detail/async_result.cuh
-///     whiten_apply_kernel     (row, slice) blocks: out = whiten_token(valid, x, μ, 1/D) with
-///                             μ, 1/D read from the device slot; writes nothing if its error
-///                             is set
+///                             the assignment depends only on the position relative to f).
+///                             The LAST block to finish (integer counter, last_block_done)
+///                             then runs whiten_finalize_block: rows merged with Chan's update
+///                             in a fixed tree over the row index (the same tree whichever
+///                             block is last), the first error resolved (offsets, non-finite,
+///                             degenerate), the coefficients, published through
+///                             detail/async_result.cuh. One launch for the statistics.
+///     whiten_apply_kernel     (row, slice) blocks, rows in reverse order (the last rows the
+///                             statistics read are still in L2): out = whiten_token(valid, x,
+///                             μ, 1/D) with μ, 1/D read from the device slot; writes nothing
+///                             if its error is set. A programmatic dependent of the
+///                             statistics kernel: padded rows load their first chunk before
+///                             waiting for it.
 ///
 /// No floating-point atomics: bitwise identical run to run, and padded == packed.
 
@@ -80,6 +86,14 @@ struct whiten_apply_params {
 #if defined(__CUDACC__)
 
 template <class T, class L>
+__device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
+                                 detail::shared_array<whiten_row, whiten_threads>& sh, int* sh_first);
+template <class T, class L>
+__device__ void whiten_finalize_block(const whiten_stats_params<T, L>& p,
+                                      detail::shared_array<whiten_row, whiten_threads>& sh);
+
+/// One block per row; the last block to finish folds the rows (whiten_finalize_block).
+template <class T, class L>
 __global__ void __launch_bounds__(whiten_threads, 4) whiten_rows_kernel(whiten_stats_params<T, L> p) {
   __shared__ detail::shared_array<whiten_row, whiten_threads> sh;
   __shared__ int sh_first[whiten_threads / 32];
@@ -88,10 +102,16 @@ __global__ void __launch_bounds__(whiten_threads, 4) whiten_rows_kernel(whiten_s
   const int tid = threadIdx.x;
   if (tid == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
   __syncthreads();
-  if (!sh_ok) {  // block-uniform
-    if (tid == 0 && i < p.layout.num_seqs()) p.rows[i] = whiten_row{};
-    return;
-  }
+  if (sh_ok) whiten_row_stats(p, i, sh, sh_first);  // block-uniform
+  else if (tid == 0 && i < p.layout.num_seqs()) p.rows[i] = whiten_row{};
+  if (last_block_done(&p.check->blocks_done, &sh_ok)) whiten_finalize_block(p, sh);
+}
+
+/// Row i's moments and first non-finite value (the whole block) -> p.rows[i].
+template <class T, class L>
+__device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
+                                 detail::shared_array<whiten_row, whiten_threads>& sh, int* sh_first) {
+  const int tid = threadIdx.x;
   const index_t len = p.layout.row_len(i);
   const T* xr = p.layout.row_ptr(p.x, i);
   const auto* m = p.layout.mask_row(i);
@@ -123,6 +143,7 @@ __global__ void __launch_bounds__(whiten_threads, 4) whiten_rows_kernel(whiten_s
       ++n;
     }
   }
+  allow_dependent_launch();  // this block's loads are done: the apply kernel may be scheduled
   whiten_row r;
   if (n > 0) {
     r.m.count = n;
@@ -142,9 +163,11 @@ __global__ void __launch_bounds__(whiten_threads, 4) whiten_rows_kernel(whiten_s
   if (tid == 0) p.rows[i] = total;
 }
 
+/// The rows merged with Chan's update in a fixed tree, the first error resolved (offsets,
+/// non-finite, degenerate), the coefficients published (one block, after every row).
 template <class T, class L>
-__global__ void __launch_bounds__(whiten_threads) whiten_finalize_kernel(whiten_stats_params<T, L> p) {
-  __shared__ detail::shared_array<whiten_row, whiten_threads> sh;
+__device__ void whiten_finalize_block(const whiten_stats_params<T, L>& p,
+                                      detail::shared_array<whiten_row, whiten_threads>& sh) {
   const index_t B = p.layout.num_seqs();
   const whiten_row total = fixed_tree_fold<whiten_threads>(
       B, [&](index_t q) { return p.rows[q]; },
@@ -155,7 +178,7 @@ __global__ void __launch_bounds__(whiten_threads) whiten_finalize_kernel(whiten_
       },
       whiten_row{}, sh);
   if (threadIdx.x == 0) {
-    cuda::status err = resolve_offsets(p.layout, *p.check, p.entry);
+    cuda::status err = resolve_offsets(p.layout, read_offsets_check(p.check), p.entry);
     whiten_stats st;
     if (err.code == detail::status_ok) {
       st.local = total.m;
@@ -184,43 +207,58 @@ __global__ void __launch_bounds__(whiten_threads) whiten_finalize_kernel(whiten_
   }
 }
 
-/// Enqueues the statistics: zeroes the offsets check, one block per row, one finalizing block.
+/// Enqueues the statistics: zeroes the offsets check (and block counter), one block per row
+/// (the last one to finish folds the rows).
 template <class T, class L>
 cudaError_t launch_whiten_stats(const whiten_stats_params<T, L>& p, cudaStream_t stream) {
   POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.check, 0, sizeof(offsets_check), stream));
   const index_t B = p.layout.num_seqs();
   if (B > 0x7fffffff) return cudaErrorInvalidConfiguration;
   whiten_rows_kernel<T, L><<<static_cast<unsigned>(B > 0 ? B : 1), whiten_threads, 0, stream>>>(p);
-  POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  whiten_finalize_kernel<T, L><<<1, whiten_threads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
 template <class T, class L>
 __global__ void __launch_bounds__(whiten_threads) whiten_apply_kernel(whiten_apply_params<T, L> p) {
-  if (p.slot->error.code != 0) return;  // a check failed: write nothing
-  const index_t i = blockIdx.x;
+  // Launched as a programmatic dependent of the statistics kernel: for padded layouts the first
+  // chunk of x and the mask is loaded before grid_dependency_wait (they are inputs, never
+  // written by the statistics); packed rows are only touched after it (their offsets are
+  // checked by the statistics).
+  constexpr int U = whiten_apply_unroll;
+  if constexpr (L::is_packed) grid_dependency_wait();
+  // Rows in reverse: the statistics pass read the last rows last, so they are still in L2.
+  const index_t i = index_t(gridDim.x) - 1 - index_t(blockIdx.x);
+  if constexpr (L::is_packed) {
+    if (p.slot->error.code != 0) return;  // a check failed: write nothing (offsets included)
+  }
   const index_t len = p.layout.row_len(i);
-  if (len <= 0) return;
-  detail::whiten_coeffs w;
-  w.mean = p.slot->value.mean;
-  w.inv_scale = p.slot->value.inv_scale;
-  w.degenerate = p.slot->value.degenerate;
   const T* xr = p.layout.row_ptr(p.x, i);
   T* o = p.layout.row_ptr(p.out, i);
   const auto* m = p.layout.mask_row(i);
-  const index_t per = detail::ceil_div<index_t>(len, gridDim.y);
+  const index_t per = detail::ceil_div<index_t>(len > 0 ? len : 0, gridDim.y);
   const index_t lo = index_t(blockIdx.y) * per, hi = detail::min_of<index_t>(len, lo + per);
-  constexpr int U = whiten_apply_unroll;
-  for (index_t c = lo + threadIdx.x; c < hi; c += index_t(whiten_threads) * U) {
-    T v[U];
-    bool ok[U];
+  T v[U];
+  bool ok[U];
+  auto load = [&](index_t c) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t t = c + index_t(u) * whiten_threads;
       v[u] = t < hi ? xr[t] : T(0);
       ok[u] = t < hi && (m == nullptr || detail::is_valid(m[t]));
     }
+  };
+  index_t c = lo + threadIdx.x;
+  if (c < hi) load(c);
+  if constexpr (!L::is_packed) {
+    grid_dependency_wait();
+    if (p.slot->error.code != 0) return;  // a check failed: write nothing
+  }
+  detail::whiten_coeffs w;
+  w.mean = p.slot->value.mean;
+  w.inv_scale = p.slot->value.inv_scale;
+  w.degenerate = p.slot->value.degenerate;
+  for (bool first = true; c < hi; c += index_t(whiten_threads) * U, first = false) {
+    if (!first) load(c);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t t = c + index_t(u) * whiten_threads;
@@ -229,7 +267,8 @@ __global__ void __launch_bounds__(whiten_threads) whiten_apply_kernel(whiten_app
   }
 }
 
-/// Enqueues whiten_apply_kernel over every row (slices of about 4096 tokens).
+/// Enqueues whiten_apply_kernel over every row (slices of about 4096 tokens), as a
+/// programmatic dependent of the statistics kernel (row_reduce.cuh: launch_dependent).
 template <class T, class L>
 cudaError_t launch_whiten_apply(const whiten_apply_params<T, L>& p, cudaStream_t stream) {
   const index_t B = p.layout.num_seqs();
@@ -240,8 +279,8 @@ cudaError_t launch_whiten_apply(const whiten_apply_params<T, L>& p, cudaStream_t
   else avg = p.layout.seq_len;
   index_t slices = detail::ceil_div<index_t>(avg > 0 ? avg : 1, 4096);
   if (slices > 65535) slices = 65535;
-  whiten_apply_kernel<T, L><<<dim3(static_cast<unsigned>(B), static_cast<unsigned>(slices)), whiten_threads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_dependent(whiten_apply_kernel<T, L>, dim3(static_cast<unsigned>(B), static_cast<unsigned>(slices)),
+                          dim3(whiten_threads), stream, p);
 }
 
 #endif  // __CUDACC__
