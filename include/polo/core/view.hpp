@@ -53,8 +53,11 @@ struct view<T, 1, Space> {
   /// True when the view points at nothing (an optional argument left out).
   POLO_HD_INLINE bool is_null() const { return data == nullptr; }
 
-  POLO_HD_INLINE operator view<const T, 1, Space>() const  // NOLINT(google-explicit-constructor)
-    requires(!std::is_const_v<T>)
+  // A template so that nvcc does not instantiate a (never used) conversion to the view's own
+  // type when T is already const (warning #554).
+  template <class U>
+    requires(std::is_same_v<U, const T> && !std::is_const_v<T>)
+  POLO_HD_INLINE operator view<U, 1, Space>() const  // NOLINT(google-explicit-constructor)
   {
     return {data, n, stride};
   }
@@ -80,8 +83,11 @@ struct view<T, 2, Space> {
   POLO_HD_INLINE bool empty() const { return rows == 0 || cols == 0; }
   POLO_HD_INLINE bool is_null() const { return data == nullptr; }
 
-  POLO_HD_INLINE operator view<const T, 2, Space>() const  // NOLINT(google-explicit-constructor)
-    requires(!std::is_const_v<T>)
+  // A template so that nvcc does not instantiate a (never used) conversion to the view's own
+  // type when T is already const (warning #554).
+  template <class U>
+    requires(std::is_same_v<U, const T> && !std::is_const_v<T>)
+  POLO_HD_INLINE operator view<U, 2, Space>() const  // NOLINT(google-explicit-constructor)
   {
     return {data, rows, cols, row_stride};
   }
