@@ -7,10 +7,14 @@
 // rule-rewarded addition task of task.hpp.
 //
 // The model code (model.hpp) runs on the CPU; the RL math runs through polo on the backend `B`
-// the trainer is instantiated with. `mirror<B, T>` is the only backend-specific piece: a host
-// buffer and a view of it in B's memory space (the same memory for polo::cpu; a device copy,
-// see cuda_mirror.cuh, for polo::cuda), uploaded before a primitive reads it and downloaded
-// after it writes.
+// the trainer is instantiated with. Three pieces are backend-specific:
+//   - rl_math<B, Scalar> (rl_math.hpp): the polo calls themselves. The trainers never call
+//     polo's entry points directly, so this file compiles without polo's CUDA headers: for
+//     polo::cuda those calls are defined in a .cu file (rl_math.hpp says why);
+//   - mirror<B, T>: a host buffer and a view of it in B's memory space (the same memory for
+//     polo::cpu; a device copy, see cuda_mirror.hpp, for polo::cuda), uploaded before a
+//     primitive reads it and downloaded after it writes;
+//   - workspace<B>: the calls' scratch memory, allocated once per run (none for polo::cpu).
 
 #include <sys/resource.h>
 
@@ -26,23 +30,11 @@
 #include <utility>
 #include <vector>
 
-#include <polo/advantages.hpp>
-#include <polo/gae.hpp>
-#include <polo/kl.hpp>
 #include <polo/policy.hpp>
-#include <polo/policy_loss.hpp>
-#include <polo/value_loss.hpp>
-#include <polo/whiten.hpp>
-
-#include <polo/cpu/advantages.hpp>
-#include <polo/cpu/gae.hpp>
-#include <polo/cpu/kl.hpp>
-#include <polo/cpu/policy_loss.hpp>
-#include <polo/cpu/value_loss.hpp>
-#include <polo/cpu/whiten.hpp>
 
 #include "model.hpp"
 #include "plot.hpp"
+#include "rl_math.hpp"
 #include "task.hpp"
 
 namespace r1zero {
@@ -278,6 +270,19 @@ class mirror<polo::cpu, T> {
  private:
   std::vector<T> host_;
   index_t rows_ = 0, cols_ = 0;
+};
+
+/// Scratch memory of backend B's polo calls, allocated once per run: `attach(be)` returns the
+/// backend tag that uses it.
+template <class B>
+class workspace;
+
+/// The CPU backend needs no scratch.
+template <>
+class workspace<polo::cpu> {
+ public:
+  explicit workspace(std::size_t) {}
+  polo::cpu attach(polo::cpu be) const { return be; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -531,6 +536,7 @@ run_log train_grpo(mlp_policy<Scalar>& pol, const options& o, const problem_set&
   adam<Scalar> opt(pol.net().num_params(), adam_config{.lr = o.lr, .max_grad_norm = o.max_grad_norm});
   problem_stream stream(derive_seed(o.seed, seed_train), o.digits, &held);
   const index_t N = o.prompts, G = o.group, rows = N * G, T = task.max_completion;
+  using math = rl_math<B, Scalar>;
 
   mirror<B, Scalar> scores, adv, token_adv, logp, logp_old, logp_ref, grad;
   mirror<B, std::uint8_t> mask;
@@ -545,6 +551,8 @@ run_log train_grpo(mlp_policy<Scalar>& pol, const options& o, const problem_set&
   cfg.eps_high = o.eps_high;
   cfg.kl_coef = o.kl_coef;
   cfg.kl = polo::kl_config{.estimator = polo::kl_estimator::k3};
+  const workspace<B> ws(math::workspace_bytes(be, rows, T, G, cfg));
+  be = ws.attach(be);
 
   for (int step = 1; step <= o.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -561,8 +569,8 @@ run_log train_grpo(mlp_policy<Scalar>& pol, const options& o, const problem_set&
     mask.host() = r.mask;
     scores.upload();
     mask.upload();
-    const polo::padded<std::uint8_t, typename B::memory_space> layout(mask.cview2());
-    polo::group_advantages(be, scores.view1(), polo::contiguous_groups{G}, layout, adv.view1(), token_adv.view2());
+    const typename math::layout layout(mask.cview2());
+    math::group_advantages(be, scores.view1(), G, layout, adv.view1(), token_adv.view2());
 
     // Log-probs of the sampling policy and of the reference, before any update.
     polo::token_logprobs(pol, b, polo::view<Scalar, 2>{host_old.data(), rows, T, T});
@@ -576,9 +584,8 @@ run_log train_grpo(mlp_policy<Scalar>& pol, const options& o, const problem_set&
                            polo::view<Scalar, 2>{entropy.data(), rows, T, T});
       logp.host() = host_logp;
       logp.upload();
-      const polo::policy_loss_result res =
-          polo::policy_loss(be, layout, logp.cview2(), logp_old.cview2(), logp_ref.cview2(), token_adv.cview2(),
-                            grad.view2(), cfg);
+      const polo::policy_loss_result res = math::policy_loss(be, layout, logp.cview2(), logp_old.cview2(),
+                                                             logp_ref.cview2(), token_adv.cview2(), grad.view2(), cfg);
       grad.download();
       pol.net().zero_grad();
       polo::policy_backward(pol, b, polo::view<Scalar, 2>{grad.host().data(), rows, T, T});
@@ -623,6 +630,7 @@ run_log train_ppo(mlp_policy<Scalar>& pol, const options& o, const problem_set& 
   adam<Scalar> copt(critic.net().num_params(), adam_config{.lr = o.critic_lr, .max_grad_norm = o.max_grad_norm});
   problem_stream stream(derive_seed(o.seed, seed_train), o.digits, &held);
   const index_t rows = index_t(o.prompts) * o.group, T = task.max_completion;
+  using math = rl_math<B, Scalar>;
 
   mirror<B, Scalar> rewards, shaped, values_old, values, adv, adv_w, returns, logp, logp_old, logp_ref, grad, gvalues;
   mirror<B, std::uint8_t> mask;
@@ -641,6 +649,8 @@ run_log train_ppo(mlp_policy<Scalar>& pol, const options& o, const problem_set& 
   polo::gae_config gcfg;
   gcfg.gamma = o.gamma;
   gcfg.lambda = o.lambda;
+  const workspace<B> ws(math::workspace_bytes(be, rows, T, o.group, cfg));
+  be = ws.attach(be);
 
   for (int step = 1; step <= o.steps; ++step) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -664,23 +674,22 @@ run_log train_ppo(mlp_policy<Scalar>& pol, const options& o, const problem_set& 
     polo::token_values(critic, b, polo::view<Scalar, 2>{values_old.host().data(), rows, T, T});
     for (auto* m : {&rewards, &logp_old, &logp_ref, &values_old}) m->upload();
     mask.upload();
-    const polo::padded<std::uint8_t, typename B::memory_space> layout(mask.cview2());
+    const typename math::layout layout(mask.cview2());
 
     // Per-token KL shaping, GAE, whitening.
     const polo::kl_reward_stats ks =
-        polo::kl_penalized_rewards(be, layout, rewards.cview2(), logp_old.cview2(), logp_ref.cview2(), shaped.view2(),
+        math::kl_penalized_rewards(be, layout, rewards.cview2(), logp_old.cview2(), logp_ref.cview2(), shaped.view2(),
                                    o.ppo_kl_coef, polo::kl_config{.estimator = polo::kl_estimator::k1});
-    polo::gae(be, layout, shaped.cview2(), values_old.cview2(), adv.view2(), returns.view2(), gcfg);
-    polo::whiten(be, layout, adv.cview2(), adv_w.view2());
+    math::gae(be, layout, shaped.cview2(), values_old.cview2(), adv.view2(), returns.view2(), gcfg);
+    math::whiten(be, layout, adv.cview2(), adv_w.view2());
     row.kl = ks.kl.mean();
 
     for (int e = 0; e < o.epochs; ++e) {
       polo::token_logprobs(pol, b, polo::view<Scalar, 2>{logp.host().data(), rows, T, T},
                            polo::view<Scalar, 2>{entropy.data(), rows, T, T});
       logp.upload();
-      const polo::policy_loss_result res = polo::policy_loss(be, layout, logp.cview2(), logp_old.cview2(),
-                                                             polo::view<const Scalar, 2, typename B::memory_space>{},
-                                                             adv_w.cview2(), grad.view2(), cfg);
+      const polo::policy_loss_result res = math::policy_loss(be, layout, logp.cview2(), logp_old.cview2(),
+                                                             typename math::ctokens{}, adv_w.cview2(), grad.view2(), cfg);
       grad.download();
       pol.net().zero_grad();
       polo::policy_backward(pol, b, polo::view<Scalar, 2>{grad.host().data(), rows, T, T});
@@ -688,7 +697,7 @@ run_log train_ppo(mlp_policy<Scalar>& pol, const options& o, const problem_set& 
 
       polo::token_values(critic, b, polo::view<Scalar, 2>{values.host().data(), rows, T, T});
       values.upload();
-      const polo::value_loss_stats vs = polo::value_loss(be, layout, values.cview2(), values_old.cview2(),
+      const polo::value_loss_stats vs = math::value_loss(be, layout, values.cview2(), values_old.cview2(),
                                                          returns.cview2(), gvalues.view2(), vcfg);
       gvalues.download();
       critic.net().zero_grad();
