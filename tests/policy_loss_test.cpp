@@ -14,6 +14,7 @@
 #if __has_include("polo/policy_loss.cuh")
 #include "polo/policy_loss.cuh"
 #endif
+#include "polo/cpu/policy_loss.hpp"  // the CPU backend as the oracle of the large CUDA case
 #else
 #include "polo/cpu/policy_loss.hpp"
 #endif
@@ -854,6 +855,94 @@ TEMPLATE_LIST_TEST_CASE("policy_loss presets reproduce the peers' formulas", "[p
 }
 
 #if defined(__CUDACC__)
+// Many rows of several chunks each: the CUDA final reduction runs in several blocks (256 rows
+// each) and the last block combines them; the per-token math runs in float for float inputs.
+// The float64 oracle is O(N^2) in its gradient, so the check is against the CPU backend (itself
+// checked against the oracle above) in double on the same float-representable inputs, kept
+// 2e-5 away from every kink in log-ratio so that float rounding cannot flip a clip decision.
+lib_out run_cpu(const ref::batch& b, const policy_loss_config& c) {
+  std::vector<double> g(b.B * b.T, -7.0);
+  auto v = [&](const std::vector<double>& x) { return view<const double, 2, host_space>{x.data(), b.B, b.T, b.T}; };
+  padded<std::uint8_t, host_space> layout(view<const std::uint8_t, 2, host_space>{b.mask.data(), b.B, b.T, b.T});
+  lib_out o;
+  o.r = policy_loss(polo::cpu{}, layout, v(b.lp), v(b.lo), v(b.lref), v(b.adv),
+                    view<double, 2, host_space>{g.data(), b.B, b.T, b.T}, c);
+  o.grad = g;
+  return o;
+}
+
+void check_against_cpu(const lib_out& got, const lib_out& want, double rtol, double atol) {
+  const auto& r = got.r;
+  const auto& w = want.r;
+  CHECK(r.loss == Approx(w.loss).epsilon(rtol).margin(atol));
+  CHECK(r.policy_loss == Approx(w.policy_loss).epsilon(rtol).margin(atol));
+  CHECK(r.kl_loss == Approx(w.kl_loss).epsilon(rtol).margin(atol));
+  CHECK(r.policy_parts.sum == Approx(w.policy_parts.sum).epsilon(rtol).margin(atol));
+  CHECK(r.policy_parts.count == w.policy_parts.count);
+  CHECK(r.kl_parts.sum == Approx(w.kl_parts.sum).epsilon(rtol).margin(atol));
+  CHECK(r.kl_parts.count == w.kl_parts.count);
+  double scale = 0;
+  for (double x : want.grad) scale = std::max(scale, std::abs(x));
+  test::require_close(got.grad, want.grad, rtol, 1e-6 * scale);
+  const auto& s = r.stats;
+  const auto& t = w.stats;
+  CHECK(s.tokens == t.tokens);
+  CHECK(s.sequences == t.sequences);
+  CHECK(s.masked_tokens == t.masked_tokens);
+  CHECK(s.nonfinite_tokens == t.nonfinite_tokens);
+  CHECK(s.skipped_tokens == t.skipped_tokens);
+  CHECK(s.clip_upper == t.clip_upper);
+  CHECK(s.clip_lower == t.clip_lower);
+  CHECK(s.clip_dual == t.clip_dual);
+  CHECK(s.delta_capped == t.delta_capped);
+  CHECK(s.clamped_log_ratio == t.clamped_log_ratio);
+  CHECK(s.ratio.total.count == t.ratio.total.count);
+  CHECK(s.ratio.total.sum == Approx(t.ratio.total.sum).epsilon(rtol));
+  CHECK(s.ratio.min() == Approx(t.ratio.min()).epsilon(rtol));
+  CHECK(s.ratio.max() == Approx(t.ratio.max()).epsilon(rtol));
+  CHECK(s.approx_kl_k1.sum == Approx(t.approx_kl_k1.sum).epsilon(rtol).margin(atol));
+  CHECK(s.approx_kl_k3.sum == Approx(t.approx_kl_k3.sum).epsilon(rtol).margin(atol));
+  CHECK(s.kl_ref.sum == Approx(t.kl_ref.sum).epsilon(rtol).margin(atol));
+  CHECK(s.kl_ref.count == t.kl_ref.count);
+  CHECK(s.kl_clamped == t.kl_clamped);
+}
+
+TEMPLATE_LIST_TEST_CASE("cuda: many rows of several chunks match the CPU backend", "[policy_loss][cuda][large]",
+                        backends) {
+  using B = TestType;
+  INFO("seed " << test::base_seed());
+  auto g = test::rng(9003);
+  auto b = random_batch(g, 300, 2500, test::mask_pattern::random);
+  for (auto* v : {&b.lp, &b.lo, &b.lref, &b.adv})
+    for (double& x : *v) x = double(float(x));
+  const double kinks[] = {std::log(0.8), std::log(1.2), std::log(1.28), std::log(3.0)};
+  for (index_t k = 0; k < b.B * b.T; ++k)
+    for (double kink : kinks)
+      if (std::abs((b.lp[k] - b.lo[k]) - kink) < 2e-5) b.lo[k] = double(float(b.lo[k] - 1e-4));
+  const policy_loss_config cfgs[] = {{.eps_high = 0.28, .dual_clip = 3.0, .kl_coef = 0.01},
+                                     presets::verl::grpo_loss, presets::trl::gspo_loss,
+                                     {.objective = policy_objective::sapo, .kl_coef = 0.05}};
+  for (const auto& c : cfgs) {
+    INFO(describe(c));
+    const auto want = run_cpu(b, c);
+    if (c.objective == policy_objective::clip) CHECK(want.r.stats.clip_upper.sum + want.r.stats.clip_lower.sum > 0.0);
+    check_against_cpu(run<B, double>(b, c), want, 1e-10, 1e-12);
+    check_against_cpu(run<B, float>(b, c), want, 2e-5, 5e-6);
+  }
+  SECTION("a non-finite input in the last row throws and writes nothing (error mode)") {
+    auto e = b;
+    index_t k = (b.B - 1) * b.T + b.T - 1;
+    while (!e.valid(k)) --k;
+    e.adv[k] = nan_v;
+    CHECK_THROWS_AS((run<B, float>(e, cfgs[0])), nonfinite_error);
+    auto c = cfgs[0];
+    c.nonfinite = token_nonfinite_policy::skip;
+    const auto s = run<B, float>(e, c);
+    CHECK(s.r.stats.nonfinite_tokens == 1);
+    CHECK(s.grad[k] == 0.0);
+  }
+}
+
 // Determinism of the CUDA policy loss: the loss, its parts, every statistic and the gradient,
 // run twice on the same inputs, agree bitwise (token level with a KL term, and GSPO's
 // sequence-level ratio through the mean).

@@ -7,16 +7,19 @@
 /// CUDA-only overload taking log-probs in reduced precision.
 ///
 /// Every per-token formula is the backend-neutral one (the same POLO_HD_INLINE functions the
-/// CPU backend calls), in double; only the order of long sums differs (fixed warp and block
-/// trees instead of one loop per row), so results agree with the CPU backend to rounding and
-/// are bitwise identical run to run. Algorithm and bytes: cuda/polo/kernels/policy_loss.cuh.
+/// CPU backend calls), evaluated in float for float/bf16/half inputs (when the options bound
+/// every exponential inside float's range) and in double otherwise, with double sums; the
+/// order of long sums differs from the CPU's (fixed warp and block trees instead of one loop
+/// per row). Results agree with the CPU backend to the rounding of the input type and are
+/// bitwise identical run to run. Algorithm and bytes: cuda/polo/kernels/policy_loss.cuh.
 ///
 /// Synchronization: policy_loss returns the loss by value, so it synchronizes the tag's stream
 /// once (after the final reduction; a packed layout adds one after the device check of its
 /// offsets). Under token_nonfinite_policy::error, and for GSPO's through_mean gradient, the
-/// gradient is computed into scratch and copied out after that read-back (asynchronously, on
-/// the stream), so a throw leaves `grad_logp` untouched; under ::skip (and no through_mean) it
-/// is written straight to `grad_logp` by the one pass over the inputs.
+/// gradient is computed into scratch and copied out by a kernel enqueued before that
+/// read-back, which writes nothing when the checks found a non-finite input, so a throw leaves
+/// `grad_logp` untouched; under ::skip (and no through_mean) it is written straight to
+/// `grad_logp` by the one pass over the inputs.
 ///
 /// ## Log-probs in bf16 or half (CUDA only)
 ///
@@ -24,9 +27,10 @@
 ///
 /// with `logp`, `logp_old`, `logp_ref` as `view<const __nv_bfloat16, R, device_space>` (or
 /// `__half`, or float) and `advantages`, `grad_logp` as float views: the log-probs are read in
-/// their own precision (2 bytes per token each) and widened exactly; everything after that is
-/// the same double arithmetic, and the gradient is written in float. This is the layout of a
-/// bf16 trainer's log-prob tensors; include <cuda_bf16.h> / <cuda_fp16.h> first.
+/// their own precision (2 bytes per token each) and widened exactly to float; everything after
+/// that is the same arithmetic as for float inputs, and the gradient is written in float. This
+/// is the layout of a bf16 trainer's log-prob tensors; include <cuda_bf16.h> / <cuda_fp16.h>
+/// first.
 
 #include <cuda_runtime.h>
 
@@ -72,7 +76,8 @@ index_t pl_flat_extent(const L& layout) {
 }
 
 struct pl_regions {
-  unsigned long long* err = nullptr;
+  unsigned long long* err = nullptr;   ///< [2]: the error key, then final_kernel's done count
+  kernels::pl_final_partial* fpart = nullptr;
   kernels::pl_result* result = nullptr;
   kernels::pl_totals* totals = nullptr;
   kernels::pl_chunk_prep* prep = nullptr;
@@ -101,13 +106,14 @@ pl_regions take_pl_regions(scratch_plan& sp, const L& layout, const policy_loss_
   const index_t B = layout.num_seqs();
   const index_t bound = scan_chunk_bound(layout, S);
   pl_regions r;
-  r.err = sp.take<unsigned long long>(1);
+  r.err = sp.take<unsigned long long>(2);
   r.result = sp.take<kernels::pl_result>(1);
   r.totals = sp.take<kernels::pl_totals>(1);
   r.prep = sp.take<kernels::pl_chunk_prep>(bound);
   r.rows = sp.take<kernels::pl_row>(B);
   if (with_grad) {
     r.cstats = sp.take<kernels::pl_stats>(bound);
+    r.fpart = sp.take<kernels::pl_final_partial>(kernels::pl_final_blocks<kernels::pl_final_threads>(B));
     r.total = sp.take<double>(B);
     const std::size_t ge = pl_gbuf_elem<T>(c);
     if (ge > 0) r.gbuf = sp.take<unsigned char>(pl_flat_extent(layout) * static_cast<index_t>(ge));
@@ -146,6 +152,8 @@ void pl_prepare(const cuda& be, const char* fn, kernels::pl_params<LP, T, L>& p,
     p.chunks.per_row = p.layout.seq_len > 0 ? (p.layout.seq_len + S - 1) / S : 0;
   }
   p.err = r.err;
+  p.done = r.err + 1;
+  p.fpart = r.fpart;
   p.result = r.result;
   p.totals = r.totals;
   p.prep = r.prep;
@@ -153,7 +161,7 @@ void pl_prepare(const cuda& be, const char* fn, kernels::pl_params<LP, T, L>& p,
   p.cstats = r.cstats;
   p.total = r.total;
   p.gbuf = r.gbuf;
-  POLO_CUDA_TRY(cudaMemsetAsync(r.err, 0xff, sizeof(unsigned long long), stream_of(be)));
+  POLO_CUDA_TRY(cudaMemsetAsync(r.err, 0xff, 2 * sizeof(unsigned long long), stream_of(be)));
 }
 
 template <int NT, class F>
@@ -208,9 +216,6 @@ policy_loss_result cuda_policy_loss(const cuda& be, const L& layout, view<const 
     throw_nonfinite(fn, names[o.err_key & 3u], o.err_flat, o.err_value,
                     "at a valid token; set token_nonfinite_policy::skip to leave such tokens out");
   }
-  if (!p.direct)
-    POLO_CUDA_TRY(pl_dispatch_threads<256>(
-        nt, [&](auto v) { return kernels::launch_policy_loss_finish<decltype(v)::value, pl_items>(p, stream); }));
 
   policy_loss_stats& st = res.stats;
   const kernels::pl_stats& s = o.st;
@@ -271,7 +276,7 @@ struct backend_impl<cuda, policy_loss_tag> {
           kernels::pl_count_kernel<NT, pl_items, false, false><<<unsigned(p.chunks.bound), NT, 0, stream>>>(p);
         POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       }
-      kernels::pl_plan_kernel<256><<<1, 256, 0, stream>>>(p);
+      kernels::pl_plan_kernel<kernels::pl_plan_threads><<<1, kernels::pl_plan_threads, 0, stream>>>(p);
       return cudaGetLastError();
     }));
     kernels::pl_totals t;

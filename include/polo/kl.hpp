@@ -172,10 +172,17 @@ namespace detail {
 /// Tag of the KL reward-shaping entry in detail::backend_impl.
 struct kl_tag {};
 
-/// e^x on the host and in device code.
+/// e^x on the host and in device code (double, and float for the float kernels).
 POLO_HD_INLINE double exp_hd(double x) {
 #if defined(__CUDA_ARCH__)
   return ::exp(x);
+#else
+  return std::exp(x);
+#endif
+}
+POLO_HD_INLINE float exp_hd(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expf(x);
 #else
   return std::exp(x);
 #endif
@@ -188,15 +195,23 @@ POLO_HD_INLINE double expm1_hd(double x) {
   return std::expm1(x);
 #endif
 }
+POLO_HD_INLINE float expm1_hd(float x) {
+#if defined(__CUDA_ARCH__)
+  return ::expm1f(x);
+#else
+  return std::expm1(x);
+#endif
+}
 
-/// k(x) and dk/dx for one estimator, no clamps.
-POLO_HD_INLINE void kl_estimate(kl_estimator e, double x, double& k, double& dk) {
+/// k(x) and dk/dx for one estimator, no clamps, in scalar F (double on the CPU).
+template <class F>
+POLO_HD_INLINE void kl_estimate(kl_estimator e, F x, F& k, F& dk) {
   switch (e) {
-    case kl_estimator::k1: k = x; dk = 1.0; break;
-    case kl_estimator::abs: k = x < 0 ? -x : x; dk = x > 0 ? 1.0 : (x < 0 ? -1.0 : 0.0); break;
-    case kl_estimator::k2: k = 0.5 * x * x; dk = x; break;
+    case kl_estimator::k1: k = x; dk = F(1); break;
+    case kl_estimator::abs: k = x < 0 ? -x : x; dk = x > 0 ? F(1) : (x < 0 ? F(-1) : F(0)); break;
+    case kl_estimator::k2: k = F(0.5) * x * x; dk = x; break;
     case kl_estimator::k3: {
-      double em = expm1_hd(-x);  // e^(-x) - 1
+      F em = expm1_hd(-x);  // e^(-x) - 1
       k = em + x;
       dk = -em;
       break;
@@ -207,22 +222,27 @@ POLO_HD_INLINE void kl_estimate(kl_estimator e, double x, double& k, double& dk)
 /// One KL term: its value, its derivative with respect to logp at a fixed importance ratio
 /// (`grad`), and its derivative with respect to the ratio (`d_ratio`, nonzero only for
 /// kl_weight::ratio; the caller multiplies it by d rho / d logp).
-struct kl_point {
-  double value = 0.0;
-  double grad = 0.0;
-  double d_ratio = 0.0;
+template <class F>
+struct basic_kl_point {
+  F value = F(0);
+  F grad = F(0);
+  F d_ratio = F(0);
   bool clamped = false;  ///< the input or the output clamp was active
 };
+using kl_point = basic_kl_point<double>;
 
 /// The KL term of one token (or of one sequence, with d = D_i and rho = 1) under config `c`,
-/// at log-ratio d = logp - logp_ref and importance ratio rho (see the file comment).
-POLO_HD_INLINE kl_point kl_term(const kl_config& c, double d, double rho) {
-  kl_point p;
-  const bool in_active = d < -c.input_clamp || d > c.input_clamp;
-  const double x = in_active ? (d < 0 ? -c.input_clamp : c.input_clamp) : d;
-  double k = 0.0, dk = 0.0;
-  kl_estimate(c.estimator, x, k, dk);
-  const double a = in_active ? 0.0 : 1.0;
+/// at log-ratio d = logp - logp_ref and importance ratio rho (see the file comment). F is the
+/// scalar it computes in (double on the CPU; the clamps of `c` are rounded to F).
+template <class F>
+POLO_HD_INLINE basic_kl_point<F> kl_term(const kl_config& c, F d, std::type_identity_t<F> rho) {
+  basic_kl_point<F> p;
+  const F ic = F(c.input_clamp), oc = F(c.output_clamp);
+  const bool in_active = d < -ic || d > ic;
+  const F x = in_active ? (d < 0 ? -ic : ic) : d;
+  F k = F(0), dk = F(0);
+  kl_estimate<F>(c.estimator, x, k, dk);
+  const F a = in_active ? F(0) : F(1);
   dk *= a;
   switch (c.weight) {
     case kl_weight::none: p.value = k; p.grad = dk; break;
@@ -231,15 +251,15 @@ POLO_HD_INLINE kl_point kl_term(const kl_config& c, double d, double rho) {
     case kl_weight::score_function: p.value = k; p.grad = dk + k * a; break;
   }
   p.clamped = in_active;
-  if (p.value < -c.output_clamp || p.value > c.output_clamp) {
-    p.value = p.value < 0 ? -c.output_clamp : c.output_clamp;
-    p.grad = 0.0;
-    p.d_ratio = 0.0;
+  if (p.value < -oc || p.value > oc) {
+    p.value = p.value < 0 ? -oc : oc;
+    p.grad = F(0);
+    p.d_ratio = F(0);
     p.clamped = true;
   }
   if (c.straight_through) {
     p.grad = d;
-    p.d_ratio = 0.0;
+    p.d_ratio = F(0);
   }
   return p;
 }

@@ -437,80 +437,97 @@ enum : unsigned char {
   surrogate_delta_capped = 8,
 };
 
+/// The per-token formulas below are templates over the scalar F they compute in: double
+/// everywhere on the CPU (F deduced from the arguments), float in the CUDA kernels when the
+/// inputs are float or narrower (bounds from the config are then rounded to float).
+
 /// One token's objective at ratio r: its value, dL/dr, dL/dlogp at a fixed ratio, and flags.
-struct surrogate_point {
-  double loss = 0.0;
-  double d_ratio = 0.0;
-  double d_logp = 0.0;
+template <class F>
+struct basic_surrogate_point {
+  F loss = F(0);
+  F d_ratio = F(0);
+  F d_logp = F(0);
   unsigned char flags = 0;
 };
+using surrogate_point = basic_surrogate_point<double>;
 
 /// x clamped to [lo, hi], and whether the clamp was active (strictly outside).
-POLO_HD_INLINE double clamp_flag(double x, double lo, double hi, bool& active) {
+template <class F>
+POLO_HD_INLINE F clamp_flag(F x, std::type_identity_t<F> lo, std::type_identity_t<F> hi, bool& active) {
   active = x < lo || x > hi;
   return x < lo ? lo : (x > hi ? hi : x);
 }
 
 /// A ratio from a log-ratio under the config's clamp: r = e^(clamp(lr)), its derivative
 /// d r / d lr (r where the clamp is inactive, 0 where it is active), and whether it was active.
-struct ratio_point {
-  double ratio = 1.0;
-  double d_log_ratio = 1.0;
+template <class F>
+struct basic_ratio_point {
+  F ratio = F(1);
+  F d_log_ratio = F(1);
   bool clamped = false;
 };
-POLO_HD_INLINE ratio_point ratio_from_log_ratio(const policy_loss_config& c, double lr) {
-  ratio_point p;
-  const double x = clamp_flag(lr, c.log_ratio_min, c.log_ratio_max, p.clamped);
+using ratio_point = basic_ratio_point<double>;
+template <class F>
+POLO_HD_INLINE basic_ratio_point<F> ratio_from_log_ratio(const policy_loss_config& c, F lr) {
+  basic_ratio_point<F> p;
+  const F x = clamp_flag<F>(lr, F(c.log_ratio_min), F(c.log_ratio_max), p.clamped);
   p.ratio = exp_hd(x);
-  p.d_log_ratio = p.clamped ? 0.0 : p.ratio;
+  p.d_log_ratio = p.clamped ? F(0) : p.ratio;
   return p;
 }
 
 /// s * dr without inf*0: a zero sensitivity stays exactly 0 even where the ratio overflowed.
-POLO_HD_INLINE double times_sensitivity(double s, double dr) { return s == 0.0 ? 0.0 : s * dr; }
+template <class F>
+POLO_HD_INLINE F times_sensitivity(F s, std::type_identity_t<F> dr) {
+  return s == F(0) ? F(0) : s * dr;
+}
 
 /// Schulman's k3 of the sampling policy, (r-1) - log r with the clamped token log-ratio lr
 /// (policy_loss_stats::approx_kl_k3), computed as expm1(x) - x.
-POLO_HD_INLINE double approx_kl_k3(const policy_loss_config& c, double lr) {
+template <class F>
+POLO_HD_INLINE F approx_kl_k3(const policy_loss_config& c, F lr) {
   bool active = false;
-  const double x = clamp_flag(lr, c.log_ratio_min, c.log_ratio_max, active);
+  const F x = clamp_flag<F>(lr, F(c.log_ratio_min), F(c.log_ratio_max), active);
   return expm1_hd(x) - x;
 }
 
 /// The per-token objective of the file comment at ratio r, advantage a and log-prob lp.
-POLO_HD_INLINE surrogate_point surrogate(const policy_loss_config& c, double r, double a, double lp) {
-  surrogate_point p;
-  if (a == 0.0) return p;  // exactly 0: no inf*0 even where r overflowed
+template <class F>
+POLO_HD_INLINE basic_surrogate_point<F> surrogate(const policy_loss_config& c, F r, std::type_identity_t<F> a,
+                                                  std::type_identity_t<F> lp) {
+  basic_surrogate_point<F> p;
+  if (a == F(0)) return p;  // exactly 0: no inf*0 even where r overflowed
   switch (c.objective) {
     case policy_objective::clip: {
       bool out2 = false;
-      const double coef2 = clamp_flag(r, 1.0 - c.eps_low, 1.0 + c.eps_high, out2);
-      const bool capped = r > c.delta;
-      const double coef1 = capped ? c.delta : r;
-      const double s1 = -a * coef1, s2 = -a * coef2;
+      const F coef2 = clamp_flag<F>(r, F(1.0 - c.eps_low), F(1.0 + c.eps_high), out2);
+      const F delta = F(c.delta);
+      const bool capped = r > delta;
+      const F coef1 = capped ? delta : r;
+      const F s1 = -a * coef1, s2 = -a * coef2;
       const bool clipped = s2 > s1;
       p.loss = clipped ? s2 : s1;
-      p.d_ratio = clipped ? (out2 ? 0.0 : -a) : (capped ? 0.0 : -a);
-      if (clipped) p.flags |= r > 1.0 ? surrogate_clip_upper : surrogate_clip_lower;
+      p.d_ratio = clipped ? (out2 ? F(0) : -a) : (capped ? F(0) : -a);
+      if (clipped) p.flags |= r > F(1) ? surrogate_clip_upper : surrogate_clip_lower;
       if (capped) p.flags |= surrogate_delta_capped;
-      if (a < 0.0) {
-        const double s3 = -a * c.dual_clip;
+      if (a < F(0)) {
+        const F s3 = -a * F(c.dual_clip);
         if (s3 < p.loss) {
           p.loss = s3;
-          p.d_ratio = 0.0;
+          p.d_ratio = F(0);
           p.flags |= surrogate_clip_dual;
         }
       }
       break;
     }
     case policy_objective::cispo: {
-      double w = r;
+      F w = r;
       if (c.cispo == cispo_bound::clip_both) {
         bool out = false;
-        w = clamp_flag(r, 1.0 - c.eps_low, 1.0 + c.eps_high, out);
-        if (out) p.flags |= r > 1.0 ? surrogate_clip_upper : surrogate_clip_lower;
-      } else if (r > c.eps_high) {
-        w = c.eps_high;
+        w = clamp_flag<F>(r, F(1.0 - c.eps_low), F(1.0 + c.eps_high), out);
+        if (out) p.flags |= r > F(1) ? surrogate_clip_upper : surrogate_clip_lower;
+      } else if (r > F(c.eps_high)) {
+        w = F(c.eps_high);
         p.flags |= surrogate_clip_upper;
       }
       p.loss = -w * a * lp;
@@ -518,12 +535,12 @@ POLO_HD_INLINE surrogate_point surrogate(const policy_loss_config& c, double r, 
       break;
     }
     case policy_objective::sapo: {
-      const double tau = a > 0.0 ? c.sapo_tau_pos : c.sapo_tau_neg;
-      const double z = tau * (r - 1.0);
-      const double s = 1.0 / (1.0 + exp_hd(-z));   // sigmoid(z)
-      const double sm = 1.0 / (1.0 + exp_hd(z));   // 1 - sigmoid(z), without cancellation
-      p.loss = -a * s * 4.0 / tau;
-      p.d_ratio = -a * 4.0 * s * sm;
+      const F tau = a > F(0) ? F(c.sapo_tau_pos) : F(c.sapo_tau_neg);
+      const F z = tau * (r - F(1));
+      const F s = F(1) / (F(1) + exp_hd(-z));   // sigmoid(z)
+      const F sm = F(1) / (F(1) + exp_hd(z));   // 1 - sigmoid(z), without cancellation
+      p.loss = -a * s * F(4) / tau;
+      p.d_ratio = -a * F(4) * s * sm;
       break;
     }
     case policy_objective::reinforce: {

@@ -9,7 +9,12 @@
 /// Rows are cut into chunks of S = NT*K tokens (K consecutive tokens per thread, vector loads);
 /// every per-token formula is the backend-neutral one (`detail::ratio_from_log_ratio`,
 /// `detail::surrogate`, `detail::kl_term`, `detail::times_sensitivity`,
-/// `detail::approx_kl_k3`, `detail::aggregation_weight`), evaluated in double.
+/// `detail::approx_kl_k3`, `detail::aggregation_weight`), templated on its scalar F: float when
+/// the log-probs and advantages are float, bf16 or half and every exponential is bounded well
+/// inside float's range (`pl_float_math_ok`: log-ratio clamp within +-80, KL input clamp
+/// within 80 or a finite output clamp), double otherwise. Sums of the statistics and of the
+/// loss are double in every case; the per-row and per-call plan (weights, GSPO ratio,
+/// sequence KL) is double.
 ///
 ///     count_kernel   per chunk: valid tokens (the mask only). With a sequence-level ratio or
 ///                    KL it also reads the inputs: non-finite checks and the per-chunk sums of
@@ -20,20 +25,25 @@
 ///                    straight to the output, or to scratch when a throw must still be possible
 ///                    or a sequence-level total is still to come), and every statistic, reduced
 ///                    in a fixed tree to one partial per chunk
-///     final_kernel   one block: rows and chunks in a fixed order -> loss, parts, statistics,
-///                    the first error, and the per-row gradient totals of GSPO's through_mean
-///     finish_kernel  (only when the gradient went to scratch) the gradient to the output
+///     final_kernel   one thread per row (its chunks in order), a fixed tree per block, then
+///                    the last block to finish combines the block partials in block order:
+///                    loss, parts, statistics, the first error, and the per-row gradient
+///                    totals of GSPO's through_mean
+///     finish_kernel  (only when the gradient went to scratch) the gradient to the output;
+///                    enqueued before the host read-back and a no-op when an error was found
 ///
-/// No floating-point atomics: the one atomic is an integer min on the error key, so results are
-/// bitwise identical run to run. Token level, float, uint8 mask: the mask is read twice (count,
-/// main), the four inputs once, the gradient written once (21 + 1 bytes per token); under
-/// token_nonfinite_policy::error the gradient goes through scratch (+8 bytes per token) so that
-/// a non-finite input can still throw with nothing written.
+/// No floating-point atomics: the atomics are an integer min on the error key and an integer
+/// count of finished blocks, so results are bitwise identical run to run. Token level, float,
+/// uint8 mask: the mask is read twice (count, main), the four inputs once, the gradient written
+/// once (21 + 1 bytes per token); under token_nonfinite_policy::error the gradient goes through
+/// scratch (+2*sizeof(T) bytes per token) so that a non-finite input can still throw with
+/// nothing written.
 
 #include <cuda_runtime.h>
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "polo/aggregation.hpp"
@@ -49,12 +59,17 @@
 #include "polo/policy_loss.hpp"
 
 /// Tuning knobs (compile-time): tokens per thread of the policy-loss kernels, and the minimum
-/// resident blocks per multiprocessor the main kernel is compiled for (caps its registers).
+/// resident blocks per multiprocessor the main kernel is compiled for (caps its registers),
+/// for its double instantiation and for its float one (fewer live registers: 3 blocks of 256
+/// threads fit in 80 registers without spills).
 #ifndef POLO_CUDA_PL_ITEMS
 #define POLO_CUDA_PL_ITEMS 8
 #endif
 #ifndef POLO_CUDA_PL_MIN_BLOCKS
 #define POLO_CUDA_PL_MIN_BLOCKS 2
+#endif
+#ifndef POLO_CUDA_PL_MIN_BLOCKS_F32
+#define POLO_CUDA_PL_MIN_BLOCKS_F32 3
 #endif
 
 namespace polo::kernels {
@@ -148,6 +163,8 @@ POLO_HD_INLINE unsigned long long pl_error_key(index_t row, index_t t, int kind)
          static_cast<unsigned long long>(kind);
 }
 
+struct pl_final_partial;
+
 template <class LP, class T, class L>
 struct pl_params {
   L layout{};
@@ -167,6 +184,8 @@ struct pl_params {
   double* total = nullptr;        ///< [B] GSPO through_mean gradient totals
   pl_totals* totals = nullptr;    ///< [1]
   unsigned long long* err = nullptr;
+  unsigned long long* done = nullptr;        ///< [1] blocks of final_kernel done (starts at ~0)
+  pl_final_partial* fpart = nullptr;  ///< [final blocks]
   pl_result* result = nullptr;
 };
 
@@ -327,8 +346,64 @@ __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
 
 // ---- main pass -----------------------------------------------------------------------------------
 
-template <int NT, int K, bool HasMask, bool ReadRef, class G, class LP, class T, class L>
-__global__ void __launch_bounds__(NT, POLO_CUDA_PL_MIN_BLOCKS) pl_main_kernel(pl_params<LP, T, L> p) {
+/// Per-thread statistics of the main pass: counts as int (a thread sees at most K tokens, a
+/// block at most S), the ratio range in the compute scalar F, sums in double. Fewer live
+/// registers than pl_stats: `skipped` equals `nonfinite` here, `kl_count` equals `contrib`
+/// with a token-level KL term, and the KL sum equals `s_kl` (all three restored on the write).
+template <class F>
+struct pl_tstats {
+  int contrib = 0, up = 0, low = 0, dual = 0, delta = 0, clamped = 0, kl_clamped = 0, nonfinite = 0;
+  F rmin = F(unbounded), rmax = F(-unbounded);
+  double rsum = 0.0, k1 = 0.0, k3 = 0.0, s_pol = 0.0, s_kl = 0.0, sens = 0.0;
+};
+struct pl_tstats_op {
+  template <class F>
+  __device__ __forceinline__ pl_tstats<F> operator()(pl_tstats<F> a, const pl_tstats<F>& b) const {
+    a.contrib += b.contrib;
+    a.up += b.up;
+    a.low += b.low;
+    a.dual += b.dual;
+    a.delta += b.delta;
+    a.clamped += b.clamped;
+    a.kl_clamped += b.kl_clamped;
+    a.nonfinite += b.nonfinite;
+    a.rmin = b.rmin < a.rmin ? b.rmin : a.rmin;
+    a.rmax = b.rmax > a.rmax ? b.rmax : a.rmax;
+    a.rsum += b.rsum;
+    a.k1 += b.k1;
+    a.k3 += b.k3;
+    a.s_pol += b.s_pol;
+    a.s_kl += b.s_kl;
+    a.sens += b.sens;
+    return a;
+  }
+};
+
+/// A stored log-prob or advantage in the compute scalar F (bf16/half widen exactly to float).
+template <class F, class X>
+__device__ __forceinline__ F to_compute(X x) {
+  if constexpr (std::is_same_v<X, float> || std::is_same_v<X, double>)
+    return F(x);
+  else
+    return F(static_cast<float>(x));
+}
+
+/// Whether the per-token math of the main pass may run in float for these options: float or
+/// narrower inputs (decided by the caller), and every exponential bounded well inside float's
+/// range (log-ratio clamp within +-80; the KL input clamp within 80 or a finite output clamp),
+/// so that float and double agree to float rounding and never differ by an overflow.
+inline bool pl_float_math_ok(const policy_loss_config& c) {
+  if (!(c.log_ratio_min >= -80.0 && c.log_ratio_max <= 80.0)) return false;
+  if (c.kl_coef != 0.0 && c.kl.level == kl_level::token && !(c.kl.input_clamp <= 80.0 || c.kl.output_clamp <= 1e30))
+    return false;
+  return true;
+}
+
+/// F: the scalar of the per-token formulas (float for float/bf16/half inputs under
+/// pl_float_math_ok, else double); G: the element type of the gradient written.
+template <int NT, int K, bool HasMask, bool ReadRef, class G, class F, class LP, class T, class L>
+__global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MIN_BLOCKS_F32 : POLO_CUDA_PL_MIN_BLOCKS)
+    pl_main_kernel(pl_params<LP, T, L> p) {
   __shared__ pl_smem<NT> sm;
   using Mask = typename L::mask_type;
   const index_t c = blockIdx.x;
@@ -355,11 +430,20 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_PL_MIN_BLOCKS) pl_main_kernel(pl
   load_blocked<K>(p.layout.row_ptr(p.lo, i) + t0, k0, n, xo, LP(0.0f));
   if constexpr (ReadRef) load_blocked<K>(p.layout.row_ptr(p.lr, i) + t0, k0, n, xr, LP(0.0f));
   load_blocked<K>(p.layout.row_ptr(p.adv, i) + t0, k0, n, a, T(0));
-  const pl_row row = p.rows[i];
+  const pl_row& row = p.rows[i];
   const bool seq_mode = p.seq_ratio || p.seq_kl;
   const bool row_skipped = seq_mode && row.bad && p.skip;
-  const double beta = cfg.kl_coef;
-  pl_stats st{};
+  const bool token_kl = p.use_kl && !p.seq_kl;
+  const bool through = p.seq_ratio && cfg.sequence_gradient == sequence_ratio_gradient::through_mean;
+  const F w = F(row.w), bwk = F(cfg.kl_coef * row.wk);
+  const F seq_kl_d = F(row.seq_kl_d);
+  detail::basic_ratio_point<F> srp;
+  if (p.seq_ratio) {
+    srp.ratio = F(row.ratio);
+    srp.d_log_ratio = F(row.d_log_ratio);
+    srp.clamped = row.ratio_clamped != 0;
+  }
+  pl_tstats<F> st{};
   unsigned long long key = no_error_key;
   G g[K];
 #pragma unroll
@@ -375,54 +459,43 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_PL_MIN_BLOCKS) pl_main_kernel(pl
       if (bad >= 0) {
         if (key == no_error_key) key = pl_error_key(i, t0 + k0 + k, bad);
         ++st.nonfinite;
-        ++st.skipped;
         continue;
       }
     }
-    const double xd = to_double(x[k]), xod = to_double(xo[k]), A = double(a[k]);
-    const double tok_lr = xd - xod;
-    const detail::ratio_point tr = detail::ratio_from_log_ratio(cfg, tok_lr);
-    detail::ratio_point rp = tr;
-    if (p.seq_ratio) {
-      rp.ratio = row.ratio;
-      rp.d_log_ratio = row.d_log_ratio;
-      rp.clamped = row.ratio_clamped != 0;
-    }
-    const detail::surrogate_point sp = detail::surrogate(cfg, rp.ratio, A, xd);
-    st.s_pol += sp.loss;
-    double dlogp = row.w * sp.d_logp;
-    double sens = row.w * sp.d_ratio;
-    if (p.use_kl && !p.seq_kl) {
-      const detail::kl_point kp = detail::kl_term(cfg.kl, xd - to_double(xr[k]), rp.ratio);
-      st.s_kl += kp.value;
-      dlogp += beta * row.wk * kp.grad;
-      sens += beta * row.wk * kp.d_ratio;
-      st.klsum += kp.value;
-      ++st.kl_count;
+    const F xf = to_compute<F>(x[k]), xof = to_compute<F>(xo[k]), A = to_compute<F>(a[k]);
+    const F tok_lr = xf - xof;
+    const detail::basic_ratio_point<F> rp = p.seq_ratio ? srp : detail::ratio_from_log_ratio<F>(cfg, tok_lr);
+    const detail::basic_surrogate_point<F> sp = detail::surrogate<F>(cfg, rp.ratio, A, xf);
+    st.s_pol += double(sp.loss);
+    F dlogp = w * sp.d_logp;
+    F sens = w * sp.d_ratio;
+    if (token_kl) {
+      F xrf = F(0);
+      if constexpr (ReadRef) xrf = to_compute<F>(xr[k]);
+      const detail::basic_kl_point<F> kp = detail::kl_term<F>(cfg.kl, xf - xrf, rp.ratio);
+      st.s_kl += double(kp.value);
+      dlogp += bwk * kp.grad;
+      sens += bwk * kp.d_ratio;
       st.kl_clamped += kp.clamped ? 1 : 0;
     }
-    if (p.seq_kl) dlogp += row.seq_kl_d;
-    if (p.seq_ratio) {
-      if (cfg.sequence_gradient == sequence_ratio_gradient::through_mean) {
-        g[k] = G(dlogp);
-        st.sens += sens;
-      } else {
-        g[k] = G(dlogp + detail::times_sensitivity(sens, rp.d_log_ratio));
-      }
+    if (p.seq_kl) dlogp += seq_kl_d;
+    if (through) {
+      g[k] = G(dlogp);
+      st.sens += double(sens);
     } else {
-      g[k] = G(dlogp + detail::times_sensitivity(sens, rp.d_log_ratio));
+      g[k] = G(dlogp + detail::times_sensitivity<F>(sens, rp.d_log_ratio));
     }
     ++st.contrib;
     st.up += (sp.flags & detail::surrogate_clip_upper) ? 1 : 0;
     st.low += (sp.flags & detail::surrogate_clip_lower) ? 1 : 0;
     st.dual += (sp.flags & detail::surrogate_clip_dual) ? 1 : 0;
     st.delta += (sp.flags & detail::surrogate_delta_capped) ? 1 : 0;
-    st.rsum += rp.ratio;
+    st.rsum += double(rp.ratio);
     st.rmin = rp.ratio < st.rmin ? rp.ratio : st.rmin;
     st.rmax = rp.ratio > st.rmax ? rp.ratio : st.rmax;
     st.clamped += rp.clamped ? 1 : 0;
-    st.k1 += xod - xd;
-    st.k3 += detail::approx_kl_k3(cfg, tok_lr);
+    st.k1 -= double(tok_lr);
+    st.k3 += double(detail::approx_kl_k3<F>(cfg, tok_lr));
   }
   if (p.direct) {
     if constexpr (std::is_same_v<G, T>) store_blocked<K>(p.layout.row_ptr(p.grad, i) + t0, k0, n, g);
@@ -434,8 +507,30 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_PL_MIN_BLOCKS) pl_main_kernel(pl
                                  sm.template as<unsigned long long>());
     if (threadIdx.x == 0 && key != no_error_key) atomicMin(p.err, key);
   }
-  st = block_reduce_fixed<NT>(st, pl_stats_op{}, sm.template as<pl_stats>());
-  if (threadIdx.x == 0) p.cstats[c] = st;
+  st = block_reduce_fixed<NT>(st, pl_tstats_op{}, sm.template as<pl_tstats<F>>());
+  if (threadIdx.x == 0) {
+    pl_stats o;
+    o.contrib = st.contrib;
+    o.up = st.up;
+    o.low = st.low;
+    o.dual = st.dual;
+    o.delta = st.delta;
+    o.clamped = st.clamped;
+    o.kl_count = token_kl ? st.contrib : 0;
+    o.kl_clamped = st.kl_clamped;
+    o.nonfinite = st.nonfinite;
+    o.skipped = st.nonfinite;
+    o.rsum = st.rsum;
+    o.rmin = double(st.rmin);
+    o.rmax = double(st.rmax);
+    o.k1 = st.k1;
+    o.k3 = st.k3;
+    o.klsum = st.s_kl;
+    o.s_pol = st.s_pol;
+    o.s_kl = st.s_kl;
+    o.sens = st.sens;
+    p.cstats[c] = o;
+  }
 }
 
 // ---- final pass ----------------------------------------------------------------------------------
@@ -445,80 +540,129 @@ struct pl_loss_partial {
   long long masked = 0, skipped = 0, kl_count = 0, kl_clamped = 0;
   double klsum = 0.0, pad_ = 0.0;
 };
+struct pl_loss_partial_op {
+  __device__ __forceinline__ pl_loss_partial operator()(pl_loss_partial u, const pl_loss_partial& v) const {
+    u.loss_pol += v.loss_pol;
+    u.loss_kl += v.loss_kl;
+    u.parts_pol += v.parts_pol;
+    u.parts_kl += v.parts_kl;
+    u.masked += v.masked;
+    u.skipped += v.skipped;
+    u.kl_count += v.kl_count;
+    u.kl_clamped += v.kl_clamped;
+    u.klsum += v.klsum;
+    return u;
+  }
+};
 
+/// One block's share of the final reduction (rows blockIdx.x*NT ...).
+struct pl_final_partial {
+  pl_stats st{};
+  pl_loss_partial lp{};
+};
+
+/// Loads a struct written by another block of the same grid (bypassing L1; after the
+/// writer's __threadfence and the atomic that published it).
+template <class S>
+__device__ __forceinline__ S load_cg_struct(const S* p) {
+  static_assert(sizeof(S) % 8 == 0, "load_cg_struct: a multiple of 8 bytes");
+  unsigned long long w[sizeof(S) / 8];
+#pragma unroll
+  for (int k = 0; k < int(sizeof(S) / 8); ++k) w[k] = __ldcg(reinterpret_cast<const unsigned long long*>(p) + k);
+  S out;
+  std::memcpy(&out, w, sizeof(S));
+  return out;
+}
+
+/// Blocks of final_kernel: one row per thread.
+template <int NT>
+inline index_t pl_final_blocks(index_t rows) {
+  return (rows + NT - 1) / NT;
+}
+
+/// Level 1: each thread one row (its chunks in order), each block a fixed tree over its rows
+/// -> one partial per block. Level 2: the last block to finish (an integer atomic count)
+/// combines the partials in block order with a fixed tree and writes the result. The order
+/// depends only on row and chunk indices, never on which block finishes last.
 template <int NT, class LP, class T, class L>
 __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
   __shared__ detail::shared_array<pl_stats, NT / 32> s_st;
   __shared__ detail::shared_array<pl_loss_partial, NT / 32> s_lp;
+  __shared__ bool s_last;
   const policy_loss_config& cfg = p.cfg;
   const index_t B = p.chunks.rows;
   const pl_totals tt = *p.totals;
   const aggregation kl_mode = cfg.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : cfg.agg;
   const bool seq_mode = p.seq_ratio || p.seq_kl;
   const bool through = p.seq_ratio && cfg.sequence_gradient == sequence_ratio_gradient::through_mean;
-  const index_t per = (B + NT - 1) / NT;
-  const index_t r0 = threadIdx.x * per, r1 = (threadIdx.x + 1) * per < B ? (threadIdx.x + 1) * per : B;
   pl_stats st{};
   pl_loss_partial lp{};
-  for (index_t i = r0; i < r1; ++i) {
+  const index_t i = index_t(blockIdx.x) * NT + index_t(threadIdx.x);
+  if (i < B) {
     const index_t len = p.layout.row_len(i);
     const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
-    pl_stats rs{};
-    for (index_t c = c0; c < c1; ++c) rs = pl_stats_op{}(rs, p.cstats[c]);
     const pl_row row = p.rows[i];
     const long long ni = row.n;
-    double tot = 0.0;
     if (len > 0) {
       lp.masked += len - ni;
+      if (seq_mode) {
+        // the prep pass counted the row's non-finite tokens
+        for (index_t c = c0; c < c1; ++c) st.nonfinite += p.prep[c].nonfinite;
+      }
       if (seq_mode && row.bad && p.skip) {
         lp.skipped += ni;
         if (through) p.total[i] = 0.0;
-        // the prep pass counted the row's non-finite tokens
-        for (index_t c = c0; c < c1; ++c) st.nonfinite += p.prep[c].nonfinite;
-        continue;
+      } else {
+        pl_stats rs{};
+        for (index_t c = c0; c < c1; ++c) rs = pl_stats_op{}(rs, p.cstats[c]);
+        const double S = rs.s_pol;
+        lp.loss_pol += row.w * S;
+        if (ni > 0) lp.parts_pol += cfg.agg == aggregation::seq_mean_token_mean ? S / double(ni) : S;
+        if (p.use_kl && !p.seq_kl) {
+          const double Kv = rs.s_kl;
+          lp.loss_kl += row.wk * Kv;
+          if (ni > 0) lp.parts_kl += kl_mode == aggregation::seq_mean_token_mean ? Kv / double(ni) : Kv;
+        }
+        if (p.seq_kl && ni > 0) {
+          const double wseq =
+              detail::aggregation_weight(aggregation::seq_mean_token_sum, p.norm.scale, tt.div_seq, ni);
+          lp.loss_kl += wseq * row.kl_value;
+          lp.parts_kl += row.kl_value;
+          lp.klsum += row.kl_value;
+          ++lp.kl_count;
+          lp.kl_clamped += row.kl_clamped;
+        }
+        if (through) {
+          const double nd = ni > 0 ? double(ni) : 1.0;
+          p.total[i] = detail::times_sensitivity(rs.sens, row.d_log_ratio / nd);
+        }
+        st = pl_stats_op{}(st, rs);
       }
-      if (seq_mode)
-        for (index_t c = c0; c < c1; ++c) st.nonfinite += p.prep[c].nonfinite;
-      const double S = rs.s_pol;
-      lp.loss_pol += row.w * S;
-      if (ni > 0) lp.parts_pol += cfg.agg == aggregation::seq_mean_token_mean ? S / double(ni) : S;
-      if (p.use_kl && !p.seq_kl) {
-        const double Kv = rs.s_kl;
-        lp.loss_kl += row.wk * Kv;
-        if (ni > 0) lp.parts_kl += kl_mode == aggregation::seq_mean_token_mean ? Kv / double(ni) : Kv;
-      }
-      if (p.seq_kl && ni > 0) {
-        const double wseq = detail::aggregation_weight(aggregation::seq_mean_token_sum, p.norm.scale, tt.div_seq, ni);
-        lp.loss_kl += wseq * row.kl_value;
-        lp.parts_kl += row.kl_value;
-        lp.klsum += row.kl_value;
-        ++lp.kl_count;
-        lp.kl_clamped += row.kl_clamped;
-      }
-      if (through) {
-        const double nd = ni > 0 ? double(ni) : 1.0;
-        tot = detail::times_sensitivity(rs.sens, row.d_log_ratio / nd);
-      }
+    } else if (through) {
+      p.total[i] = 0.0;
     }
-    if (through) p.total[i] = tot;
-    st = pl_stats_op{}(st, rs);
   }
   st = block_reduce_fixed<NT>(st, pl_stats_op{}, &s_st[0]);
-  lp = block_reduce_fixed<NT>(
-      lp,
-      [](pl_loss_partial u, const pl_loss_partial& v) {
-        u.loss_pol += v.loss_pol;
-        u.loss_kl += v.loss_kl;
-        u.parts_pol += v.parts_pol;
-        u.parts_kl += v.parts_kl;
-        u.masked += v.masked;
-        u.skipped += v.skipped;
-        u.kl_count += v.kl_count;
-        u.kl_clamped += v.kl_clamped;
-        u.klsum += v.klsum;
-        return u;
-      },
-      &s_lp[0]);
+  lp = block_reduce_fixed<NT>(lp, pl_loss_partial_op{}, &s_lp[0]);
+  if (threadIdx.x == 0) {
+    p.fpart[blockIdx.x] = pl_final_partial{st, lp};
+    __threadfence();
+    // *p.done starts at ~0: the last of gridDim.x arrivals sees gridDim.x - 2 (mod 2^64)
+    const unsigned long long old = atomicAdd(p.done, 1ull);
+    s_last = old + 2ull == static_cast<unsigned long long>(gridDim.x);
+  }
+  __syncthreads();
+  if (!s_last) return;
+  __threadfence();
+  st = pl_stats{};
+  lp = pl_loss_partial{};
+  for (index_t b = threadIdx.x; b < index_t(gridDim.x); b += NT) {
+    const pl_final_partial fp = load_cg_struct(p.fpart + b);
+    st = pl_stats_op{}(st, fp.st);
+    lp = pl_loss_partial_op{}(lp, fp.lp);
+  }
+  st = block_reduce_fixed<NT>(st, pl_stats_op{}, &s_st[0]);
+  lp = block_reduce_fixed<NT>(lp, pl_loss_partial_op{}, &s_lp[0]);
   if (threadIdx.x != 0) return;
   pl_result out;
   out.loss_pol = lp.loss_pol;
@@ -536,25 +680,29 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
   const unsigned long long key = *p.err;
   out.err_key = key;
   if (key != no_error_key) {
-    const index_t i = static_cast<index_t>(key >> 34);
+    const index_t ei = static_cast<index_t>(key >> 34);
     const index_t t = static_cast<index_t>((key >> 2) & 0xffffffffull);
     const int kind = static_cast<int>(key & 3u);
     double v = 0.0;
-    if (kind == 0) v = to_double(p.layout.row_ptr(p.lp, i)[t]);
-    else if (kind == 1) v = to_double(p.layout.row_ptr(p.lo, i)[t]);
-    else if (kind == 2) v = to_double(p.layout.row_ptr(p.lr, i)[t]);
-    else v = double(p.layout.row_ptr(p.adv, i)[t]);
+    if (kind == 0) v = to_double(p.layout.row_ptr(p.lp, ei)[t]);
+    else if (kind == 1) v = to_double(p.layout.row_ptr(p.lo, ei)[t]);
+    else if (kind == 2) v = to_double(p.layout.row_ptr(p.lr, ei)[t]);
+    else v = double(p.layout.row_ptr(p.adv, ei)[t]);
     out.err_value = v;
-    out.err_flat = detail::flat_index(p.layout, i, t);
+    out.err_flat = detail::flat_index(p.layout, ei, t);
   }
   *p.result = out;
 }
 
 // ---- finish: scratch gradient -> output -------------------------------------------------------
 
+/// Enqueued right after final_kernel, before the host reads the result: every block first reads
+/// the error key and writes nothing when a data error was found, so a throw leaves the output
+/// untouched without a host round trip between the passes.
 template <int NT, int K, bool HasMask, class G, class LP, class T, class L>
 __global__ void __launch_bounds__(NT) pl_finish_kernel(pl_params<LP, T, L> p) {
   using Mask = typename L::mask_type;
+  if (*p.err != no_error_key) return;
   const index_t c = blockIdx.x;
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
@@ -586,12 +734,20 @@ __global__ void __launch_bounds__(NT) pl_finish_kernel(pl_params<LP, T, L> p) {
   store_blocked<K>(p.layout.row_ptr(p.grad, i) + t0, k0, n, out);
 }
 
-/// Enqueues count, plan, main and final (not finish). `*p.err` must be no_error_key.
+/// Threads of the single-block plan kernel.
+inline constexpr int pl_plan_threads = 1024;
+/// Threads per block of the final kernel.
+inline constexpr int pl_final_threads = 256;
+
+/// Enqueues count, plan, main, final and (when the gradient goes through scratch) finish.
+/// `*p.err` and `*p.done` must be ~0 (one 16-byte memset of 0xff).
 template <int NT, int K, class LP, class T, class L>
 cudaError_t launch_policy_loss(const pl_params<LP, T, L>& p, cudaStream_t stream) {
   const index_t grid = p.chunks.bound;
   const bool has_mask = !p.layout.mask.is_null();
   const bool prep = p.seq_ratio || p.seq_kl;
+  constexpr bool narrow = !std::is_same_v<LP, double> && !std::is_same_v<T, double>;
+  const bool use_float = narrow && pl_float_math_ok(p.cfg);
   auto run = [&](auto hm, auto rr) -> cudaError_t {
     constexpr bool HM = decltype(hm)::value;
     constexpr bool RR = decltype(rr)::value;
@@ -602,37 +758,41 @@ cudaError_t launch_policy_loss(const pl_params<LP, T, L>& p, cudaStream_t stream
         pl_count_kernel<NT, K, HM, false><<<unsigned(grid), NT, 0, stream>>>(p);
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
-    pl_plan_kernel<256><<<1, 256, 0, stream>>>(p);
+    pl_plan_kernel<pl_plan_threads><<<1, pl_plan_threads, 0, stream>>>(p);
     POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     if (grid > 0) {
-      if (p.gbuf_double)
-        pl_main_kernel<NT, K, HM, RR, double><<<unsigned(grid), NT, 0, stream>>>(p);
-      else
-        pl_main_kernel<NT, K, HM, RR, T><<<unsigned(grid), NT, 0, stream>>>(p);
+      auto main = [&](auto f) {
+        using F = decltype(f);
+        if (p.gbuf_double)
+          pl_main_kernel<NT, K, HM, RR, double, F><<<unsigned(grid), NT, 0, stream>>>(p);
+        else
+          pl_main_kernel<NT, K, HM, RR, T, F><<<unsigned(grid), NT, 0, stream>>>(p);
+      };
+      if constexpr (narrow) {
+        if (use_float)
+          main(float{});
+        else
+          main(double{});
+      } else {
+        main(double{});
+      }
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
-    pl_final_kernel<256><<<1, 256, 0, stream>>>(p);
-    return cudaGetLastError();
+    pl_final_kernel<pl_final_threads>
+        <<<unsigned(pl_final_blocks<pl_final_threads>(p.chunks.rows)), pl_final_threads, 0, stream>>>(p);
+    POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    if (!p.direct && grid > 0) {
+      if (p.gbuf_double)
+        pl_finish_kernel<NT, K, HM, double><<<unsigned(grid), NT, 0, stream>>>(p);
+      else
+        pl_finish_kernel<NT, K, HM, T><<<unsigned(grid), NT, 0, stream>>>(p);
+      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
+    return cudaSuccess;
   };
   if (has_mask)
     return p.read_ref ? run(std::true_type{}, std::true_type{}) : run(std::true_type{}, std::false_type{});
   return p.read_ref ? run(std::false_type{}, std::true_type{}) : run(std::false_type{}, std::false_type{});
-}
-
-template <int NT, int K, class LP, class T, class L>
-cudaError_t launch_policy_loss_finish(const pl_params<LP, T, L>& p, cudaStream_t stream) {
-  const index_t grid = p.chunks.bound;
-  if (grid == 0) return cudaSuccess;
-  const bool has_mask = !p.layout.mask.is_null();
-  auto run = [&](auto hm) {
-    constexpr bool HM = decltype(hm)::value;
-    if (p.gbuf_double)
-      pl_finish_kernel<NT, K, HM, double><<<unsigned(grid), NT, 0, stream>>>(p);
-    else
-      pl_finish_kernel<NT, K, HM, T><<<unsigned(grid), NT, 0, stream>>>(p);
-  };
-  if (has_mask) run(std::true_type{}); else run(std::false_type{});
-  return cudaGetLastError();
 }
 
 }  // namespace polo::kernels
