@@ -24,8 +24,11 @@
 ///   `deferred_errors` set it never synchronizes: a failed check makes the write kernel write
 ///   nothing and the error waits in the status for `polo::cuda_check(be)`.
 /// - The combined call (with a layout) checks packed offsets on the device before anything
-///   is written (their error comes first, as on the CPU), then runs both steps: one
-///   synchronization plus the broadcast's; none with `be.result` and `be.deferred_errors`.
+///   is written (their error comes first, as on the CPU), then runs both steps. For B <= 2048
+///   (kernels::fused_max) the statistics, the advantages and the broadcast's check are one
+///   kernel and the broadcast a second: one synchronization in all (it reads the first error
+///   of both steps); above, one synchronization plus the broadcast's. None with `be.result`
+///   and `be.deferred_errors`.
 
 #include <cuda_runtime.h>
 

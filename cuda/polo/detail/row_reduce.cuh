@@ -15,17 +15,20 @@
 /// to run (no atomics on floating-point values).
 ///
 /// The faster scheme that whiten and value_loss use (no scan, no barrier per chunk):
-/// `row_first_valid` finds the row's first valid position f, each thread k then takes the
-/// positions f + k + Threads·j in increasing j with several loads in flight, and
-/// `block_tree_fold` merges the threads' results in a fixed tree. The assignment depends only
-/// on the position relative to f, so a padded row and the same row packed from its first valid
-/// token (interior masked tokens kept, as polo packs) agree bitwise.
+/// `row_first_valid` finds the row's first valid position f, each thread k then takes, at
+/// steps c = f, f + S, ... (S = Threads·Q·U), the quads of Q consecutive positions
+/// c + (u·Threads + k)·Q + e (u < U, e < Q) in increasing order (`load_quad`: one vector load
+/// per quad where aligned), and `block_tree_fold` merges the threads' results in a fixed tree.
+/// The assignment depends only on the position relative to f, so a padded row and the same
+/// row packed from its first valid token (interior masked tokens kept, as polo packs) agree
+/// bitwise (the vector and scalar loads give the same values).
 
 #include <cuda_runtime.h>
 
 #include <cub/block/block_scan.cuh>
 
 #include <climits>
+#include <cstring>
 #include <utility>
 
 #include "polo/core/backend.hpp"
@@ -132,17 +135,61 @@ __device__ index_t row_first_valid(index_t len, Valid&& valid, int* sh) {
   return len;
 }
 
+/// Q consecutive elements, aligned for one vector load.
+template <int Q, class T>
+struct alignas(sizeof(T) * Q) quad_of {
+  T x[Q];
+};
+
+/// The Q elements base[pos .. pos+Q) (0 past len): one vector load when `vec` (base + pos
+/// aligned to Q elements) and the quad is whole, else element by element. The values, and so
+/// any sum over them, are the same either way.
+template <int Q, class T>
+__device__ __forceinline__ void load_quad(const T* base, index_t pos, index_t len, bool vec, T (&out)[Q]) {
+  if (vec && pos + Q <= len) {
+    const quad_of<Q, T> q = *reinterpret_cast<const quad_of<Q, T>*>(base + pos);
+#pragma unroll
+    for (int e = 0; e < Q; ++e) out[e] = q.x[e];
+  } else {
+#pragma unroll
+    for (int e = 0; e < Q; ++e) out[e] = pos + e < len ? base[pos + e] : T(0);
+  }
+}
+
+/// __shfl_down_sync of a trivially copyable value of any size (as 32-bit words).
+template <class V>
+__device__ __forceinline__ V shfl_down_value(const V& v, int d) {
+  static_assert(sizeof(V) % 4 == 0, "shfl_down_value: a multiple of 4 bytes");
+  constexpr int N = sizeof(V) / 4;
+  unsigned w[N];
+  memcpy(w, &v, sizeof(V));
+#pragma unroll
+  for (int k = 0; k < N; ++k) w[k] = __shfl_down_sync(0xffffffffu, w[k], d);
+  V r;
+  memcpy(&r, w, sizeof(V));
+  return r;
+}
+
 /// Fixed binary tree over the threads of a block: returns merge of every thread's `v` in
 /// thread order (pairs (t, t+1), then (t, t+2), ...), in thread 0 (others: unspecified).
 /// `sh` is reused on return.
+/// The levels inside a warp use shuffles (the same pairs, so the same tree), the rest shared
+/// memory: 3 barriers for 256 threads instead of 9.
 template <int Threads, class V, class Merge>
 __device__ V block_tree_fold(const V& v, Merge&& merge, detail::shared_array<V, Threads>& sh) {
-  const int t = threadIdx.x;
-  sh[t] = v;
+  static_assert(Threads % 32 == 0, "block_tree_fold: whole warps");
+  const int t = threadIdx.x, lane = t & 31;
+  V a = v;
+#pragma unroll
+  for (int s = 1; s < 32; s <<= 1) {
+    const V b = shfl_down_value(a, s);
+    if (lane % (2 * s) == 0) a = merge(a, b);
+  }
+  if (lane == 0) sh[t >> 5] = a;
   __syncthreads();
 #pragma unroll
-  for (int s = 1; s < Threads; s <<= 1) {
-    if (t % (2 * s) == 0) sh[t] = merge(sh[t], sh[t + s]);
+  for (int s = 1; s < Threads / 32; s <<= 1) {
+    if (t < Threads / 32 && t % (2 * s) == 0) sh[t] = merge(sh[t], sh[t + s]);
     __syncthreads();
   }
   const V r = sh[0];

@@ -32,8 +32,8 @@
 /// error takes precedence in step 4, so that nothing is written for malformed offsets.
 ///
 /// Batches of at most `fused_max` (2048) sequences, the common case, take none of steps 1-4:
-/// group_advantages_fused_kernel does all of it in ONE block of 512 threads (one launch; the
-/// segmentation of labelled groups included), finds the first error before writing anything,
+/// group_advantages_fused_kernel does all of it in ONE block (1024 threads; 512 when it also
+/// segments labelled groups; one launch), finds the first error before writing anything,
 /// and in the combined call also makes the broadcast's check, so that the combined call is two
 /// launches (that kernel and broadcast_kernel) and, synchronously, one read-back.
 ///
@@ -273,38 +273,68 @@ template <class Label, int Threads, int Items>
 __device__ void segment_small_block(const segment_labels_params<Label>& p) {
   // Preconditions: p.n <= Threads * Items; one block.
   using K = label_key_t<Label>;
-  using sort_t = cub::BlockRadixSort<K, Threads, Items, int>;
+  using UK = std::make_unsigned_t<K>;
+  using W = std::conditional_t<std::is_signed_v<K>, long long, unsigned long long>;
+  using sort_t = cub::BlockRadixSort<UK, Threads, Items, int>;
   using scan_t = cub::BlockScan<int, Threads>;
   __shared__ union {
     typename sort_t::TempStorage sort;
     typename scan_t::TempStorage scan;
   } tmp;
-  __shared__ K last_key[Threads];
-  K keys[Items];
+  __shared__ UK last_key[Threads];
+  __shared__ W warp_lo[Threads / 32], warp_hi[Threads / 32];
+  K raw[Items];
+  UK keys[Items];
   int vals[Items];
   const int t = threadIdx.x;
   // Blocked arrangement: item (t, j) is position t*Items + j, so the stable sort keeps equal
   // labels in ascending sequence order; padding (positions >= n) holds the largest key and
   // sorts after every real item.
+  W lo = ::cuda::std::numeric_limits<W>::max(), hi = ::cuda::std::numeric_limits<W>::lowest();
 #pragma unroll
   for (int j = 0; j < Items; ++j) {
     int q = t * Items + j;
+    raw[j] = q < p.n ? static_cast<K>(p.labels[q * p.labels_stride]) : K(0);
+    vals[j] = q < p.n ? q : INT_MAX;
     if (q < p.n) {
-      keys[j] = static_cast<K>(p.labels[q * p.labels_stride]);
-      vals[j] = q;
-    } else {
-      keys[j] = ::cuda::std::numeric_limits<K>::max();
-      vals[j] = INT_MAX;
+      lo = W(raw[j]) < lo ? W(raw[j]) : lo;
+      hi = W(raw[j]) > hi ? W(raw[j]) : hi;
     }
   }
-  sort_t(tmp.sort).Sort(keys, vals);
+  // The labels' range: keys are sorted as label - min on only the bits that range needs (a
+  // batch of G-groups numbered 0..B/G-1 sorts in 2-3 radix passes instead of 16).
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const W lo_o = __shfl_xor_sync(0xffffffffu, lo, o), hi_o = __shfl_xor_sync(0xffffffffu, hi, o);
+    lo = lo_o < lo ? lo_o : lo;
+    hi = hi_o > hi ? hi_o : hi;
+  }
+  if ((t & 31) == 0) {
+    warp_lo[t >> 5] = lo;
+    warp_hi[t >> 5] = hi;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int w = 0; w < Threads / 32; ++w) {
+    lo = warp_lo[w] < lo ? warp_lo[w] : lo;
+    hi = warp_hi[w] > hi ? warp_hi[w] : hi;
+  }
+  const UK kmin = static_cast<UK>(static_cast<K>(lo));
+  const UK range = static_cast<UK>(static_cast<UK>(static_cast<K>(hi)) - kmin);
+  const int bits = range == 0 ? 1 : 64 - __clzll(static_cast<unsigned long long>(range));
+#pragma unroll
+  for (int j = 0; j < Items; ++j) {
+    int q = t * Items + j;
+    keys[j] = q < p.n ? static_cast<UK>(static_cast<UK>(raw[j]) - kmin) : static_cast<UK>(~UK(0));
+  }
+  sort_t(tmp.sort).Sort(keys, vals, 0, bits);
   last_key[t] = keys[Items - 1];
   __syncthreads();
   int flag[Items], seg[Items];
 #pragma unroll
   for (int j = 0; j < Items; ++j) {
     int q = t * Items + j;
-    K prev = j > 0 ? keys[j - 1] : (t > 0 ? last_key[t - 1] : keys[0]);
+    UK prev = j > 0 ? keys[j - 1] : (t > 0 ? last_key[t - 1] : keys[0]);
     flag[j] = (q < p.n) && (q == 0 || keys[j] != prev) ? 1 : 0;
   }
   scan_t(tmp.scan).InclusiveSum(flag, seg);
@@ -1102,14 +1132,19 @@ cudaError_t launch_broadcast(const broadcast_params<T, L>& p, cudaStream_t strea
 // group_advantages in one block (B <= fused_max)
 // =============================================================================================
 
-inline constexpr int fused_threads = 512;                                  ///< one block
-inline constexpr int fused_items = 4;                                      ///< positions per thread
-inline constexpr index_t fused_max = index_t(fused_threads) * fused_items;  ///< largest B of the one-block path
+inline constexpr index_t fused_max = 2048;  ///< largest B of the one-block path
+/// Threads of the one block: 1024 for contiguous groups, 512 when the block also sorts labels
+/// (the radix sort's shared memory); each thread takes fused_max / threads positions.
+template <class Seg>
+inline constexpr int fused_threads_of = 1024;
 static_assert(fused_max <= segment_small_max, "labelled groups of the one-block path are segmented in one block");
+static_assert(fused_max % 1024 == 0, "fused_max: whole items per thread");
 
 /// No label segmentation (contiguous groups) / no token check (group_advantages alone).
 struct no_segment {};
 struct no_token_check {};
+template <class Label>
+inline constexpr int fused_threads_of<segment_labels_params<Label>> = 512;
 
 /// Params of launch_group_advantages_fused. Seg: segment_labels_params<Label> (labelled
 /// groups: `groups` points into its outputs) or no_segment. L: the token layout of the
@@ -1158,7 +1193,10 @@ __device__ bool row_has_valid(const L& layout, index_t i) {
 /// only when there is none, and the broadcast check. One launch instead of four to six;
 /// bitwise the same from run to run.
 template <class T, class Map, class Seg, class L>
-__global__ void __launch_bounds__(fused_threads) group_advantages_fused_kernel(fused_advantages_params<T, Map, Seg, L> p) {
+__global__ void __launch_bounds__(fused_threads_of<Seg>)
+    group_advantages_fused_kernel(fused_advantages_params<T, Map, Seg, L> p) {
+  constexpr int fused_threads = fused_threads_of<Seg>;
+  constexpr int fused_items = static_cast<int>(fused_max / fused_threads);
   constexpr int W = fused_threads / 32;
   using reduce_t = cub::BlockReduce<detail::neumaier_sum, fused_threads>;
   __shared__ typename reduce_t::TempStorage red;
@@ -1168,6 +1206,13 @@ __global__ void __launch_bounds__(fused_threads) group_advantages_fused_kernel(f
   __shared__ unsigned long long bad_row;
   const int t = threadIdx.x, lane = t & 31, w = t >> 5;
   allow_dependent_launch();  // the broadcast's blocks may load the mask on the other SMs meanwhile
+  // Every score into L1 at once: the warps then read their groups without one HBM round trip
+  // per group (the scores are read 2-3 times each below).
+  for (index_t q = t; q < p.n; q += fused_threads) {
+#if defined(__CUDA_ARCH__)
+    asm volatile("prefetch.global.L1 [%0];" ::"l"(p.scores + q * p.scores_stride));
+#endif
+  }
   segment_block<fused_threads, fused_items>(p.seg);
   __syncthreads();  // the segmentation (global scratch) is visible to the whole block
   batch_partial acc;
@@ -1250,7 +1295,7 @@ __global__ void __launch_bounds__(fused_threads) group_advantages_fused_kernel(f
 template <class T, class Map, class Seg, class L>
 cudaError_t launch_group_advantages_fused(const fused_advantages_params<T, Map, Seg, L>& p, cudaStream_t stream) {
   if (p.n < 1 || p.n > fused_max) return cudaErrorInvalidValue;
-  group_advantages_fused_kernel<T, Map, Seg, L><<<1, fused_threads, 0, stream>>>(p);
+  group_advantages_fused_kernel<T, Map, Seg, L><<<1, fused_threads_of<Seg>, 0, stream>>>(p);
   return cudaGetLastError();
 }
 

@@ -8,8 +8,10 @@
 /// one read-back.
 ///
 ///     value_loss_rows_kernel      one block per row: packed offsets of the row, its first valid
-///                                 position f, then one pass: thread k takes the positions
-///                                 f + k + 256·j in order (several loads in flight) and sums
+///                                 position f (the first step's loads issued before, for
+///                                 f = 0), then one pass: thread k takes quads of 4
+///                                 consecutive positions f + (u·256 + k)·4 + e + 2048·j in
+///                                 order (vector loads, 2 quads of each input in flight), sums
 ///                                 L, (v − R)², #clipped in double; the threads' sums meet in a
 ///                                 fixed tree (padded == packed bitwise: the assignment depends
 ///                                 only on the position relative to f); first non-finite valid
@@ -63,7 +65,9 @@ struct value_loss_row {
   }
 };
 
-inline constexpr int value_loss_unroll = 4;  ///< positions in flight per thread
+inline constexpr int value_loss_unroll = 4;  ///< positions in flight per thread (gradient pass)
+inline constexpr int value_loss_quad = 4;    ///< consecutive positions per load (statistics pass)
+inline constexpr int value_loss_stats_unroll = 2;  ///< quads in flight per thread (statistics pass)
 
 template <class T, class L>
 struct value_loss_params {
@@ -102,35 +106,49 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
   const auto* m = p.layout.mask_row(i);
   const bool clipping = p.cfg.clip != value_clip::none;
   const T cr = T(p.cfg.clip_range);
+  using M = typename L::mask_type;
+  constexpr int Q = value_loss_quad, U = value_loss_stats_unroll;
+  constexpr index_t step = index_t(value_loss_threads) * Q * U;
+  T v[U][Q], vo[U][Q], rt[U][Q];
+  M mk[U][Q];
+  auto load = [&](index_t c) {
+    const bool vv = detail::is_aligned(vr + c, sizeof(T) * Q), vvo = detail::is_aligned(vor + c, sizeof(T) * Q),
+               vrt = detail::is_aligned(rr + c, sizeof(T) * Q);
+    const bool vm = m != nullptr && detail::is_aligned(m + c, sizeof(M) * Q);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t pos = c + (index_t(u) * value_loss_threads + tid) * Q;
+      // masked positions are loaded too: the loads overlap the mask's
+      load_quad<Q>(vr, pos, len, vv, v[u]);
+      load_quad<Q>(rr, pos, len, vrt, rt[u]);
+      if (clipping) load_quad<Q>(vor, pos, len, vvo, vo[u]);
+      if (m != nullptr) load_quad<Q>(m, pos, len, vm, mk[u]);
+    }
+  };
+  if (len > 0) load(0);  // speculative: most rows start with a valid token (f == 0)
   const index_t f = m == nullptr ? 0 : row_first_valid<value_loss_threads>(
                                            len, [&](index_t t) { return detail::is_valid(m[t]); }, sh_first);
   const long long flat0 = static_cast<long long>(detail::flat_index(p.layout, i, 0));
   value_loss_row r;
-  constexpr int U = value_loss_unroll;
-  for (index_t c = f; c < len; c += index_t(value_loss_threads) * U) {
-    T v[U], vo[U], rt[U];
-    bool ok[U];
+  for (index_t c = f; c < len; c += step) {
+    if (c != 0) load(c);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const index_t t = c + index_t(u) * value_loss_threads + tid;
-      const bool in = t < len;  // masked positions are loaded too: the loads overlap the mask's
-      v[u] = in ? vr[t] : T(0);
-      rt[u] = in ? rr[t] : T(0);
-      vo[u] = in && clipping ? vor[t] : v[u];
-      ok[u] = in && (m == nullptr || detail::is_valid(m[t]));
-    }
 #pragma unroll
-    for (int u = 0; u < U; ++u) {
-      if (!ok[u]) continue;
-      const long long flat = flat0 + static_cast<long long>(c + index_t(u) * value_loss_threads + tid);
-      if (!detail::is_finite(v[u]) && r.bad[0] == LLONG_MAX) r.bad[0] = flat;
-      if (clipping && !detail::is_finite(vo[u]) && r.bad[1] == LLONG_MAX) r.bad[1] = flat;
-      if (!detail::is_finite(rt[u]) && r.bad[2] == LLONG_MAX) r.bad[2] = flat;
-      const detail::value_term term = detail::value_loss_term<T>(v[u], vo[u], rt[u], p.cfg.clip, cr);
-      r.s.loss += term.loss;
-      r.s.sq += term.sq;
-      r.s.clipped += term.clipped ? 1.0 : 0.0;
-      ++r.n;
+      for (int e = 0; e < Q; ++e) {
+        const index_t pos = c + (index_t(u) * value_loss_threads + tid) * Q + e;
+        if (pos >= len || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
+        const T old = clipping ? vo[u][e] : v[u][e];
+        const long long flat = flat0 + static_cast<long long>(pos);
+        if (!detail::is_finite(v[u][e]) && r.bad[0] == LLONG_MAX) r.bad[0] = flat;
+        if (clipping && !detail::is_finite(old) && r.bad[1] == LLONG_MAX) r.bad[1] = flat;
+        if (!detail::is_finite(rt[u][e]) && r.bad[2] == LLONG_MAX) r.bad[2] = flat;
+        const detail::value_term term = detail::value_loss_term<T>(v[u][e], old, rt[u][e], p.cfg.clip, cr);
+        r.s.loss += term.loss;
+        r.s.sq += term.sq;
+        r.s.clipped += term.clipped ? 1.0 : 0.0;
+        ++r.n;
+      }
     }
   }
   allow_dependent_launch();  // this block's loads are done: the gradient kernel may be scheduled
@@ -218,7 +236,7 @@ __device__ void value_loss_finalize_block(const value_loss_params<T, L>& p,
 
 /// One block per row; the last block to finish folds the rows (value_loss_finalize_block).
 template <class T, class L>
-__global__ void __launch_bounds__(value_loss_threads) value_loss_rows_kernel(value_loss_params<T, L> p) {
+__global__ void __launch_bounds__(value_loss_threads, 4) value_loss_rows_kernel(value_loss_params<T, L> p) {
   __shared__ union {
     detail::shared_array<value_loss_row, value_loss_threads> row;
     detail::shared_array<value_loss_fold, value_loss_threads> fold;

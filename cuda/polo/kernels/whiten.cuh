@@ -8,8 +8,10 @@
 /// scratch and the one read-back.
 ///
 ///     whiten_rows_kernel      one block per row: packed offsets of the row, its first valid
-///                             position f, then ONE pass over the row: thread k takes the
-///                             positions f + k + 256·j in order (several loads in flight),
+///                             position f (the first step's loads issued before, for f = 0),
+///                             then ONE pass over the row: thread k takes quads of 4
+///                             consecutive positions f + (u·256 + k)·4 + e + 4096·j in order
+///                             (4 vector loads in flight),
 ///                             keeps shifted sums (x0 = its first value, Σd, Σd², d = x − x0)
 ///                             and its first non-finite valid value; per-thread moments are
 ///                             merged with Chan's update in a fixed tree (layout-independent:
@@ -48,7 +50,8 @@
 namespace polo::kernels {
 
 inline constexpr int whiten_threads = 256;  ///< block of every whiten kernel
-inline constexpr int whiten_unroll = 8;      ///< positions in flight per thread (stats pass)
+inline constexpr int whiten_quad = 4;        ///< consecutive positions per load (stats pass)
+inline constexpr int whiten_unroll = 4;      ///< quads in flight per thread (stats pass)
 inline constexpr int whiten_apply_unroll = 4;
 
 /// Moments of one row and its first non-finite valid value (flat index; LLONG_MAX: none).
@@ -115,32 +118,44 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
   const index_t len = p.layout.row_len(i);
   const T* xr = p.layout.row_ptr(p.x, i);
   const auto* m = p.layout.mask_row(i);
+  using M = typename L::mask_type;
+  constexpr int Q = whiten_quad, U = whiten_unroll;
+  constexpr index_t step = index_t(whiten_threads) * Q * U;
+  T v[U][Q];
+  M mk[U][Q];
+  auto load = [&](index_t c) {
+    const bool vx = detail::is_aligned(xr + c, sizeof(T) * Q);
+    const bool vm = m != nullptr && detail::is_aligned(m + c, sizeof(M) * Q);
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t pos = c + (index_t(u) * whiten_threads + tid) * Q;
+      load_quad<Q>(xr, pos, len, vx, v[u]);  // masked positions too: the load overlaps the mask's
+      if (m != nullptr) load_quad<Q>(m, pos, len, vm, mk[u]);
+    }
+  };
+  if (len > 0) load(0);  // speculative: most rows start with a valid token (f == 0)
   const index_t f = m == nullptr ? 0 : row_first_valid<whiten_threads>(
                                            len, [&](index_t t) { return detail::is_valid(m[t]); }, sh_first);
   const index_t flat0 = static_cast<index_t>(detail::flat_index(p.layout, i, 0));
   index_t n = 0;
   double x0 = 0.0, s1 = 0.0, s2 = 0.0;
   long long bad = LLONG_MAX;
-  for (index_t c = f; c < len; c += index_t(whiten_threads) * whiten_unroll) {
-    T v[whiten_unroll];
-    bool ok[whiten_unroll];
+  for (index_t c = f; c < len; c += step) {
+    if (c != 0) load(c);
 #pragma unroll
-    for (int u = 0; u < whiten_unroll; ++u) {
-      const index_t t = c + index_t(u) * whiten_threads + tid;
-      v[u] = t < len ? xr[t] : T(0);  // masked positions too: the load overlaps the mask's
-      ok[u] = t < len && (m == nullptr || detail::is_valid(m[t]));
-    }
+    for (int u = 0; u < U; ++u) {
 #pragma unroll
-    for (int u = 0; u < whiten_unroll; ++u) {
-      if (!ok[u]) continue;
-      const double xv = double(v[u]);
-      if (!detail::is_finite(xv) && bad == LLONG_MAX)
-        bad = static_cast<long long>(flat0 + c + index_t(u) * whiten_threads + tid);
-      if (n == 0) x0 = xv;
-      const double d = xv - x0;
-      s1 += d;
-      s2 += d * d;
-      ++n;
+      for (int e = 0; e < Q; ++e) {
+        const index_t pos = c + (index_t(u) * whiten_threads + tid) * Q + e;
+        if (pos >= len || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
+        const double xv = double(v[u][e]);
+        if (!detail::is_finite(xv) && bad == LLONG_MAX) bad = static_cast<long long>(flat0 + pos);
+        if (n == 0) x0 = xv;
+        const double d = xv - x0;
+        s1 += d;
+        s2 += d * d;
+        ++n;
+      }
     }
   }
   allow_dependent_launch();  // this block's loads are done: the apply kernel may be scheduled
