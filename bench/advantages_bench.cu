@@ -11,7 +11,8 @@
 // Scratch comes from a caller workspace sized by the *_workspace_bytes queries. For the
 // combined entry the third argument picks the mode: 1 asynchronous (be.result +
 // deferred_errors: no host synchronization, the number that goes against the floor), 0
-// synchronous (one read-back of the statistics, one of the broadcast's check).
+// synchronous (one read-back: at these B the statistics and the broadcast's check come from one
+// kernel).
 #include <cstdint>
 #include <vector>
 
