@@ -15,6 +15,7 @@
 #endif
 
 #include <array>
+#include <set>
 
 namespace {
 
@@ -738,5 +739,87 @@ TEMPLATE_LIST_TEST_CASE("cuda: gae and returns are bitwise deterministic", "[gae
     CHECK(test::bitwise_equal(R1.to_host(), R2.to_host()));
     CHECK(std::memcmp(&t1.returns, &t2.returns, sizeof(moments)) == 0);
   }
+}
+#endif
+
+#if defined(__CUDACC__)
+// The composite entries (REINFORCE++, REINFORCE++-baseline, OPO) return their statistics by
+// value and take no `cuda::result`: a tag that carries one (say, reused from an asynchronous
+// whiten call) must leave that memory untouched, and the statistics must be the synchronous
+// call's, not the zeros of an inner call that went asynchronous.
+TEST_CASE("cuda: composite entries ignore the caller's cuda::result", "[gae][cuda][reinforce][opo]") {
+  using Bk = polo::cuda;
+  using S = device_space;
+  auto g = test::rng(9002);
+  const index_t Bn = 12, Tn = 15;
+  auto m = test::make_mask(g, Bn, Tn, mask_pattern::random);
+  auto s = test::discrete(g, Bn, {0.0, 1.0, 0.5});
+  auto r = test::normal(g, Bn * Tn);
+  std::vector<std::int64_t> lab{4, 4, 4, 1, 1, 7, 2, 2, 2, 2, 9, 9};
+  buffer<double, Bk> sb(s), rb(r), seq(Bn, -7.0), tok(Bn * Tn, -7.0), R(Bn * Tn, -7.0), A(Bn * Tn, -7.0);
+  buffer<std::int64_t, Bk> lb(lab);
+  buffer<std::uint8_t, Bk> mb(m);
+  padded<std::uint8_t, S> L(mb.cview2(Bn, Tn));
+  buffer<unsigned char, Bk> res(index_t(512), 0xAB);
+  buffer<unsigned char, Bk> status(index_t(sizeof(polo::cuda::status)), 0);
+  polo::cuda plain{};
+  polo::cuda tagged{};
+  tagged.result = res.view1().data;
+  tagged.deferred_errors = reinterpret_cast<polo::cuda::status*>(status.view1().data);
+  auto untouched = [&] {
+    for (unsigned char c : res.to_host())
+      if (c != 0xAB) return false;
+    return true;
+  };
+  const auto cfg = presets::openrlhf::reinforce_pp_baseline;
+  auto want = reinforce_pp_baseline(plain, sb.cview1(), groups_by_label(lb.cview1()), L, seq.view1(), tok.view2(Bn, Tn),
+                                    cfg);
+  auto got = reinforce_pp_baseline(tagged, sb.cview1(), groups_by_label(lb.cview1()), L, seq.view1(),
+                                   tok.view2(Bn, Tn), cfg);
+  CHECK(untouched());
+  CHECK(got.group.groups == want.group.groups);
+  CHECK(got.group.groups == 5);
+  CHECK(got.whiten.used.count == want.whiten.used.count);
+  CHECK(got.whiten.used.count > 0);
+  CHECK(got.whiten.mean == want.whiten.mean);
+  CHECK(got.whiten.inv_scale == want.whiten.inv_scale);
+  auto pw = reinforce_plus_plus(plain, L, rb.cview2(Bn, Tn), R.view2(Bn, Tn), A.view2(Bn, Tn));
+  auto pg = reinforce_plus_plus(tagged, L, rb.cview2(Bn, Tn), R.view2(Bn, Tn), A.view2(Bn, Tn));
+  CHECK(untouched());
+  CHECK(pg.whiten.used.count == pw.whiten.used.count);
+  CHECK(pg.whiten.inv_scale == pw.whiten.inv_scale);
+  CHECK(pg.returns.tokens == pw.returns.tokens);
+  auto ow = opo_advantages(plain, sb.cview1(), groups_by_label(lb.cview1()), L, seq.view1(), tok.view2(Bn, Tn));
+  auto og = opo_advantages(tagged, sb.cview1(), groups_by_label(lb.cview1()), L, seq.view1(), tok.view2(Bn, Tn));
+  CHECK(untouched());
+  CHECK(og.groups == ow.groups);
+  CHECK(og.singleton_groups == 1);
+  CHECK(std::memcmp(&og.scores, &ow.scores, sizeof(moments)) == 0);
+  polo::cuda_check(tagged);  // no error was deferred
+}
+
+// OPO with labelled groups on a batch large enough for the sorted group table (more than
+// 2048 sequences), against the float64 oracle.
+TEST_CASE("cuda: opo_advantages with many labelled groups", "[gae][cuda][opo]") {
+  using Bk = polo::cuda;
+  using S = device_space;
+  auto g = test::rng(9003);
+  const index_t Bn = 5000, Tn = 3;
+  auto m = test::make_mask(g, Bn, Tn, mask_pattern::random);
+  auto s = test::discrete(g, Bn, {0.0, 1.0, 0.5, 0.25});
+  std::vector<long long> lab(static_cast<std::size_t>(Bn));
+  std::uniform_int_distribution<long long> pick(0, 700);
+  for (auto& x : lab) x = pick(g) * 37 - 9000;  // unsorted, negative labels, groups of every size
+  buffer<double, Bk> sb(s), seq(Bn, -7.0), tok(Bn * Tn, -7.0);
+  buffer<std::int64_t, Bk> lb(std::vector<std::int64_t>(lab.begin(), lab.end()));
+  buffer<std::uint8_t, Bk> mb(m);
+  padded<std::uint8_t, S> L(mb.cview2(Bn, Tn));
+  std::vector<double> wtok;
+  auto wa = ref::opo(s, lab, m, Bn, Tn, &wtok);
+  auto st = opo_advantages(polo::cuda{}, sb.cview1(), groups_by_label(lb.cview1()), L, seq.view1(), tok.view2(Bn, Tn));
+  test::require_close(seq.to_host(), wa);
+  test::require_close(tok.to_host(), wtok);
+  std::set<long long> distinct(lab.begin(), lab.end());
+  CHECK(st.groups == index_t(distinct.size()));
 }
 #endif

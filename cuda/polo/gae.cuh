@@ -75,6 +75,9 @@ struct scan_regions {
   index_t* first = nullptr;  // [B] row anchors
   index_t* cnt = nullptr;    // [B+1]
   index_t* start = nullptr;  // [B+1] chunk table
+  index_t* owner = nullptr;  // [bound] row of each chunk
+  kernels::scan_partial* partials = nullptr;  // [ceil(B / scan_reduce_rows)]
+  long long* valid = nullptr;                 // [1] the count gate's total
   void* temp = nullptr;      // cub scan
   std::size_t temp_bytes = 0;
 };
@@ -116,6 +119,9 @@ scan_regions take_scan_regions(scratch_plan& sp, const L& layout) {
   r.first = sp.take<index_t>(B);
   r.cnt = sp.take<index_t>(B + 1);
   r.start = sp.take<index_t>(B + 1);
+  r.owner = sp.take<index_t>(bound);
+  r.partials = sp.take<kernels::scan_partial>((B + kernels::scan_reduce_rows - 1) / kernels::scan_reduce_rows);
+  r.valid = sp.take<long long>(1);
   r.temp_bytes = kernels::chunk_scan_temp_bytes(B);
   r.temp = sp.take<unsigned char>(static_cast<index_t>(r.temp_bytes));
   return r;
@@ -170,10 +176,12 @@ void check_packed_offsets_device(const cuda& be, const char* fn, const L& layout
   }
 }
 
-/// Runs one scan end to end and reads its result back (the one synchronization).
+/// Runs one scan end to end and reads its result back (the one synchronization). With
+/// `gate_min_count` > 0, a batch with fewer valid tokens writes nothing and reports gate_key
+/// (its count in `valid`).
 template <class T, class F, TokenLayout L>
 kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_params<T, L, F>& p,
-                              unsigned long long seed = kernels::no_error_key) {
+                              long long gate_min_count = 0) {
   check_scan_limits(fn, p.layout);
   const cudaStream_t stream = stream_of(be);
   scratch ws(be, scan_scratch_bytes<T>(p.layout), fn);
@@ -187,9 +195,14 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   p.chunks.S = S;
   p.chunks.bound = scan_anchored_bound(p.layout, S);
   if (p.chunks.rows > 0)
-    POLO_CUDA_TRY(kernels::launch_scan_chunk_table(p.layout, S, r.first, r.cnt, r.start, r.temp, r.temp_bytes, stream));
+    POLO_CUDA_TRY(kernels::launch_scan_chunk_table(p.layout, S, r.first, r.cnt, r.start, r.temp, r.temp_bytes, stream,
+                                                   r.owner));
   p.chunks.start = r.start;
   p.chunks.first = r.first;
+  p.chunks.owner = r.owner;
+  p.partials = r.partials;
+  p.valid = gate_min_count > 0 ? r.valid : nullptr;
+  p.gate_min_count = gate_min_count;
   p.summ = r.summ;
   p.state = r.state;
   p.exit_state = r.exit_state;
@@ -200,10 +213,7 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   p.result = r.result;
   kernels::scan_result out;
   if (p.chunks.rows == 0) return out;
-  if (seed == kernels::no_error_key)
-    POLO_CUDA_TRY(cudaMemsetAsync(r.err, 0xff, sizeof(unsigned long long), stream));
-  else
-    POLO_CUDA_TRY(cudaMemcpyAsync(r.err, &seed, sizeof seed, cudaMemcpyHostToDevice, stream));
+  POLO_CUDA_TRY(cudaMemsetAsync(r.err, 0xff, sizeof(unsigned long long), stream));
   switch (NT) {
     case 32: POLO_CUDA_TRY((kernels::launch_scan<32, K>(p, stream))); break;
     case 64: POLO_CUDA_TRY((kernels::launch_scan<64, K>(p, stream))); break;
@@ -213,8 +223,30 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   return out;
 }
 
+/// The group table of OPO: the segmentation of labelled groups (cuda/polo/advantages.cuh),
+/// nothing for contiguous groups.
+template <class Groups, bool = is_labelled_groups<Groups>::value>
+struct opo_segments {
+  using type = int;
+};
+template <class Groups>
+struct opo_segments<Groups, true> {
+  using type = kernels::segment_labels_params<
+      std::remove_const_t<typename std::remove_cvref_t<decltype(std::declval<Groups>().labels)>::value_type>>;
+};
+
 template <>
 struct backend_impl<cuda, gae_tag> {
+  /// The tag the composite entries (REINFORCE++-baseline, OPO) hand to the primitives they
+  /// call: the caller's, with `result` cleared. These entries return their statistics by value
+  /// (they take no `result`), so an inner group_advantages or whiten must neither publish its
+  /// own statistics into the caller's `result` nor go asynchronous and return zeros.
+  static cuda inner(const cuda& be) {
+    cuda in = be;
+    in.result = nullptr;
+    return in;
+  }
+
   /// See <polo/gae.hpp>. One synchronization (two for a packed layout); nothing written on a
   /// data error. Scratch: gae_workspace_bytes.
   template <class T, class F, TokenLayout L>
@@ -301,18 +333,19 @@ struct backend_impl<cuda, gae_tag> {
     return static_cast<index_t>(h);
   }
 
-  /// See <polo/gae.hpp>: the returns scan (nothing written if the rewards hold a non-finite
-  /// valid value, or if the whitening would be degenerate under whiten_degenerate::error), then
-  /// the whitening of R into A. Three synchronizations (count, scan, whitening statistics come
-  /// from the scan itself: two).
+  /// See <polo/gae.hpp>: the returns scan, gated on the device (nothing written if the rewards
+  /// hold a non-finite valid value, or if the batch's valid count makes the whitening
+  /// degenerate under whiten_degenerate::error), then the whitening of R into A with the
+  /// scan's own moments of R (the CPU backend's coefficients, computed on the host from the
+  /// one read-back). One synchronization (two for a packed layout: its offsets check).
   template <class T, TokenLayout L>
   static reinforce_pp_stats reinforce_plus_plus(const cuda& be, const L& layout, layout_tensor<L, const T> r,
                                                 layout_tensor<L, T> R, layout_tensor<L, T> A,
                                                 const reinforce_pp_config& c) {
     constexpr const char* fn = "reinforce_plus_plus";
-    moments pre;
-    pre.count = count_valid(be, fn, layout);
-    const bool degenerate = c.whiten.degenerate == whiten_degenerate::error && whiten_coefficients(pre, c.whiten).degenerate;
+    // degenerate iff count == 0 or (sample variance) count == 1: whiten_coefficients
+    const long long min_count =
+        c.whiten.degenerate == whiten_degenerate::error ? (c.whiten.std == std_kind::sample ? 2 : 1) : 0;
     kernels::scan_params<T, L, unsigned char> p;
     p.layout = layout;
     p.r = r;
@@ -321,19 +354,36 @@ struct backend_impl<cuda, gae_tag> {
     p.cfg.fill = masked_fill::zero;
     p.rmask = c.mask;
     p.kind = kernels::scan_kind::returns;
-    const kernels::scan_result o =
-        run_scan<T, unsigned char>(be, fn, p, degenerate ? kernels::gate_key : kernels::no_error_key);
+    const kernels::scan_result o = run_scan<T, unsigned char>(be, fn, p, min_count);
     if (o.err_key < kernels::gate_key) throw_nonfinite(fn, "rewards", o.err_flat, o.err_value, "");
-    if (o.err_key == kernels::gate_key) throw_degenerate(fn, pre, c.whiten);
+    if (o.err_key == kernels::gate_key) {
+      moments pre;
+      pre.count = o.valid;
+      throw_degenerate(fn, pre, c.whiten);
+    }
     reinforce_pp_stats st;
     st.returns.sequences = layout.num_seqs();
     st.returns.tokens = o.m.count;
     st.returns.returns = o.m;
-    // The whitening with the scan's own moments of R as the batch statistics (the CPU backend's
-    // coefficients); the CUDA whiten re-reads R for its local statistics, which are the same.
-    const moments m = st.returns.returns;
-    st.whiten = backend_impl<cuda, whiten_tag>::whiten<T>(be, layout, layout_tensor<L, const T>(R), A, &m, c.whiten);
-    st.whiten.local = st.whiten.used = m;
+    const whiten_coeffs w = whiten_coefficients(o.m, c.whiten);
+    st.whiten.local = st.whiten.used = o.m;
+    st.whiten.mean = w.mean;
+    st.whiten.inv_scale = w.inv_scale;
+    st.whiten.degenerate = w.degenerate;
+    if (layout.num_seqs() == 0) return st;
+    // The whitening's write kernel, fed the coefficients through a result slot (no statistics
+    // pass, no second synchronization).
+    scratch ws(be, sizeof(result_slot<whiten_stats>), fn);
+    auto* slot = static_cast<result_slot<whiten_stats>*>(ws.data());
+    kernels::store_whiten_slot_kernel<<<1, 1, 0, stream_of(be)>>>(slot, st.whiten);
+    POLO_CUDA_TRY(cudaGetLastError());
+    kernels::whiten_apply_params<T, L> ap;
+    ap.layout = layout;
+    ap.x = layout_tensor<L, const T>(R);
+    ap.out = A;
+    ap.slot = slot;
+    ap.cfg = c.whiten;
+    POLO_CUDA_TRY(kernels::launch_whiten_apply(ap, stream_of(be)));
     return st;
   }
 
@@ -345,74 +395,111 @@ struct backend_impl<cuda, gae_tag> {
                                                            view<T, 1, device_space> seq_adv, layout_tensor<L, T> tok,
                                                            const reinforce_pp_baseline_config& c) {
     constexpr const char* fn = "reinforce_pp_baseline";
+    const cuda in = inner(be);
     if (c.whiten.degenerate == whiten_degenerate::error) {
       moments pre;
-      pre.count = count_valid(be, fn, layout);
+      pre.count = count_valid(in, fn, layout);
       if (whiten_coefficients(pre, c.whiten).degenerate) throw_degenerate(fn, pre, c.whiten);
     }
     reinforce_pp_baseline_stats st;
-    st.group = backend_impl<cuda, advantages_tag>::group_advantages(be, scores, groups, seq_adv, c.group);
-    backend_impl<cuda, advantages_tag>::broadcast_to_tokens(be, view<const T, 1, device_space>(seq_adv), layout, tok);
-    st.whiten = backend_impl<cuda, whiten_tag>::whiten<T>(be, layout, layout_tensor<L, const T>(tok), tok, nullptr,
+    st.group = backend_impl<cuda, advantages_tag>::group_advantages(in, scores, groups, seq_adv, c.group);
+    backend_impl<cuda, advantages_tag>::broadcast_to_tokens(in, view<const T, 1, device_space>(seq_adv), layout, tok);
+    st.whiten = backend_impl<cuda, whiten_tag>::whiten<T>(in, layout, layout_tensor<L, const T>(tok), tok, nullptr,
                                                           c.whiten);
     return st;
   }
 
-  /// See <polo/gae.hpp> (opo_advantages): the length-weighted group baseline, one thread per
-  /// sequence (labelled groups: each thread scans the labels, O(B) per sequence), then
-  /// broadcast_to_tokens. Two synchronizations (the score check, the statistics).
+  /// See <polo/gae.hpp> (opo_advantages): the length-weighted group baseline. Groups are
+  /// tabled first (contiguous: by index; labelled: a stable sort of (label, index), as
+  /// group_advantages does), then one thread per group sums its members in ascending index
+  /// (Neumaier, as the CPU backend) and writes their advantages: O(B) work for any grouping.
+  /// Then broadcast_to_tokens. Two synchronizations (the score check, the statistics).
   template <class T, class Groups, TokenLayout L>
-  static group_stats opo(const cuda& be, view<const T, 1, device_space> s, const Groups& groups, const L& layout,
+  static group_stats opo(const cuda& be_in, view<const T, 1, device_space> s, const Groups& groups, const L& layout,
                          view<T, 1, device_space> adv, layout_tensor<L, T> tok) {
     constexpr const char* fn = "opo_advantages";
+    const cuda be = inner(be_in);
     check_scan_limits(fn, layout);
     const index_t B = s.n;
     const cudaStream_t stream = stream_of(be);
-    scratch ws(be, static_cast<std::size_t>(B + 2) * 16 + sizeof(kernels::opo_result) + 2048, fn);
+    constexpr bool labelled = is_labelled_groups<Groups>::value;
+    if constexpr (labelled) check_label_count<Groups>(B);
+    scratch_plan plan;
+    auto take = [&](scratch_plan& sp, auto* seg) {
+      struct regions {
+        unsigned long long* key;
+        long long *total, *n;
+        int *first, *single;
+        kernels::opo_result* res;
+      } r;
+      r.key = sp.take<unsigned long long>(1);
+      r.total = sp.take<long long>(1);
+      r.n = sp.take<long long>(B);
+      r.first = sp.take<int>(B);
+      r.single = sp.take<int>(B);
+      r.res = sp.take<kernels::opo_result>(1);
+      if constexpr (labelled) take_segment_regions(sp, *seg, static_cast<int>(B));
+      return r;
+    };
+    using Seg = typename opo_segments<Groups>::type;
+    Seg seg0{}, seg{};
+    (void)take(plan, &seg0);
+    scratch ws(be, plan.bytes(), fn);
     scratch_plan sp(ws.data());
-    unsigned long long* key = sp.take<unsigned long long>(1);
-    long long* total = sp.take<long long>(1);
-    long long* n = sp.take<long long>(B);
-    int* first = sp.take<int>(B);
-    int* single = sp.take<int>(B);
-    kernels::opo_result* res = sp.take<kernels::opo_result>(1);
-    check_packed_offsets_device(be, fn, layout, key);
+    const auto r = take(sp, &seg);
+    check_packed_offsets_device(be, fn, layout, r.key);
     group_stats st;
     st.sequences = B;
     if (B == 0) {
       backend_impl<cuda, advantages_tag>::broadcast_to_tokens(be, view<const T, 1, device_space>(adv), layout, tok);
       return st;
     }
-    POLO_CUDA_TRY(cudaMemsetAsync(key, 0xff, sizeof *key, stream));
-    kernels::opo_check_kernel<<<grid_for(B, 256), 256, 0, stream>>>(s.data, s.stride, B, key);
+    POLO_CUDA_TRY(cudaMemsetAsync(r.key, 0xff, sizeof *r.key, stream));
+    kernels::opo_check_kernel<<<grid_for(B, 256), 256, 0, stream>>>(s.data, s.stride, B, r.key);
     POLO_CUDA_TRY(cudaGetLastError());
     unsigned long long hk = 0;
-    read_back(be, &hk, key, sizeof hk);
+    read_back(be, &hk, r.key, sizeof hk);
     if (hk != kernels::no_error_key) {
       T v{};
       read_back(be, &v, s.data + index_t(hk) * s.stride, sizeof v);
       throw_nonfinite(fn, "scores", index_t(hk), double(v), "");
     }
-    POLO_CUDA_TRY(kernels::launch_row_counts(layout, n, total, stream));
-    if constexpr (is_labelled_groups<Groups>::value)
-      kernels::opo_kernel<<<grid_for(B, 256), 256, 0, stream>>>(s.data, s.stride, B, index_t(1), groups.labels.data,
-                                                                groups.labels.stride, n, adv.data, adv.stride, first,
-                                                                single);
-    else
-      kernels::opo_kernel<T, int><<<grid_for(B, 256), 256, 0, stream>>>(s.data, s.stride, B, groups.size, nullptr,
-                                                                        index_t(1), n, adv.data, adv.stride, first,
-                                                                        single);
+    POLO_CUDA_TRY(kernels::launch_row_counts(layout, r.n, r.total, stream));
+    if constexpr (labelled) {
+      seg.labels = groups.labels.data;
+      seg.labels_stride = groups.labels.stride;
+      seg.n = static_cast<int>(B);
+      POLO_CUDA_TRY(kernels::launch_segment_labels(seg, stream));
+      kernels::opo_group_kernel<<<grid_for(B, 256), 256, 0, stream>>>(s.data, s.stride, B, index_t(0), seg.starts,
+                                                                      seg.order, seg.n_groups, r.n, adv.data,
+                                                                      adv.stride, r.first, r.single);
+    } else {
+      const index_t G = groups.size;
+      const index_t ng = (B + G - 1) / G;
+      kernels::opo_group_kernel<<<grid_for(ng, 256), 256, 0, stream>>>(s.data, s.stride, B, G, nullptr, nullptr,
+                                                                       nullptr, r.n, adv.data, adv.stride, r.first,
+                                                                       r.single);
+    }
     POLO_CUDA_TRY(cudaGetLastError());
-    kernels::opo_stats_kernel<<<1, 32, 0, stream>>>(s.data, s.stride, adv.data, adv.stride, B, first, single, res);
+    kernels::opo_stats_kernel<<<1, 32, 0, stream>>>(s.data, s.stride, adv.data, adv.stride, B, r.first, r.single,
+                                                    r.res);
     POLO_CUDA_TRY(cudaGetLastError());
     kernels::opo_result o;
-    read_back(be, &o, res, sizeof o);
+    read_back(be, &o, r.res, sizeof o);
     st.groups = o.groups;
     st.singleton_groups = o.singleton;
     st.scores = o.scores;
     st.advantage = {o.asum, B};
     backend_impl<cuda, advantages_tag>::broadcast_to_tokens(be, view<const T, 1, device_space>(adv), layout, tok);
     return st;
+  }
+
+ private:
+  template <class Groups>
+  static void check_label_count(index_t B) {
+    if (B > index_t(0x7fffffff))
+      throw_shape("opo_advantages", "scores", shape_str({B}),
+                  "at most 2147483647 sequences (the CUDA backend indexes labelled groups with 32 bits)");
   }
 };
 

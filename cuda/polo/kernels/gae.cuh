@@ -53,8 +53,10 @@
 #include "polo/core/math.hpp"
 #include "polo/core/reduce.hpp"
 #include "polo/core/view.hpp"
+#include "polo/detail/async_result.cuh"
 #include "polo/detail/launch.cuh"
 #include "polo/gae.hpp"
+#include "polo/whiten.hpp"
 #include "polo/kernels/scan.cuh"
 
 /// Tuning knobs (compile-time): tokens per thread of the scans, and the minimum resident blocks
@@ -108,9 +110,20 @@ struct scan_row_stats {
   long long lambda_count = 0, truncated = 0, pad_ = 0;
 };
 
+/// Rows per block of the row reduction (one warp each).
+inline constexpr int scan_reduce_rows = 8;
+
+/// Statistics of a block of rows (the row reduction's output).
+struct scan_partial {
+  moments m{};
+  double rsum = 0.0, lambda_sum = 0.0;
+  long long lambda_count = 0, truncated = 0;
+};
+
 /// What the final pass hands back to the host.
 struct scan_result {
-  long long tokens = 0, truncated = 0, lambda_count = 0, pad_ = 0;
+  long long tokens = 0, truncated = 0, lambda_count = 0;
+  long long valid = 0;  ///< valid tokens of the batch when the count gate ran (scan_params::valid)
   moments m{};
   double rsum = 0.0, lambda_sum = 0.0;
   unsigned long long err_key = no_error_key;
@@ -131,6 +144,9 @@ struct chunk_table {
   const index_t* first = nullptr;  ///< [B] first valid position of each row, or null
   index_t bound = 0;               ///< chunks launched (an upper bound with a table)
   int S = 0;
+  /// [start[rows]] row of each chunk (the scans: O(1) `locate_chunk`; needs `start`), or null
+  /// (binary search in `start`).
+  const index_t* owner = nullptr;
 };
 /// Everything the GAE / returns kernels read and write.
 template <class T, class L, class F>
@@ -157,6 +173,9 @@ struct scan_params {
   scan_row_stats* rstats = nullptr;    ///< [B]
   unsigned long long* err = nullptr;   ///< [1], no_error_key when clean
   scan_result* result = nullptr;       ///< [1]
+  scan_partial* partials = nullptr;       ///< [ceil(B / scan_reduce_rows)] row-block statistics
+  long long* valid = nullptr;          ///< [1] the count gate's total, or null (no gate)
+  long long gate_min_count = 0;        ///< with `valid`: fewer valid tokens close the gate (gate_key)
 };
 
 // ---- chunk geometry -------------------------------------------------------------------------
@@ -178,6 +197,13 @@ __device__ __forceinline__ index_t chunk_end_of_row(const L&, const chunk_table&
 /// Row and chunk-within-row of chunk c; false when c is past the last chunk.
 template <class L>
 __device__ __forceinline__ bool locate_chunk(const L&, const chunk_table& ct, index_t c, index_t& row, index_t& j) {
+  if (ct.owner != nullptr) {
+    if (c >= ct.start[ct.rows]) return false;
+    const index_t i = ct.owner[c];
+    row = i;
+    j = c - ct.start[i];
+    return true;
+  }
   if (L::is_packed || ct.first != nullptr) {
     if (c >= ct.start[ct.rows]) return false;
     index_t lo = 0, hi = ct.rows;  // largest i with start[i] <= c
@@ -235,6 +261,20 @@ struct step_pair_op {
   }
 };
 
+struct affine_op {
+  __device__ __forceinline__ detail::affine_step operator()(const detail::affine_step& near,
+                                                            const detail::affine_step& far) const {
+    return detail::affine_compose(near, far);
+  }
+};
+
+/// Chunks per block of the summary and apply kernels: one warp per chunk, 8 per block, when a
+/// chunk has 32 threads (short rows: a block of 256 threads instead of 32-thread blocks);
+/// otherwise one chunk per block.
+inline constexpr int scan_warp_chunks = 8;
+template <int NT>
+inline constexpr int scan_cpb = NT == 32 ? scan_warp_chunks : 1;
+
 /// Shared memory of the per-chunk kernels: one scratch row of NT/32 elements reused by every
 /// block-level scan and reduction (each ends with a barrier), and the boundary thread.
 template <int NT>
@@ -257,17 +297,21 @@ __device__ __forceinline__ bool flag_set(const F* p, index_t stride, index_t i) 
 
 // ---- summary pass -------------------------------------------------------------------------------
 
-template <int NT, int K, bool HasMask, bool CountOnly, class T, class L, class F>
-__global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_kernel(scan_params<T, L, F> p) {
-  __shared__ chunk_smem<NT> sm;
+template <int NT, int K, bool HasMask, bool CountOnly, bool Two, class T, class L, class F>
+__global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_kernel(scan_params<T, L, F> p) {
+  constexpr int CPB = scan_cpb<NT>;
+  __shared__ chunk_smem<NT> sm_all[CPB];
+  const int tid = CPB > 1 ? int(threadIdx.x & 31) : int(threadIdx.x);
+  const int wic = CPB > 1 ? int(threadIdx.x >> 5) : 0;  // chunk of the block
+  chunk_smem<NT>& sm = sm_all[wic];
   using Mask = typename L::mask_type;
-  const index_t c = blockIdx.x;
+  const index_t c = index_t(blockIdx.x) * CPB + wic;
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
   const index_t len = p.layout.row_len(i);
   index_t t0 = 0, n = 0;
   chunk_span(p.chunks, i, j, len, t0, n);
-  const index_t k0 = index_t(threadIdx.x) * K;
+  const index_t k0 = index_t(tid) * K;
 
   bool valid[K];
   if constexpr (HasMask) {
@@ -282,9 +326,9 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_ke
   long long cnt = 0;
 #pragma unroll
   for (int k = 0; k < K; ++k) cnt += valid[k] ? 1 : 0;
-  cnt = block_reduce_fixed<NT>(cnt, [](long long a, long long b) { return a + b; }, sm.template as<long long>());
+  cnt = chunk_reduce_fixed<NT, CPB>(cnt, [](long long a, long long b) { return a + b; }, sm.template as<long long>());
   if constexpr (CountOnly) {
-    if (threadIdx.x == 0) p.summ[c].count = cnt;
+    if (tid == 0) p.summ[c].count = cnt;
     return;
   } else {
     const bool gae = p.kind == scan_kind::gae;
@@ -301,9 +345,9 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_ke
     for (int k = K - 1; k >= 0; --k) {
       if (valid[k] && !detail::is_finite(r[k])) key = error_key(i, 0, t0 + k0 + k);
     }
-    key = block_reduce_fixed<NT>(key, [](unsigned long long a, unsigned long long b) { return a < b ? a : b; },
+    key = chunk_reduce_fixed<NT, CPB>(key, [](unsigned long long a, unsigned long long b) { return a < b ? a : b; },
                                  sm.template as<unsigned long long>());
-    if (threadIdx.x == 0 && key != no_error_key) atomicMin(p.err, key);
+    if (tid == 0 && key != no_error_key) atomicMin(p.err, key);
 
     scan_chunk_summary s;
     s.count = cnt;
@@ -325,9 +369,9 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_ke
           }
         }
         handoff tot_h;
-        handoff right = block_suffix_exclusive<NT>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), tot_h);
-        if (threadIdx.x == 0) sm.boundary_thread = -1;
-        __syncthreads();
+        handoff right = chunk_suffix_exclusive<NT, CPB>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), tot_h);
+        if (tid == 0) sm.boundary_thread = -1;
+        chunk_sync<CPB>();
         bool known = right.has != 0;
         double nxt = right.v;
 #pragma unroll
@@ -336,15 +380,16 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_ke
           const bool needs = valid[k] || mode == gae_mask_mode::through;
           if (!needs) continue;  // skip mode, masked: the identity
           if (!known) {
-            sm.boundary_thread = int(threadIdx.x);  // exactly one thread finds it
+            sm.boundary_thread = int(tid);  // exactly one thread finds it
             s.r_p = double(r[k]);
             s.v_p = double(v[k]);
             s.valid_p = valid[k] ? 1 : 0;
           } else {
             mine.s1 = detail::affine_compose(
                 detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, gl), mine.s1);
-            mine.s2 = detail::affine_compose(
-                detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, gl2), mine.s2);
+            if constexpr (Two)
+              mine.s2 = detail::affine_compose(
+                  detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, gl2), mine.s2);
           }
           nxt = detail::gae_next_value(mode, valid[k], double(v[k]), nxt);
           known = true;
@@ -358,18 +403,25 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_ke
           mine.s1 = detail::affine_compose(detail::returns_step(p.rmask, valid[k], double(r[k]), gamma), mine.s1);
         }
       }
-      step_pair tot;
-      (void)block_suffix_exclusive<NT>(mine, step_pair{}, step_pair_op{}, sm.template as<step_pair>(), tot);
-      s.f = tot.s1;
-      s.f2 = tot.s2;
+      if constexpr (Two) {
+        step_pair tot;
+        (void)chunk_suffix_exclusive<NT, CPB>(mine, step_pair{}, step_pair_op{}, sm.template as<step_pair>(), tot);
+        s.f = tot.s1;
+        s.f2 = tot.s2;
+      } else {
+        detail::affine_step tot;
+        (void)chunk_suffix_exclusive<NT, CPB>(mine.s1, detail::affine_step{}, affine_op{},
+                                         sm.template as<detail::affine_step>(), tot);
+        s.f = tot;
+      }
       // the boundary thread hands its raw inputs to thread 0 through the summary itself
       const int bt = gae ? sm.boundary_thread : -1;
-      if (bt >= 0 && int(threadIdx.x) == bt) {
+      if (bt >= 0 && int(tid) == bt) {
         p.summ[c].r_p = s.r_p;
         p.summ[c].v_p = s.v_p;
         p.summ[c].valid_p = s.valid_p;
       }
-      if (threadIdx.x == 0) {
+      if (tid == 0) {
         scan_chunk_summary& o = p.summ[c];
         o.f = s.f;
         o.f2 = s.f2;
@@ -378,7 +430,7 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_ke
         o.has_p = bt >= 0 ? 1 : 0;
         o.count = cnt;
       }
-    } else if (threadIdx.x == 0) {
+    } else if (tid == 0) {
       p.summ[c].count = cnt;
     }
   }
@@ -386,62 +438,130 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_ke
 
 // ---- rows pass ----------------------------------------------------------------------------------
 
-/// Phase 0 (length-adaptive λ): the row's count and λ_i from the chunk counts. Phase 1: checks
-/// of per-row inputs, row coefficients, the state entering each chunk, row statistics.
+/// Shuffles of the warp-level scans over a row's chunks.
+__device__ __forceinline__ detail::affine_step shfl_up_step(const detail::affine_step& f, int d) {
+  return {__shfl_up_sync(0xffffffffu, f.a, d), __shfl_up_sync(0xffffffffu, f.b, d)};
+}
+__device__ __forceinline__ detail::affine_step shfl_idx_step(const detail::affine_step& f, int src) {
+  return {__shfl_sync(0xffffffffu, f.a, src), __shfl_sync(0xffffffffu, f.b, src)};
+}
+
+/// One warp per row. Phase 0 (length-adaptive λ): the row's count and λ_i from the chunk
+/// counts. Phase 1: checks of per-row inputs, row coefficients, the state entering each chunk,
+/// row statistics.
+///
+/// The state entering a chunk is the composition of the maps of the chunks to its right. The
+/// warp walks the row in tiles of 32 chunks, right to left; a tile is anchored at the row's
+/// first main chunk (tile t holds main chunks 32t .. 32t+31, the leading chunks have negative
+/// indices), lane l holding the tile's chunk 31 - l (lane 0 the rightmost). In a tile: the
+/// nearest `next` handed on from the right (a warp scan of hand-offs), each chunk's full map
+/// (its boundary step, formed with that value, then its composition), and an exclusive
+/// Kogge-Stone scan of the maps, applied to the state carried in from the tile on the right.
+/// The tree of a lane is fixed relative to the tile's anchor, so trailing all-masked chunks
+/// (exact identities) leave every other chunk's state bitwise unchanged: a padded row and the
+/// same row packed get the same states.
 template <int Phase, class T, class L, class F>
-__global__ void __launch_bounds__(128) scan_rows_kernel(scan_params<T, L, F> p) {
-  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= p.chunks.rows) return;
+__global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) {
+  const index_t i = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = int(threadIdx.x & 31);
+  if (i >= p.chunks.rows) return;  // warp-uniform
   const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
   long long n = 0;
-  for (index_t c = c0; c < c1; ++c) n += p.summ[c].count;
+  for (index_t c = c0 + lane; c < c1; c += 32) n += p.summ[c].count;
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) n += __shfl_xor_sync(0xffffffffu, n, d);  // integers: order-free
   const bool gae = p.kind == scan_kind::gae;
   if constexpr (Phase == 0) {
-    p.rows[i].n = n;
-    p.rows[i].lambda = detail::gae_lambda_of(p.cfg, n);
+    if (lane == 0) {
+      p.rows[i].n = n;
+      p.rows[i].lambda = detail::gae_lambda_of(p.cfg, n);
+    }
     return;
   } else {
     const index_t len = p.layout.row_len(i);
+    const index_t nlead =
+        p.chunks.first != nullptr ? (p.chunks.first[i] + p.chunks.S - 1) / p.chunks.S : index_t(0);
+    const index_t cm = c0 + nlead;  // first main chunk
     scan_row_stats rs{};
-    scan_state st{};
+    double cnext = 0.0, cg = 0.0, cg2 = 0.0;  // carried in from the right
+    double gamma = p.cfg.gamma, gl = 0.0, glv = 0.0;
+    const gae_mask_mode mode = p.cfg.mask;
     if (gae) {
       const bool trunc = p.trunc != nullptr && flag_set(p.trunc, p.trunc_stride, i);
       const double b = trunc ? double(p.boot[i * p.boot_stride]) : 0.0;
-      if (trunc && !detail::is_finite(b)) atomicMin(p.err, error_key(i, 2, 0));
+      if (lane == 0 && trunc && !detail::is_finite(b)) atomicMin(p.err, error_key(i, 2, 0));
       const detail::gae_row_coeffs k = detail::gae_row_setup(p.cfg, n, trunc, b);
-      p.rows[i] = scan_row{k.gl, k.gl_value, k.lambda, n};
+      if (lane == 0) p.rows[i] = scan_row{k.gl, k.gl_value, k.lambda, n};
       if (len > 0 && trunc) rs.truncated = 1;
       if (len > 0 && n > 0) {
         rs.lambda_sum = k.lambda;
         rs.lambda_count = 1;
       }
-      st.next = k.next;
-      const gae_mask_mode mode = p.cfg.mask;
-      for (index_t c = c1 - 1; c >= c0; --c) {
-        p.state[c] = st;
-        if (c == c0) break;
-        const scan_chunk_summary s = p.summ[c];
-        double g = st.g, g2 = st.g2;
-        if (s.has_p) {
-          g = detail::affine_apply(detail::gae_step(mode, s.valid_p != 0, s.r_p, s.v_p, st.next, k.gamma, k.gl), g);
-          g2 = detail::affine_apply(detail::gae_step(mode, s.valid_p != 0, s.r_p, s.v_p, st.next, k.gamma, k.gl_value),
-                                    g2);
-        }
-        st.g = detail::affine_apply(s.f, g);
-        st.g2 = detail::affine_apply(s.f2, g2);
-        if (s.has_hand) st.next = s.hand;
-      }
+      cnext = k.next;
+      gamma = k.gamma;
+      gl = k.gl;
+      glv = k.gl_value;
     } else {
-      p.rows[i] = scan_row{p.cfg.gamma, p.cfg.gamma, 1.0, n};
-      if (p.base != nullptr && n > 0 && !detail::is_finite(p.base[i * p.base_stride]))
+      if (lane == 0) p.rows[i] = scan_row{p.cfg.gamma, p.cfg.gamma, 1.0, n};
+      if (lane == 0 && p.base != nullptr && n > 0 && !detail::is_finite(p.base[i * p.base_stride]))
         atomicMin(p.err, error_key(i, 1, 0));
-      for (index_t c = c1 - 1; c >= c0; --c) {
-        p.state[c] = st;
-        if (c == c0) break;
-        st.g = detail::affine_apply(p.summ[c].f, st.g);
-      }
     }
-    p.rstats[i] = rs;
+    if (lane == 0) p.rstats[i] = rs;
+    if (c1 <= c0) return;
+    // tiles by main index q = c - cm (floor division for the leading chunks)
+    auto tile_of = [](index_t q) { return q >= 0 ? q / 32 : -((-q + 31) / 32); };
+    const index_t t_hi = tile_of(c1 - 1 - cm), t_lo = tile_of(c0 - cm);
+    for (index_t t = t_hi; t >= t_lo; --t) {
+      const index_t c = cm + t * 32 + (31 - lane);
+      const bool act = c >= c0 && c < c1;
+      const bool body = act && c > c0;  // the leftmost chunk's map is never used
+      scan_chunk_summary s{};
+      if (body) s = p.summ[c];
+      // nearest hand-off from the right: lanes below this one, nearest first
+      double hv = s.hand;
+      int hh = body ? s.has_hand : 0;
+#pragma unroll
+      for (int d = 1; d < 32; d <<= 1) {
+        const double yv = __shfl_up_sync(0xffffffffu, hv, d);
+        const int yh = __shfl_up_sync(0xffffffffu, hh, d);
+        if (lane >= d && !hh) {
+          hv = yv;
+          hh = yh;
+        }
+      }
+      double ev = __shfl_up_sync(0xffffffffu, hv, 1);
+      int eh = __shfl_up_sync(0xffffffffu, hh, 1);
+      if (lane == 0) eh = 0;
+      const double next_in = eh ? ev : cnext;
+      const double tile_hv = __shfl_sync(0xffffffffu, hv, 31);
+      const int tile_hh = __shfl_sync(0xffffffffu, hh, 31);
+      // this chunk's full map
+      detail::affine_step m1{}, m2{};
+      if (body) {
+        m1 = s.f;
+        m2 = s.f2;
+        if (gae && s.has_p) {
+          m1 = detail::affine_compose(s.f, detail::gae_step(mode, s.valid_p != 0, s.r_p, s.v_p, next_in, gamma, gl));
+          m2 = detail::affine_compose(s.f2, detail::gae_step(mode, s.valid_p != 0, s.r_p, s.v_p, next_in, gamma, glv));
+        }
+      }
+      // inclusive scan: P_l = M_l ∘ ... ∘ M_0
+#pragma unroll
+      for (int d = 1; d < 32; d <<= 1) {
+        const detail::affine_step y1 = shfl_up_step(m1, d), y2 = shfl_up_step(m2, d);
+        if (lane >= d) {
+          m1 = detail::affine_compose(m1, y1);
+          m2 = detail::affine_compose(m2, y2);
+        }
+      }
+      detail::affine_step e1 = shfl_up_step(m1, 1), e2 = shfl_up_step(m2, 1);
+      if (lane == 0) e1 = e2 = detail::affine_step{};
+      if (act) p.state[c] = scan_state{next_in, detail::affine_apply(e1, cg), detail::affine_apply(e2, cg2), 0.0};
+      const detail::affine_step a1 = shfl_idx_step(m1, 31), a2 = shfl_idx_step(m2, 31);
+      cg = detail::affine_apply(a1, cg);
+      cg2 = detail::affine_apply(a2, cg2);
+      if (tile_hh) cnext = tile_hv;
+    }
   }
 }
 
@@ -452,15 +572,20 @@ __global__ void __launch_bounds__(128) scan_rows_kernel(scan_params<T, L, F> p) 
 /// (launched after): the leading chunks, the rightmost of them entering with that exact state
 /// (so the echo of masked_fill::recursion equals the first valid value bit for bit).
 template <int NT, int K, bool HasMask, bool Two, bool Lead, class T, class L, class F>
-__global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kernel(scan_params<T, L, F> p) {
-  __shared__ chunk_smem<NT> sm;
+__global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kernel(scan_params<T, L, F> p) {
+  constexpr int CPB = scan_cpb<NT>;
+  __shared__ chunk_smem<NT> sm_all[CPB];
+  const int tid = CPB > 1 ? int(threadIdx.x & 31) : int(threadIdx.x);
+  const int wic = CPB > 1 ? int(threadIdx.x >> 5) : 0;  // chunk of the block
+  chunk_smem<NT>& sm = sm_all[wic];
   __shared__ struct {
     T a[NT * K];
     T r[NT * K];
-  } sv;
+  } sv_all[CPB];
+  auto& sv = sv_all[wic];
   using Mask = typename L::mask_type;
   if (*p.err != no_error_key) return;  // the gate: an error was found, nothing is written
-  const index_t c = blockIdx.x;
+  const index_t c = index_t(blockIdx.x) * CPB + wic;
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
   const index_t len = p.layout.row_len(i);
@@ -468,7 +593,7 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kern
   chunk_span(p.chunks, i, j, len, t0, n);
   const index_t nlead = p.chunks.first != nullptr ? (p.chunks.first[i] + p.chunks.S - 1) / p.chunks.S : 0;
   if (Lead != (j < nlead)) return;
-  const index_t k0 = index_t(threadIdx.x) * K;
+  const index_t k0 = index_t(tid) * K;
   const bool gae = p.kind == scan_kind::gae;
 
   bool valid[K];
@@ -486,11 +611,13 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kern
   if (gae) load_blocked<K>(p.layout.row_ptr(p.v, i) + t0, k0, n, v, T(0));
   const scan_state in = (Lead && j == nlead - 1) ? p.exit_state[i] : p.state[c];
   const scan_row row = p.rows[i];
-  double exit_next = 0.0;
   const double gamma = p.cfg.gamma;
 
-  detail::affine_step s1[K], s2[K];
+  // Pass 1 composes this thread's maps; pass 2 re-forms the same steps (bitwise the same
+  // values: the same formulas on the same inputs) while it applies them, so no per-token map
+  // is kept in registers.
   step_pair mine{};
+  double nxt0 = 0.0;
   if (gae) {
     const gae_mask_mode mode = p.cfg.mask;
     handoff h{};
@@ -503,64 +630,73 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kern
       }
     }
     handoff tot_h;
-    handoff right = block_suffix_exclusive<NT>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), tot_h);
-    double nxt = right.has ? right.v : in.next;
+    handoff right = chunk_suffix_exclusive<NT, CPB>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), tot_h);
+    nxt0 = right.has ? right.v : in.next;
+    double nxt = nxt0;
 #pragma unroll
     for (int k = K - 1; k >= 0; --k) {
-      if (k0 + k >= n) {
-        s1[k] = s2[k] = detail::affine_step{};
-        continue;
-      }
-      s1[k] = detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, row.gl);
-      mine.s1 = detail::affine_compose(s1[k], mine.s1);
-      if constexpr (Two) {
-        s2[k] = detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, row.gl2);
-        mine.s2 = detail::affine_compose(s2[k], mine.s2);
-      }
+      if (k0 + k >= n) continue;
+      mine.s1 = detail::affine_compose(detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, row.gl),
+                                       mine.s1);
+      if constexpr (Two)
+        mine.s2 = detail::affine_compose(
+            detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, row.gl2), mine.s2);
       nxt = detail::gae_next_value(mode, valid[k], double(v[k]), nxt);
     }
-    exit_next = nxt;
   } else {
 #pragma unroll
-    for (int k = K - 1; k >= 0; --k) {
-      s1[k] = k0 + k < n ? detail::returns_step(p.rmask, valid[k], double(r[k]), gamma) : detail::affine_step{};
-      mine.s1 = detail::affine_compose(s1[k], mine.s1);
-    }
+    for (int k = K - 1; k >= 0; --k)
+      if (k0 + k < n) mine.s1 = detail::affine_compose(detail::returns_step(p.rmask, valid[k], double(r[k]), gamma), mine.s1);
   }
-  step_pair tot;
-  const step_pair right = block_suffix_exclusive<NT>(mine, step_pair{}, step_pair_op{}, sm.template as<step_pair>(), tot);
-  double g = detail::affine_apply(right.s1, in.g);
-  double g2 = Two ? detail::affine_apply(right.s2, in.g2) : 0.0;
+  double g = 0.0, g2 = 0.0;
+  if constexpr (Two) {
+    step_pair tot;
+    const step_pair right =
+        chunk_suffix_exclusive<NT, CPB>(mine, step_pair{}, step_pair_op{}, sm.template as<step_pair>(), tot);
+    g = detail::affine_apply(right.s1, in.g);
+    g2 = detail::affine_apply(right.s2, in.g2);
+  } else {
+    detail::affine_step tot;
+    const detail::affine_step right = chunk_suffix_exclusive<NT, CPB>(mine.s1, detail::affine_step{}, affine_op{},
+                                                                 sm.template as<detail::affine_step>(), tot);
+    g = detail::affine_apply(right, in.g);
+  }
 
   T out_a[K], out_r[K];
   scan_chunk_stats cs{};
   if (gae) {
     const gae_mask_mode mode = p.cfg.mask;
     const masked_fill fill = p.cfg.fill;
+    double nxt = nxt0;
 #pragma unroll
     for (int k = K - 1; k >= 0; --k) {
-      g = detail::affine_apply(s1[k], g);
-      if constexpr (Two) g2 = detail::affine_apply(s2[k], g2);
+      if (k0 + k < n) {
+        g = detail::affine_apply(detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, row.gl), g);
+        if constexpr (Two)
+          g2 = detail::affine_apply(detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, row.gl2),
+                                    g2);
+        nxt = detail::gae_next_value(mode, valid[k], double(v[k]), nxt);
+      }
       const detail::gae_output o = detail::gae_write(mode, fill, valid[k], g, Two ? g2 : g, double(v[k]));
       out_a[k] = T(o.advantage);
       out_r[k] = T(o.ret);
     }
     store_blocked<K>(p.layout.row_ptr(p.A, i) + t0, k0, n, out_a);
     store_blocked<K>(p.layout.row_ptr(p.R, i) + t0, k0, n, out_r);
-    if (!Lead && j == nlead && nlead > 0 && threadIdx.x == 0) p.exit_state[i] = scan_state{exit_next, g, g2, 0.0};
+    if (!Lead && j == nlead && nlead > 0 && tid == 0) p.exit_state[i] = scan_state{nxt, g, g2, 0.0};
   } else {
     const masked_fill fill = p.cfg.fill;
     const double b = p.base != nullptr ? double(p.base[i * p.base_stride]) : 0.0;
 #pragma unroll
     for (int k = K - 1; k >= 0; --k) {
-      g = detail::affine_apply(s1[k], g);
+      if (k0 + k < n) g = detail::affine_apply(detail::returns_step(p.rmask, valid[k], double(r[k]), gamma), g);
       const detail::returns_output o = detail::returns_write(fill, valid[k], g, b);
       out_r[k] = T(o.ret);
       out_a[k] = T(o.advantage);
     }
     store_blocked<K>(p.layout.row_ptr(p.R, i) + t0, k0, n, out_r);
     if (p.base != nullptr) store_blocked<K>(p.layout.row_ptr(p.A, i) + t0, k0, n, out_a);
-    if (!Lead && j == nlead && nlead > 0 && threadIdx.x == 0) p.exit_state[i] = scan_state{0.0, g, 0.0, 0.0};
+    if (!Lead && j == nlead && nlead > 0 && tid == 0) p.exit_state[i] = scan_state{0.0, g, 0.0, 0.0};
   }
   // Statistics in an order fixed by the ranks of the valid tokens (not their positions), so a
   // padded row and the same row packed reduce identically: the valid values go to slots by
@@ -571,7 +707,7 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kern
     for (int k = 0; k < K; ++k) mine_n += valid[k] ? 1 : 0;
     long long total_n = 0;
     const long long right_n =
-        block_suffix_exclusive<NT>(mine_n, 0ll, [](long long a, long long b) { return a + b; },
+        chunk_suffix_exclusive<NT, CPB>(mine_n, 0ll, [](long long a, long long b) { return a + b; },
                                    sm.template as<long long>(), total_n);
     long long rank = total_n - right_n - mine_n;
 #pragma unroll
@@ -581,13 +717,13 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kern
         sv.r[rank] = out_r[k];
         ++rank;
       }
-    __syncthreads();
-    for (long long q = threadIdx.x; q < total_n; q += NT) {
+    chunk_sync<CPB>();
+    for (long long q = tid; q < total_n; q += NT) {
       cs.m.add(double(sv.a[q]));
       if (gae) cs.rsum += double(sv.r[q]);
     }
   }
-  cs = block_reduce_fixed<NT>(
+  cs = chunk_reduce_fixed<NT, CPB>(
       cs,
       [](scan_chunk_stats a, const scan_chunk_stats& b) {
         a.m += b.m;
@@ -595,60 +731,99 @@ __global__ void __launch_bounds__(NT, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kern
         return a;
       },
       sm.template as<scan_chunk_stats>());
-  if (threadIdx.x == 0) p.cstats[c] = cs;
+  if (tid == 0) p.cstats[c] = cs;
 }
 
-// ---- final pass ---------------------------------------------------------------------------------
+// ---- statistics: rows, then the batch -----------------------------------------------------------
+
+struct scan_partial_op {
+  __device__ __forceinline__ scan_partial operator()(scan_partial a, const scan_partial& b) const {
+    a.m += b.m;
+    a.rsum += b.rsum;
+    a.lambda_sum += b.lambda_sum;
+    a.lambda_count += b.lambda_count;
+    a.truncated += b.truncated;
+    return a;
+  }
+};
+
+/// One warp per row: lane l merges the row's main chunks l, l+32, ... in order (the leading
+/// chunks hold no valid token), then a fixed warp tree; the block's rows in order. Indexing by
+/// main chunk keeps a padded row and the same row packed on the same tree (trailing
+/// all-masked chunks merge as exact identities). Skipped after an error.
+template <class T, class L, class F>
+__global__ void __launch_bounds__(32 * scan_reduce_rows) scan_reduce_kernel(scan_params<T, L, F> p) {
+  __shared__ detail::shared_array<scan_partial, scan_reduce_rows> sh;
+  if (*p.err != no_error_key) return;  // block-uniform
+  const int lane = int(threadIdx.x & 31), w = int(threadIdx.x >> 5);
+  const index_t i = index_t(blockIdx.x) * scan_reduce_rows + w;
+  scan_partial x{};
+  if (i < p.chunks.rows) {
+    const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
+    const index_t nlead =
+        p.chunks.first != nullptr ? (p.chunks.first[i] + p.chunks.S - 1) / p.chunks.S : index_t(0);
+    for (index_t c = c0 + nlead + lane; c < c1; c += 32) {
+      const scan_chunk_stats& o = p.cstats[c];
+      x.m += o.m;
+      x.rsum += o.rsum;
+    }
+  }
+#pragma unroll
+  for (int d = 16; d > 0; d >>= 1) {
+    const scan_partial y = shfl_down_struct(x, d);
+    if (lane + d < 32) x = scan_partial_op{}(x, y);
+  }
+  if (lane == 0) {
+    if (i < p.chunks.rows) {
+      const scan_row_stats rs = p.rstats[i];
+      x.lambda_sum = rs.lambda_sum;
+      x.lambda_count = rs.lambda_count;
+      x.truncated = rs.truncated;
+    }
+    sh[w] = x;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    scan_partial acc = sh[0];
+#pragma unroll
+    for (int k = 1; k < scan_reduce_rows; ++k) acc = scan_partial_op{}(acc, sh[k]);
+    p.partials[blockIdx.x] = acc;
+  }
+}
+
+/// REINFORCE++'s degenerate-whitening gate: the batch's valid count (from the rows pass), and
+/// the gate key when it is below `gate_min_count`. One block; integer sums.
+template <class T, class L, class F>
+__global__ void __launch_bounds__(256) scan_count_gate_kernel(scan_params<T, L, F> p) {
+  __shared__ long long sm[8];
+  long long k = 0;
+  for (index_t i = threadIdx.x; i < p.chunks.rows; i += 256) k += p.rows[i].n;
+  k = block_reduce_fixed<256>(k, [](long long a, long long b) { return a + b; }, sm);
+  if (threadIdx.x == 0) {
+    *p.valid = k;
+    if (k < p.gate_min_count) atomicMin(p.err, gate_key);
+  }
+}
 
 template <class T, class L, class F>
 __global__ void __launch_bounds__(256) scan_final_kernel(scan_params<T, L, F> p) {
   constexpr int NT = 256;
-  __shared__ detail::shared_array<scan_chunk_stats, NT / 32> s_st;
-  __shared__ detail::shared_array<scan_row_stats, NT / 32> s_rs;
+  __shared__ detail::shared_array<scan_partial, NT / 32> s_st;
   const unsigned long long key = *p.err;
-  scan_chunk_stats cs{};
-  scan_row_stats rs{};
+  scan_partial x{};
   if (key == no_error_key) {
-    // thread t owns a contiguous range of rows (the same for both layouts), merging each row's
-    // chunks in order, then a fixed tree
-    const index_t B = p.chunks.rows;
-    const index_t perb = (B + NT - 1) / NT;
-    for (index_t i = threadIdx.x * perb; i < (threadIdx.x + 1) * perb && i < B; ++i) {
-      const index_t c1 = chunk_end_of_row(p.layout, p.chunks, i);
-      for (index_t c = chunk_begin_of_row(p.layout, p.chunks, i); c < c1; ++c) {
-        const scan_chunk_stats& o = p.cstats[c];
-        cs.m += o.m;
-        cs.rsum += o.rsum;
-      }
-    }
-    const index_t perr = (B + NT - 1) / NT;
-    for (index_t i = threadIdx.x * perr; i < (threadIdx.x + 1) * perr && i < B; ++i) {
-      const scan_row_stats& o = p.rstats[i];
-      rs.lambda_sum += o.lambda_sum;
-      rs.lambda_count += o.lambda_count;
-      rs.truncated += o.truncated;
-    }
+    // thread t merges a contiguous range of the row blocks' partials in order, then a fixed tree
+    const index_t nb = (p.chunks.rows + scan_reduce_rows - 1) / scan_reduce_rows;
+    const index_t per = (nb + NT - 1) / NT;
+    const index_t lo = index_t(threadIdx.x) * per;
+    const index_t hi = lo + per < nb ? lo + per : nb;
+    for (index_t b = lo; b < hi; ++b) x = scan_partial_op{}(x, p.partials[b]);
   }
-  cs = block_reduce_fixed<NT>(
-      cs,
-      [](scan_chunk_stats a, const scan_chunk_stats& b) {
-        a.m += b.m;
-        a.rsum += b.rsum;
-        return a;
-      },
-      &s_st[0]);
-  rs = block_reduce_fixed<NT>(
-      rs,
-      [](scan_row_stats a, const scan_row_stats& b) {
-        a.lambda_sum += b.lambda_sum;
-        a.lambda_count += b.lambda_count;
-        a.truncated += b.truncated;
-        return a;
-      },
-      &s_rs[0]);
+  x = block_reduce_fixed<NT>(x, scan_partial_op{}, &s_st[0]);
   if (threadIdx.x != 0) return;
   scan_result out;
   out.err_key = key;
+  if (p.valid != nullptr) out.valid = *p.valid;
   if (key < gate_key) {
     const index_t i = error_key_row(key), t = error_key_pos(key);
     const int kind = error_key_kind(key);
@@ -660,12 +835,12 @@ __global__ void __launch_bounds__(256) scan_final_kernel(scan_params<T, L, F> p)
     out.err_value = value;
     out.err_flat = kind <= 1 && !(kind == 1 && p.kind == scan_kind::returns) ? detail::flat_index(p.layout, i, t) : i;
   } else if (key == no_error_key) {
-    out.tokens = cs.m.count;
-    out.m = cs.m;
-    out.rsum = cs.rsum;
-    out.truncated = rs.truncated;
-    out.lambda_sum = rs.lambda_sum;
-    out.lambda_count = rs.lambda_count;
+    out.tokens = x.m.count;
+    out.m = x.m;
+    out.rsum = x.rsum;
+    out.truncated = x.truncated;
+    out.lambda_sum = x.lambda_sum;
+    out.lambda_count = x.lambda_count;
   }
   *p.result = out;
 }
@@ -724,44 +899,53 @@ cudaError_t launch_packed_chunk_table(const O* off, index_t stride, index_t B, i
 }
 
 /// Enqueues the whole scan: [count pass, phase-0 rows] (length-adaptive λ), summary, rows,
-/// apply, final. `*p.err` must hold no_error_key (or an earlier error) before the call.
+/// [count gate], apply (main chunks, then the leading chunks of masked layouts), the row
+/// reduction and the final pass. `*p.err` must hold no_error_key (or an earlier error) before
+/// the call.
 template <int NT, int K, class T, class L, class F>
 cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
-  const index_t grid = p.chunks.bound;
-  const unsigned row_grid = detail::grid_for(p.chunks.rows, 128);
+  constexpr int CPB = scan_cpb<NT>;
+  const index_t grid = (p.chunks.bound + CPB - 1) / CPB;
+  const unsigned row_grid = detail::grid_for(p.chunks.rows * 32, 256);
+  const unsigned red_grid = detail::grid_for(p.chunks.rows, scan_reduce_rows);
   const bool has_mask = !p.layout.mask.is_null();
-  auto run = [&](auto hm) -> cudaError_t {
+  auto run = [&](auto hm, auto two) -> cudaError_t {
     constexpr bool HM = decltype(hm)::value;
+    constexpr bool Two = decltype(two)::value;
     if (grid > 0) {
       if (p.kind == scan_kind::gae && p.cfg.lambda_mode == gae_lambda_mode::length_adaptive) {
-        scan_summary_kernel<NT, K, HM, true><<<unsigned(grid), NT, 0, stream>>>(p);
+        scan_summary_kernel<NT, K, HM, true, false><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
         POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-        scan_rows_kernel<0><<<row_grid, 128, 0, stream>>>(p);
+        scan_rows_kernel<0><<<row_grid, 256, 0, stream>>>(p);
         POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       }
-      scan_summary_kernel<NT, K, HM, false><<<unsigned(grid), NT, 0, stream>>>(p);
+      scan_summary_kernel<NT, K, HM, false, Two><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     if (p.chunks.rows > 0) {
-      scan_rows_kernel<1><<<row_grid, 128, 0, stream>>>(p);
+      scan_rows_kernel<1><<<row_grid, 256, 0, stream>>>(p);
+      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
+    if (p.valid != nullptr) {
+      scan_count_gate_kernel<<<1, 256, 0, stream>>>(p);
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     if (grid > 0) {
-      if (p.two) {
-        scan_apply_kernel<NT, K, HM, true, false><<<unsigned(grid), NT, 0, stream>>>(p);
-        if (HM) scan_apply_kernel<NT, K, HM, true, true><<<unsigned(grid), NT, 0, stream>>>(p);
-      } else {
-        scan_apply_kernel<NT, K, HM, false, false><<<unsigned(grid), NT, 0, stream>>>(p);
-        if (HM) scan_apply_kernel<NT, K, HM, false, true><<<unsigned(grid), NT, 0, stream>>>(p);
-      }
+      scan_apply_kernel<NT, K, HM, Two, false><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
+      if (HM) scan_apply_kernel<NT, K, HM, Two, true><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
+      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
+    if (p.chunks.rows > 0) {
+      scan_reduce_kernel<<<red_grid, 32 * scan_reduce_rows, 0, stream>>>(p);
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     scan_final_kernel<<<1, 256, 0, stream>>>(p);
     return cudaGetLastError();
   };
-  return has_mask ? run(std::true_type{}) : run(std::false_type{});
+  if (has_mask)
+    return p.two ? run(std::true_type{}, std::true_type{}) : run(std::true_type{}, std::false_type{});
+  return p.two ? run(std::false_type{}, std::true_type{}) : run(std::false_type{}, std::false_type{});
 }
-
 
 // ---- row anchors and the chunk table of the scans ----------------------------------------------
 
@@ -798,13 +982,29 @@ __global__ void __launch_bounds__(256) scan_anchor_kernel(L layout, int S, index
   }
 }
 
+/// owner[c] = the row of chunk c, for c < start[B]. One warp per row.
+template <class I>
+__global__ void __launch_bounds__(256) scan_owner_kernel(const I* start, I B, I* owner) {
+  const index_t i = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
+  const int lane = threadIdx.x & 31;
+  if (i >= B) return;
+  const I c1 = start[i + 1];
+  for (I c = start[i] + lane; c < c1; c += 32) owner[c] = I(i);
+}
+
+/// The scans' chunk table: row anchors, the exclusive scan of the chunk counts into `start`,
+/// and, with `owner` non-null, the row of each chunk.
 template <class L>
 cudaError_t launch_scan_chunk_table(const L& layout, int S, index_t* first, index_t* cnt, index_t* start, void* temp,
-                                    std::size_t temp_bytes, cudaStream_t stream) {
+                                    std::size_t temp_bytes, cudaStream_t stream, index_t* owner = nullptr) {
   const index_t B = layout.num_seqs();
   scan_anchor_kernel<<<detail::grid_for((B + 1) * 32, 256), 256, 0, stream>>>(layout, S, first, cnt);
   POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return cub::DeviceScan::ExclusiveSum(temp, temp_bytes, cnt, start, static_cast<int>(B + 1), stream);
+  POLO_CUDA_RETURN_IF_ERROR(
+      cub::DeviceScan::ExclusiveSum(temp, temp_bytes, cnt, start, static_cast<int>(B + 1), stream));
+  if (owner == nullptr || B <= 0) return cudaSuccess;
+  scan_owner_kernel<index_t><<<detail::grid_for(B * 32, 256), 256, 0, stream>>>(start, B, owner);
+  return cudaGetLastError();
 }
 
 // ---- helpers of the composite entries (REINFORCE++, OPO) ---------------------------------------
@@ -825,7 +1025,8 @@ __global__ void __launch_bounds__(256) row_count_kernel(L layout, long long* n) 
 }
 
 /// total[0] = sum of n[0..B).
-__global__ void __launch_bounds__(256) sum_counts_kernel(const long long* n, index_t B, long long* total) {
+template <class N>
+__global__ void __launch_bounds__(256) sum_counts_kernel(const N* n, index_t B, N* total) {
   __shared__ long long sm[8];
   long long k = 0;
   for (index_t i = threadIdx.x; i < B; i += 256) k += n[i];
@@ -844,6 +1045,14 @@ cudaError_t launch_row_counts(const L& layout, long long* n, long long* total, c
   return cudaGetLastError();
 }
 
+/// REINFORCE++: the whitening coefficients (computed on the host from the scan's moments) into
+/// the result slot the whitening's write kernel reads; no error.
+template <class S>
+__global__ void store_whiten_slot_kernel(detail::result_slot<S>* slot, S value) {
+  slot->error = cuda::status{};
+  slot->value = value;
+}
+
 /// First non-finite score (smallest index) -> atomicMin(key, i).
 template <class T>
 __global__ void __launch_bounds__(256) opo_check_kernel(const T* s, index_t stride, index_t B, unsigned long long* key) {
@@ -851,39 +1060,44 @@ __global__ void __launch_bounds__(256) opo_check_kernel(const T* s, index_t stri
   if (i < B && !detail::is_finite(s[i * stride])) atomicMin(key, static_cast<unsigned long long>(i));
 }
 
-/// OPO per sequence: b_g = sum_j n_j s_j / sum_j n_j over its group (members in ascending
-/// index, Neumaier, as the CPU backend), 0 for a group of one; A_i = s_i - b_g. Also flags the
-/// first member of each group and whether the group is a singleton.
-template <class T, class Label>
-__global__ void __launch_bounds__(256) opo_kernel(const T* s, index_t s_stride, index_t B, index_t G,
-                                                  const Label* labels, index_t l_stride, const long long* n, T* adv,
-                                                  index_t a_stride, int* first, int* single) {
-  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  if (i >= B) return;
+/// OPO, one thread per group: b_g = sum_j n_j s_j / sum_j n_j over the group's members in
+/// ascending index (Neumaier, as the CPU backend), 0 for a group of one; A_j = s_j - b_g for
+/// every member; flags the group's first member and whether the group is a singleton.
+/// Contiguous groups (`starts` null): group q = [qG, min(B, (q+1)G)), thread q. Labelled
+/// groups (the segmentation of cuda/polo/advantages.cuh: `order` lists the members of group
+/// q at [starts[q], starts[q+1]) in ascending index): thread q for q < *n_groups. O(B) in all.
+template <class T>
+__global__ void __launch_bounds__(256) opo_group_kernel(const T* s, index_t s_stride, index_t B, index_t G,
+                                                        const int* starts, const int* order, const int* n_groups,
+                                                        const long long* n, T* adv, index_t a_stride, int* first,
+                                                        int* single) {
+  const index_t q = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  index_t lo = 0, hi = 0;
+  if (starts == nullptr) {
+    lo = q * G;
+    if (lo >= B) return;
+    hi = lo + G < B ? lo + G : B;
+  } else {
+    if (q >= index_t(*n_groups)) return;
+    lo = starts[q];
+    hi = starts[q + 1];
+  }
+  auto member = [&](index_t k) { return starts == nullptr ? k : index_t(order[k]); };
   detail::neumaier_sum num;
-  long long den = 0, k = 0;
-  bool is_first = true;
-  auto visit = [&](index_t j) {
+  long long den = 0;
+  for (index_t k = lo; k < hi; ++k) {
+    const index_t j = member(k);
     num.add(double(n[j]) * double(s[j * s_stride]));
     den += n[j];
-    ++k;
-  };
-  if (labels == nullptr) {
-    const index_t g0 = (i / G) * G;
-    for (index_t j = g0; j < g0 + G && j < B; ++j) visit(j);
-    is_first = i == g0;
-  } else {
-    const Label li = labels[i * l_stride];
-    for (index_t j = 0; j < B; ++j)
-      if (labels[j * l_stride] == li) {
-        visit(j);
-        if (j < i) is_first = false;
-      }
   }
-  const double b = k == 1 ? 0.0 : (den > 0 ? num.value() / double(den) : 0.0);
-  adv[i * a_stride] = T(double(s[i * s_stride]) - b);
-  first[i] = is_first ? 1 : 0;
-  single[i] = (is_first && k == 1) ? 1 : 0;
+  const index_t size = hi - lo;
+  const double b = size == 1 ? 0.0 : (den > 0 ? num.value() / double(den) : 0.0);
+  for (index_t k = lo; k < hi; ++k) {
+    const index_t j = member(k);
+    adv[j * a_stride] = T(double(s[j * s_stride]) - b);
+    first[j] = k == lo ? 1 : 0;
+    single[j] = (k == lo && size == 1) ? 1 : 0;
+  }
 }
 
 struct opo_result {

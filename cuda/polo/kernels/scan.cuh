@@ -85,6 +85,70 @@ __device__ __forceinline__ S block_reduce_fixed(S x, Op op, S* smem) {
   return r;
 }
 
+/// Chunk-level forms of the two trees above for kernels that run CPB chunks per block: CPB = 1
+/// is the block of NT threads (the functions above); CPB > 1 needs NT = 32 (one warp per
+/// chunk): the same lane trees with warp barriers only, so each warp's chunk is independent of
+/// its neighbours (and a warp may leave early). Results are those of the CPB = 1 form on a
+/// 32-thread block, every lane receiving them.
+template <int CPB>
+__device__ __forceinline__ void chunk_sync() {
+  if constexpr (CPB > 1)
+    __syncwarp();
+  else
+    __syncthreads();
+}
+
+template <class S>
+__device__ __forceinline__ S shfl_idx_struct(const S& s, int src) {
+  static_assert(sizeof(S) % 4 == 0, "shfl_idx_struct: pad the struct to a multiple of 4 bytes");
+  constexpr int W = sizeof(S) / 4;
+  unsigned w[W];
+  std::memcpy(w, &s, sizeof(S));
+#pragma unroll
+  for (int i = 0; i < W; ++i) w[i] = __shfl_sync(0xffffffffu, w[i], src);
+  S out;
+  std::memcpy(&out, w, sizeof(S));
+  return out;
+}
+
+template <int NT, int CPB, class S, class Op>
+__device__ __forceinline__ S chunk_suffix_exclusive(S x, const S& identity, Op op, S* smem, S& total) {
+  if constexpr (CPB == 1) {
+    return block_suffix_exclusive<NT>(x, identity, op, smem, total);
+  } else {
+    static_assert(NT == 32, "chunk_suffix_exclusive: several chunks per block need one warp per chunk");
+    const int lane = threadIdx.x & 31;
+    S incl = x;
+#pragma unroll
+    for (int d = 1; d < 32; d <<= 1) {
+      S y = shfl_down_struct(incl, d);
+      if (lane + d < 32) incl = op(incl, y);
+    }
+    S excl = shfl_down_struct(incl, 1);
+    if (lane == 31) excl = identity;
+    total = op(shfl_idx_struct(incl, 0), identity);
+    __syncwarp();  // like the block form, ends with a barrier (orders the caller's shared memory)
+    return op(excl, identity);
+  }
+}
+
+template <int NT, int CPB, class S, class Op>
+__device__ __forceinline__ S chunk_reduce_fixed(S x, Op op, S* smem) {
+  if constexpr (CPB == 1) {
+    return block_reduce_fixed<NT>(x, op, smem);
+  } else {
+    static_assert(NT == 32, "chunk_reduce_fixed: several chunks per block need one warp per chunk");
+    const int lane = threadIdx.x & 31;
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) {
+      S y = shfl_down_struct(x, d);
+      if (lane + d < 32) x = op(x, y);
+    }
+    __syncwarp();
+    return shfl_idx_struct(x, 0);
+  }
+}
+
 /// Error key: orders data errors as the CPU backend finds them (row by row; within a row the
 /// arguments in `kind` order; within an argument by position). Smaller is earlier; none is
 /// `no_error_key`. Rows below 2^29, kinds below 4, positions below 2^32.
