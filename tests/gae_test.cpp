@@ -798,6 +798,44 @@ TEST_CASE("cuda: composite entries ignore the caller's cuda::result", "[gae][cud
   polo::cuda_check(tagged);  // no error was deferred
 }
 
+// Long rows (more than 32 chunks of 2048 tokens: several tiles of the CUDA rows pass) and
+// many rows (more than 4096: the chunk table by cub's scan): the float64 oracle, and packed ==
+// padded bitwise with leading and interior padding.
+TEST_CASE("cuda: gae on long rows and on many rows", "[gae][cuda][layout]") {
+  using Bk = polo::cuda;
+  auto g = test::rng(9004);
+  for (auto [B, Tn, p] : {std::tuple<index_t, index_t, mask_pattern>{2, 70001, mask_pattern::left_pad},
+                          std::tuple<index_t, index_t, mask_pattern>{2, 70001, mask_pattern::interior_spans},
+                          std::tuple<index_t, index_t, mask_pattern>{5000, 9, mask_pattern::random}}) {
+    INFO("B " << B << " T " << Tn << " " << test::name(p));
+    auto b = make_batch<float>(g, B, Tn, p);
+    for (const gae_config& c : {gae_config{.gamma = 0.99, .lambda = 0.95}, presets::nemo::gae_vapo, presets::openrlhf::gae}) {
+      INFO(describe(c));
+      auto want = ref::gae(b.r, b.v, b.m, b.B, b.Tn, c);
+      auto pad = run_padded<Bk, float>(b, c);
+      test::require_close(pad.A, want.adv, 2e-5, 1e-5);
+      test::require_close(pad.R, want.ret, 2e-5, 1e-5);
+      long long n = 0;
+      for (auto x : b.m) n += x ? 1 : 0;
+      CHECK(pad.st.tokens == n);
+      if (c.mask == gae_mask_mode::skip) {
+        auto pk = run_packed<Bk, float>(b, c);
+        auto pkinfo = test::pack(b.m, b.B, b.Tn);
+        auto keep = pkinfo.scatter(std::vector<std::uint8_t>(std::size_t(pkinfo.tokens()), 1), std::uint8_t(0));
+        auto sel = [&](const std::vector<float>& x) {
+          std::vector<float> y;
+          for (std::size_t k = 0; k < x.size(); ++k)
+            if (keep[k]) y.push_back(x[k]);
+          return y;
+        };
+        CHECK(test::bitwise_equal(sel(pad.A), sel(pk.A)));
+        CHECK(test::bitwise_equal(sel(pad.R), sel(pk.R)));
+        CHECK(pad.st.advantages.mean == pk.st.advantages.mean);
+      }
+    }
+  }
+}
+
 // OPO with labelled groups on a batch large enough for the sorted group table (more than
 // 2048 sequences), against the float64 oracle.
 TEST_CASE("cuda: opo_advantages with many labelled groups", "[gae][cuda][opo]") {

@@ -78,6 +78,7 @@ struct scan_regions {
   index_t* owner = nullptr;  // [bound] row of each chunk
   kernels::scan_partial* partials = nullptr;  // [ceil(B / scan_reduce_rows)]
   long long* valid = nullptr;                 // [1] the count gate's total
+  unsigned* done = nullptr;                   // [1] the row reduction's ticket counter
   void* temp = nullptr;      // cub scan
   std::size_t temp_bytes = 0;
 };
@@ -122,6 +123,7 @@ scan_regions take_scan_regions(scratch_plan& sp, const L& layout) {
   r.owner = sp.take<index_t>(bound);
   r.partials = sp.take<kernels::scan_partial>((B + kernels::scan_reduce_rows - 1) / kernels::scan_reduce_rows);
   r.valid = sp.take<long long>(1);
+  r.done = sp.take<unsigned>(1);
   r.temp_bytes = kernels::chunk_scan_temp_bytes(B);
   r.temp = sp.take<unsigned char>(static_cast<index_t>(r.temp_bytes));
   return r;
@@ -196,13 +198,14 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   p.chunks.bound = scan_anchored_bound(p.layout, S);
   if (p.chunks.rows > 0)
     POLO_CUDA_TRY(kernels::launch_scan_chunk_table(p.layout, S, r.first, r.cnt, r.start, r.temp, r.temp_bytes, stream,
-                                                   r.owner));
+                                                   r.owner, r.err));
   p.chunks.start = r.start;
   p.chunks.first = r.first;
   p.chunks.owner = r.owner;
   p.partials = r.partials;
   p.valid = gate_min_count > 0 ? r.valid : nullptr;
   p.gate_min_count = gate_min_count;
+  p.done = r.done;
   p.summ = r.summ;
   p.state = r.state;
   p.exit_state = r.exit_state;
@@ -213,7 +216,7 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   p.result = r.result;
   kernels::scan_result out;
   if (p.chunks.rows == 0) return out;
-  POLO_CUDA_TRY(cudaMemsetAsync(r.err, 0xff, sizeof(unsigned long long), stream));
+  // *p.err was set to no_error_key by the chunk table's anchor kernel
   switch (NT) {
     case 32: POLO_CUDA_TRY((kernels::launch_scan<32, K>(p, stream))); break;
     case 64: POLO_CUDA_TRY((kernels::launch_scan<64, K>(p, stream))); break;

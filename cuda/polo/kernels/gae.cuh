@@ -41,6 +41,7 @@
 
 #include <cuda_runtime.h>
 
+#include <cub/block/block_scan.cuh>
 #include <cub/device/device_scan.cuh>
 
 #include <cstddef>
@@ -65,7 +66,7 @@
 #define POLO_CUDA_SCAN_ITEMS 8
 #endif
 #ifndef POLO_CUDA_SCAN_MIN_BLOCKS
-#define POLO_CUDA_SCAN_MIN_BLOCKS 3
+#define POLO_CUDA_SCAN_MIN_BLOCKS 4
 #endif
 
 namespace polo::kernels {
@@ -176,6 +177,7 @@ struct scan_params {
   scan_partial* partials = nullptr;       ///< [ceil(B / scan_reduce_rows)] row-block statistics
   long long* valid = nullptr;          ///< [1] the count gate's total, or null (no gate)
   long long gate_min_count = 0;        ///< with `valid`: fewer valid tokens close the gate (gate_key)
+  unsigned* done = nullptr;            ///< [1] row blocks finished (the last one runs the final pass)
 };
 
 // ---- chunk geometry -------------------------------------------------------------------------
@@ -507,6 +509,7 @@ __global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) 
         atomicMin(p.err, error_key(i, 1, 0));
     }
     if (lane == 0) p.rstats[i] = rs;
+    if (i == 0 && lane == 0) *p.done = 0u;  // the row reduction's ticket counter
     if (c1 <= c0) return;
     // tiles by main index q = c - cm (floor division for the leading chunks)
     auto tile_of = [](index_t q) { return q >= 0 ? q / 32 : -((-q + 31) / 32); };
@@ -747,48 +750,77 @@ struct scan_partial_op {
   }
 };
 
+/// Loads a struct of 8-byte words through L2 (`ld.global.cg`): the final pass reads the other
+/// blocks' partials, published with a fence before their ticket.
+template <class S>
+__device__ __forceinline__ S load_cg(const S* p) {
+  static_assert(sizeof(S) % 8 == 0, "load_cg: 8-byte words");
+  unsigned long long w[sizeof(S) / 8];
+#pragma unroll
+  for (int k = 0; k < int(sizeof(S) / 8); ++k) w[k] = __ldcg(reinterpret_cast<const unsigned long long*>(p) + k);
+  S out;
+  std::memcpy(&out, w, sizeof(S));
+  return out;
+}
+
+template <class T, class L, class F>
+__device__ void scan_final_block(const scan_params<T, L, F>& p, unsigned long long key, index_t nb);
+
 /// One warp per row: lane l merges the row's main chunks l, l+32, ... in order (the leading
 /// chunks hold no valid token), then a fixed warp tree; the block's rows in order. Indexing by
 /// main chunk keeps a padded row and the same row packed on the same tree (trailing
-/// all-masked chunks merge as exact identities). Skipped after an error.
+/// all-masked chunks merge as exact identities). The last block to finish (an integer ticket)
+/// runs the final pass, which merges the blocks' partials in block order whichever block it
+/// is. After an error only the final pass runs (it reports the error).
 template <class T, class L, class F>
 __global__ void __launch_bounds__(32 * scan_reduce_rows) scan_reduce_kernel(scan_params<T, L, F> p) {
   __shared__ detail::shared_array<scan_partial, scan_reduce_rows> sh;
-  if (*p.err != no_error_key) return;  // block-uniform
+  __shared__ bool last;
+  const unsigned long long key = *p.err;
   const int lane = int(threadIdx.x & 31), w = int(threadIdx.x >> 5);
   const index_t i = index_t(blockIdx.x) * scan_reduce_rows + w;
-  scan_partial x{};
-  if (i < p.chunks.rows) {
-    const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
-    const index_t nlead =
-        p.chunks.first != nullptr ? (p.chunks.first[i] + p.chunks.S - 1) / p.chunks.S : index_t(0);
-    for (index_t c = c0 + nlead + lane; c < c1; c += 32) {
-      const scan_chunk_stats& o = p.cstats[c];
-      x.m += o.m;
-      x.rsum += o.rsum;
-    }
-  }
-#pragma unroll
-  for (int d = 16; d > 0; d >>= 1) {
-    const scan_partial y = shfl_down_struct(x, d);
-    if (lane + d < 32) x = scan_partial_op{}(x, y);
-  }
-  if (lane == 0) {
+  if (key == no_error_key) {  // block-uniform
+    scan_partial x{};
     if (i < p.chunks.rows) {
-      const scan_row_stats rs = p.rstats[i];
-      x.lambda_sum = rs.lambda_sum;
-      x.lambda_count = rs.lambda_count;
-      x.truncated = rs.truncated;
+      const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
+      const index_t nlead =
+          p.chunks.first != nullptr ? (p.chunks.first[i] + p.chunks.S - 1) / p.chunks.S : index_t(0);
+      for (index_t c = c0 + nlead + lane; c < c1; c += 32) {
+        const scan_chunk_stats& o = p.cstats[c];
+        x.m += o.m;
+        x.rsum += o.rsum;
+      }
     }
-    sh[w] = x;
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) {
+      const scan_partial y = shfl_down_struct(x, d);
+      if (lane + d < 32) x = scan_partial_op{}(x, y);
+    }
+    if (lane == 0) {
+      if (i < p.chunks.rows) {
+        const scan_row_stats rs = p.rstats[i];
+        x.lambda_sum = rs.lambda_sum;
+        x.lambda_count = rs.lambda_count;
+        x.truncated = rs.truncated;
+      }
+      sh[w] = x;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      scan_partial acc = sh[0];
+#pragma unroll
+      for (int k = 1; k < scan_reduce_rows; ++k) acc = scan_partial_op{}(acc, sh[k]);
+      p.partials[blockIdx.x] = acc;
+    }
+  }
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(p.done, 1u) == gridDim.x - 1;
   }
   __syncthreads();
-  if (threadIdx.x == 0) {
-    scan_partial acc = sh[0];
-#pragma unroll
-    for (int k = 1; k < scan_reduce_rows; ++k) acc = scan_partial_op{}(acc, sh[k]);
-    p.partials[blockIdx.x] = acc;
-  }
+  if (!last) return;
+  __threadfence();
+  scan_final_block(p, key, index_t(gridDim.x));
 }
 
 /// REINFORCE++'s degenerate-whitening gate: the batch's valid count (from the rows pass), and
@@ -805,25 +837,25 @@ __global__ void __launch_bounds__(256) scan_count_gate_kernel(scan_params<T, L, 
   }
 }
 
+/// The final pass, by one block of 32 * scan_reduce_rows threads: thread t merges a contiguous
+/// range of the `nb` row blocks' partials in order, then a fixed tree; the result or the first
+/// error (row, argument, position, value) into *p.result.
 template <class T, class L, class F>
-__global__ void __launch_bounds__(256) scan_final_kernel(scan_params<T, L, F> p) {
-  constexpr int NT = 256;
+__device__ void scan_final_block(const scan_params<T, L, F>& p, unsigned long long key, index_t nb) {
+  constexpr int NT = 32 * scan_reduce_rows;
   __shared__ detail::shared_array<scan_partial, NT / 32> s_st;
-  const unsigned long long key = *p.err;
   scan_partial x{};
   if (key == no_error_key) {
-    // thread t merges a contiguous range of the row blocks' partials in order, then a fixed tree
-    const index_t nb = (p.chunks.rows + scan_reduce_rows - 1) / scan_reduce_rows;
     const index_t per = (nb + NT - 1) / NT;
     const index_t lo = index_t(threadIdx.x) * per;
     const index_t hi = lo + per < nb ? lo + per : nb;
-    for (index_t b = lo; b < hi; ++b) x = scan_partial_op{}(x, p.partials[b]);
+    for (index_t b = lo; b < hi; ++b) x = scan_partial_op{}(x, load_cg(p.partials + b));
   }
   x = block_reduce_fixed<NT>(x, scan_partial_op{}, &s_st[0]);
   if (threadIdx.x != 0) return;
   scan_result out;
   out.err_key = key;
-  if (p.valid != nullptr) out.valid = *p.valid;
+  if (p.valid != nullptr) out.valid = __ldcg(p.valid);
   if (key < gate_key) {
     const index_t i = error_key_row(key), t = error_key_pos(key);
     const int kind = error_key_kind(key);
@@ -899,8 +931,8 @@ cudaError_t launch_packed_chunk_table(const O* off, index_t stride, index_t B, i
 }
 
 /// Enqueues the whole scan: [count pass, phase-0 rows] (length-adaptive λ), summary, rows,
-/// [count gate], apply (main chunks, then the leading chunks of masked layouts), the row
-/// reduction and the final pass. `*p.err` must hold no_error_key (or an earlier error) before
+/// [count gate], apply (main chunks, then the leading chunks of masked layouts), and the row
+/// reduction, whose last block runs the final pass. `*p.err` must hold no_error_key (or an earlier error) before
 /// the call.
 template <int NT, int K, class T, class L, class F>
 cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
@@ -935,11 +967,9 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
       if (HM) scan_apply_kernel<NT, K, HM, Two, true><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
-    if (p.chunks.rows > 0) {
-      scan_reduce_kernel<<<red_grid, 32 * scan_reduce_rows, 0, stream>>>(p);
-      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    }
-    scan_final_kernel<<<1, 256, 0, stream>>>(p);
+    // the row reduction; its last block runs the final pass (rows > 0: run_scan returns early
+    // for an empty batch)
+    scan_reduce_kernel<<<red_grid, 32 * scan_reduce_rows, 0, stream>>>(p);
     return cudaGetLastError();
   };
   if (has_mask)
@@ -952,13 +982,17 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
 /// first[i] = the first valid position of row i (0 when it has none or no mask);
 /// cnt[i] = ceil(first/S) + ceil((len - first)/S); cnt[B] = 0. One warp per row.
 template <class L>
-__global__ void __launch_bounds__(256) scan_anchor_kernel(L layout, int S, index_t* first, index_t* cnt) {
+__global__ void __launch_bounds__(256) scan_anchor_kernel(L layout, int S, index_t* first, index_t* cnt,
+                                                          unsigned long long* err) {
   const index_t i = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   const index_t B = layout.num_seqs();
   if (i > B) return;
   if (i == B) {
-    if (lane == 0) cnt[B] = 0;
+    if (lane == 0) {
+      cnt[B] = 0;
+      if (err != nullptr) *err = no_error_key;
+    }
     return;
   }
   const index_t len = layout.row_len(i);
@@ -992,14 +1026,50 @@ __global__ void __launch_bounds__(256) scan_owner_kernel(const I* start, I B, I*
   for (I c = start[i] + lane; c < c1; c += 32) owner[c] = I(i);
 }
 
+#ifndef POLO_CUDA_SCAN_SMALL_TABLE
+/// Batches of at most this many rows + 1 get the scans' chunk table from one block (one launch
+/// for the scan of the chunk counts and the owners) instead of cub's scan and a second kernel.
+#define POLO_CUDA_SCAN_SMALL_TABLE 4096
+#endif
+inline constexpr int scan_table_threads = 1024;
+inline constexpr int scan_table_items = 4;
+static_assert(POLO_CUDA_SCAN_SMALL_TABLE <= scan_table_threads * scan_table_items, "POLO_CUDA_SCAN_SMALL_TABLE too large");
+
+/// start = exclusive scan of cnt[0..B] (B + 1 <= 4096; integers: exact), then owner[c] for every
+/// chunk (one warp per row). One block.
+template <class I>
+__global__ void __launch_bounds__(scan_table_threads) scan_table_small_kernel(const I* cnt, I B, I* start, I* owner) {
+  using scan_t = cub::BlockScan<I, scan_table_threads>;
+  __shared__ typename scan_t::TempStorage tmp;
+  I v[scan_table_items], e[scan_table_items];
+  const I q0 = I(threadIdx.x) * scan_table_items;
+#pragma unroll
+  for (int k = 0; k < scan_table_items; ++k) v[k] = q0 + k <= B ? cnt[q0 + k] : I(0);
+  scan_t(tmp).ExclusiveSum(v, e);
+#pragma unroll
+  for (int k = 0; k < scan_table_items; ++k)
+    if (q0 + k <= B) start[q0 + k] = e[k];
+  __syncthreads();  // start[] (global, this block's writes) visible to the whole block
+  const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+  for (I i = w; i < B; i += scan_table_threads / 32) {
+    const I c1 = start[i + 1];
+    for (I c = start[i] + lane; c < c1; c += 32) owner[c] = i;
+  }
+}
+
 /// The scans' chunk table: row anchors, the exclusive scan of the chunk counts into `start`,
-/// and, with `owner` non-null, the row of each chunk.
+/// and, with `owner` non-null, the row of each chunk; `err` (or null) is set to no_error_key.
 template <class L>
 cudaError_t launch_scan_chunk_table(const L& layout, int S, index_t* first, index_t* cnt, index_t* start, void* temp,
-                                    std::size_t temp_bytes, cudaStream_t stream, index_t* owner = nullptr) {
+                                    std::size_t temp_bytes, cudaStream_t stream, index_t* owner = nullptr,
+                                    unsigned long long* err = nullptr) {
   const index_t B = layout.num_seqs();
-  scan_anchor_kernel<<<detail::grid_for((B + 1) * 32, 256), 256, 0, stream>>>(layout, S, first, cnt);
+  scan_anchor_kernel<<<detail::grid_for((B + 1) * 32, 256), 256, 0, stream>>>(layout, S, first, cnt, err);
   POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  if (owner != nullptr && B + 1 <= POLO_CUDA_SCAN_SMALL_TABLE) {
+    scan_table_small_kernel<index_t><<<1, scan_table_threads, 0, stream>>>(cnt, B, start, owner);
+    return cudaGetLastError();
+  }
   POLO_CUDA_RETURN_IF_ERROR(
       cub::DeviceScan::ExclusiveSum(temp, temp_bytes, cnt, start, static_cast<int>(B + 1), stream));
   if (owner == nullptr || B <= 0) return cudaSuccess;
