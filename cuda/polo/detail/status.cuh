@@ -39,6 +39,9 @@ enum status_code : int {
 
 /// `status_nonfinite_arg`'s argument names (status::a).
 enum nonfinite_arg : int { arg_x = 0, arg_values = 1, arg_old_values = 2, arg_returns = 3, arg_scores = 4 };
+/// The scans' arguments (gae, discounted_returns, remax_advantages); index: flat index for
+/// rewards / values, the sequence for bootstrap / baselines.
+enum scan_nonfinite_arg : int { arg_rewards = 16, arg_bootstrap = 17, arg_baselines = 18 };
 
 inline const char* nonfinite_arg_name(long long a) {
   switch (a) {
@@ -47,6 +50,9 @@ inline const char* nonfinite_arg_name(long long a) {
     case arg_old_values: return "old_values";
     case arg_returns: return "returns";
     case arg_scores: return "scores";
+    case arg_rewards: return "rewards";
+    case arg_bootstrap: return "bootstrap";
+    case arg_baselines: return "baselines";
     default: return "unknown_argument";
   }
 }
@@ -59,6 +65,9 @@ enum status_entry : int {
   entry_masked_moments = 3,
   entry_value_loss = 4,
   entry_group_advantages = 5,
+  entry_gae = 16,
+  entry_discounted_returns = 17,
+  entry_remax_advantages = 18,
 };
 
 inline const char* entry_name(int entry) {
@@ -68,6 +77,9 @@ inline const char* entry_name(int entry) {
     case entry_masked_moments: return "masked_moments";
     case entry_value_loss: return "value_loss";
     case entry_group_advantages: return "group_advantages";
+    case entry_gae: return "gae";
+    case entry_discounted_returns: return "discounted_returns";
+    case entry_remax_advantages: return "remax_advantages";
     default: return "unknown_entry";
   }
 }
@@ -89,6 +101,10 @@ inline void throw_status(const cuda::status& s) {
       throw_value(fn, "offsets",
                   "ends at " + std::to_string(s.a) + "; expected offsets[B] = N = " + std::to_string(s.b));
     case status_nonfinite_arg:
+      if (s.a == arg_bootstrap)
+        throw_nonfinite(fn, "bootstrap", s.index, s.value, "sequence " + std::to_string(s.index) + " is flagged truncated");
+      if (s.a == arg_baselines)
+        throw_nonfinite(fn, "baselines", s.index, s.value, "sequence " + std::to_string(s.index) + " has valid tokens");
       throw_nonfinite(fn, nonfinite_arg_name(s.a), s.index, s.value,
                       s.a == arg_scores ? "set nonfinite_policy::zero_advantage to give unscorable sequences A = 0" : "");
     case status_singleton:
