@@ -7,7 +7,9 @@
 // output written once (GAE: r, v, mask in, A, R out = 17 bytes; returns: r, mask in, R out = 9).
 // The Python loop baseline of ../shared/guide/PERFORMANCE.md (reverse loop over T in PyTorch,
 // H100) took 524 ms at 512 x 4096 and 980 ms at 1024 x 8192; `x_faster_than_python_loop`
-// divides those by this binary's median.
+// divides those by this binary's median. The third argument picks the mode: 1 the asynchronous
+// one (be.result + deferred_errors: no host synchronization), 0 the synchronous one (one
+// read-back of the statistics per call).
 #include <cstdint>
 #include <vector>
 
@@ -42,6 +44,20 @@ struct fixture {
     POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   }
   ~fixture() { (void)cudaStreamDestroy(stream); }
+  /// Puts `be` in the asynchronous mode when the benchmark's third argument is 1.
+  template <class Stats>
+  void set_mode(benchmark::State& st, polo::cuda& be) {
+    const bool async = st.range(2) != 0;
+    if (async) {
+      POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
+      be.deferred_errors = status.data();
+      be.result = res.data();
+    }
+    static_assert(sizeof(Stats) <= 256, "result buffer");
+    st.SetLabel(async ? "async" : "sync");
+  }
+  cb::device_buffer<unsigned char> res{256};
+  cb::device_buffer<polo::cuda::status> status{1};
   polo::padded<std::uint8_t, polo::device_space> layout() const {
     return polo::padded<std::uint8_t, polo::device_space>(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
   }
@@ -59,7 +75,9 @@ void run_gae(benchmark::State& st, const polo::gae_config& cfg) {
   polo::cuda probe{};
   cb::device_buffer<unsigned char> ws(polo::gae_workspace_bytes<float>(probe, lay));
   polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  f.set_mode<polo::gae_stats>(st, be);
   cb::time_loop(st, f.stream, [&] { polo::gae(be, lay, f.in(f.r), f.in(f.v), f.out(f.A), f.out(f.R), cfg); });
+  polo::cuda_check(be);
   cb::report(st, double(f.B) * double(f.T) * 17.0);
   const double py = python_loop_seconds(f.B, f.T);
   if (py > 0) st.counters["x_faster_than_python_loop"] = py / (st.counters["median_us"].value * 1e-6);
@@ -75,7 +93,9 @@ void BM_DiscountedReturns_cuda(benchmark::State& st) {
   polo::cuda probe{};
   cb::device_buffer<unsigned char> ws(polo::discounted_returns_workspace_bytes<float>(probe, lay));
   polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  f.set_mode<polo::returns_stats>(st, be);
   cb::time_loop(st, f.stream, [&] { polo::discounted_returns(be, lay, f.in(f.r), f.out(f.R), polo::returns_config{0.99}); });
+  polo::cuda_check(be);
   cb::report(st, double(f.B) * double(f.T) * 9.0);
 }
 
@@ -85,12 +105,16 @@ void BM_CopyFloor_gae_bytes(benchmark::State& st) { cb::copy_benchmark(st, doubl
 
 BENCHMARK(BM_CopyFloor_gae_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Gae_cuda)
-    ->Args({512, 4096})
-    ->Args({1024, 8192})
-    ->Args({8, 1 << 20})    // few long rows
-    ->Args({65536, 128})   // many short rows
+    ->Args({512, 4096, 1})
+    ->Args({1024, 8192, 1})
+    ->Args({8, 1 << 20, 1})    // few long rows
+    ->Args({65536, 128, 1})   // many short rows
+    ->Args({512, 4096, 0})
+    ->Args({1024, 8192, 0})
+    ->Args({8, 1 << 20, 0})
+    ->Args({65536, 128, 0})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_GaeThrough_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_GaeVapo_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_DiscountedReturns_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GaeThrough_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GaeVapo_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DiscountedReturns_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -861,3 +861,254 @@ TEST_CASE("cuda: opo_advantages with many labelled groups", "[gae][cuda][opo]") 
   CHECK(st.groups == index_t(distinct.size()));
 }
 #endif
+
+#if defined(__CUDACC__)
+// Statistics without a host synchronization (docs/cuda.md): with `cuda::result` and
+// `deferred_errors` set, gae, discounted_returns and remax_advantages enqueue everything and
+// return zeros; the device publishes the synchronous call's statistics into *result (compared
+// member by member: the structs hold no padding that matters) and writes the same outputs. On a
+// data error nothing is written (outputs, *result) and cuda_check throws the synchronous
+// call's exception, message included; bad packed offsets are checked on the device.
+namespace {
+
+template <class R>
+struct async_slot {
+  buffer<unsigned char, polo::cuda> res{index_t(sizeof(R)), 0xAB};
+  buffer<unsigned char, polo::cuda> st{index_t(sizeof(polo::cuda::status)), 0};
+  polo::cuda be() {
+    polo::cuda b;
+    b.result = res.view1().data;
+    b.deferred_errors = reinterpret_cast<polo::cuda::status*>(st.view1().data);
+    return b;
+  }
+  R value() const {
+    R r;
+    const auto h = res.to_host();
+    std::memcpy(&r, h.data(), sizeof r);
+    return r;
+  }
+  bool untouched() const {
+    for (unsigned char c : res.to_host())
+      if (c != 0xAB) return false;
+    return true;
+  }
+};
+
+template <class X>
+bool same_bits(const X& a, const X& b) {
+  return std::memcmp(&a, &b, sizeof(X)) == 0;
+}
+bool same_stats(const gae_stats& a, const gae_stats& b) {
+  return a.sequences == b.sequences && a.tokens == b.tokens && a.truncated == b.truncated &&
+         same_bits(a.advantages.count, b.advantages.count) && same_bits(a.advantages.mean, b.advantages.mean) &&
+         same_bits(a.advantages.m2, b.advantages.m2) && same_bits(a.returns.sum, b.returns.sum) &&
+         a.returns.count == b.returns.count && same_bits(a.lambda.sum, b.lambda.sum) &&
+         a.lambda.count == b.lambda.count;
+}
+bool same_stats(const returns_stats& a, const returns_stats& b) {
+  return a.sequences == b.sequences && a.tokens == b.tokens && a.returns.count == b.returns.count &&
+         same_bits(a.returns.mean, b.returns.mean) && same_bits(a.returns.m2, b.returns.m2);
+}
+
+template <class F>
+std::string message_of(F&& f) {
+  try {
+    f();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  return "no exception";
+}
+
+std::string check_message(const polo::cuda& be) {
+  return message_of([&] { cuda_check(be); });
+}
+
+}  // namespace
+
+TEST_CASE("cuda: gae and returns publish their statistics without a host synchronization", "[gae][cuda][async]") {
+  using Bk = polo::cuda;
+  using S = device_space;
+  auto g = test::rng(9004);
+  INFO("seed " << test::base_seed());
+  for (auto [Bn, Tn] : {std::pair<index_t, index_t>{37, 300}, std::pair<index_t, index_t>{5000, 40}}) {
+    const auto m = test::make_mask(g, Bn, Tn, mask_pattern::interior_spans);
+    const auto r = test::cast<float>(test::normal(g, Bn * Tn));
+    const auto v = test::cast<float>(test::normal(g, Bn * Tn));
+    std::vector<int> trunc(static_cast<std::size_t>(Bn));
+    for (index_t i = 0; i < Bn; ++i) trunc[i] = i % 3 == 0;
+    const auto boot = test::cast<float>(test::normal(g, Bn));
+    const auto base = test::cast<float>(test::normal(g, Bn));
+    auto pk = test::pack(m, Bn, Tn);
+    const index_t N = pk.tokens();
+    buffer<std::uint8_t, Bk> mb(m), pmb(pk.mask);
+    buffer<std::int64_t, Bk> off(pk.offsets);
+    buffer<float, Bk> rb(r), vb(v), prb(pk.take(r)), pvb(pk.take(v)), bb(boot), baseb(base);
+    buffer<int, Bk> tb(trunc);
+    padded<std::uint8_t, S> L(mb.cview2(Bn, Tn));
+    packed<std::uint8_t, std::int64_t, S> P(off.cview1(), N, pmb.cview1());
+    for (const gae_config& c : {gae_config{.gamma = 0.99, .lambda = 0.95}, presets::nemo::gae_vapo,
+                                gae_config{.returns = gae_returns::value_lambda, .lambda_value = 0.9}}) {
+      INFO("B " << Bn << " " << describe(c));
+      // padded, with and without the bootstrap
+      for (bool with_boot : {false, true}) {
+        buffer<float, Bk> A1(Bn * Tn, -7.f), R1(Bn * Tn, -7.f), A2(Bn * Tn, -7.f), R2(Bn * Tn, -7.f);
+        async_slot<gae_stats> env;
+        gae_stats s1, s0;
+        if (with_boot) {
+          s1 = gae(Bk{}, L, rb.cview2(Bn, Tn), vb.cview2(Bn, Tn), tb.cview1(), bb.cview1(), A1.view2(Bn, Tn),
+                   R1.view2(Bn, Tn), c);
+          s0 = gae(env.be(), L, rb.cview2(Bn, Tn), vb.cview2(Bn, Tn), tb.cview1(), bb.cview1(), A2.view2(Bn, Tn),
+                   R2.view2(Bn, Tn), c);
+          CHECK(s1.truncated > 0);
+        } else {
+          s1 = gae(Bk{}, L, rb.cview2(Bn, Tn), vb.cview2(Bn, Tn), A1.view2(Bn, Tn), R1.view2(Bn, Tn), c);
+          s0 = gae(env.be(), L, rb.cview2(Bn, Tn), vb.cview2(Bn, Tn), A2.view2(Bn, Tn), R2.view2(Bn, Tn), c);
+        }
+        CHECK(same_stats(s0, gae_stats{}));
+        CHECK(s1.sequences == Bn);
+        CHECK(s1.tokens > 0);
+        CHECK(same_stats(env.value(), s1));
+        CHECK(test::bitwise_equal(A1.to_host(), A2.to_host()));
+        CHECK(test::bitwise_equal(R1.to_host(), R2.to_host()));
+        CHECK(check_message(env.be()) == "no exception");
+      }
+      // packed
+      buffer<float, Bk> A1(N, -7.f), R1(N, -7.f), A2(N, -7.f), R2(N, -7.f);
+      async_slot<gae_stats> env;
+      const gae_stats s1 = gae(Bk{}, P, prb.cview1(), pvb.cview1(), A1.view1(), R1.view1(), c);
+      (void)gae(env.be(), P, prb.cview1(), pvb.cview1(), A2.view1(), R2.view1(), c);
+      CHECK(same_stats(env.value(), s1));
+      CHECK(test::bitwise_equal(A1.to_host(), A2.to_host()));
+      CHECK(test::bitwise_equal(R1.to_host(), R2.to_host()));
+      CHECK(check_message(env.be()) == "no exception");
+    }
+    // discounted_returns and remax_advantages, padded and packed
+    for (const returns_config& c : {returns_config{0.9}, presets::verl::remax}) {
+      buffer<float, Bk> R1(Bn * Tn, -7.f), R2(Bn * Tn, -7.f), A1(Bn * Tn, -7.f), A2(Bn * Tn, -7.f);
+      async_slot<returns_stats> e1, e2, e3;
+      const returns_stats t1 = discounted_returns(Bk{}, L, rb.cview2(Bn, Tn), R1.view2(Bn, Tn), c);
+      CHECK(same_stats(discounted_returns(e1.be(), L, rb.cview2(Bn, Tn), R2.view2(Bn, Tn), c), returns_stats{}));
+      CHECK(t1.tokens > 0);
+      CHECK(same_stats(e1.value(), t1));
+      CHECK(test::bitwise_equal(R1.to_host(), R2.to_host()));
+      const returns_stats u1 =
+          remax_advantages(Bk{}, L, rb.cview2(Bn, Tn), baseb.cview1(), A1.view2(Bn, Tn), R1.view2(Bn, Tn), c);
+      (void)remax_advantages(e2.be(), L, rb.cview2(Bn, Tn), baseb.cview1(), A2.view2(Bn, Tn), R2.view2(Bn, Tn), c);
+      CHECK(same_stats(e2.value(), u1));
+      CHECK(test::bitwise_equal(A1.to_host(), A2.to_host()));
+      CHECK(test::bitwise_equal(R1.to_host(), R2.to_host()));
+      buffer<float, Bk> PR1(N, -7.f), PR2(N, -7.f);
+      const returns_stats p1 = discounted_returns(Bk{}, P, prb.cview1(), PR1.view1(), c);
+      (void)discounted_returns(e3.be(), P, prb.cview1(), PR2.view1(), c);
+      CHECK(same_stats(e3.value(), p1));
+      CHECK(test::bitwise_equal(PR1.to_host(), PR2.to_host()));
+      CHECK(check_message(e1.be()) == "no exception");
+      CHECK(check_message(e2.be()) == "no exception");
+      CHECK(check_message(e3.be()) == "no exception");
+    }
+  }
+  // The empty batch publishes the empty batch's statistics.
+  buffer<std::uint8_t, Bk> m0(index_t(0), std::uint8_t(1));
+  buffer<float, Bk> z(index_t(0), 0.f), za(index_t(0), 0.f), zr(index_t(0), 0.f);
+  padded<std::uint8_t, S> L0(m0.cview2(0, 4));
+  async_slot<gae_stats> e0;
+  const gae_stats s0 = gae(Bk{}, L0, z.cview2(0, 4), z.cview2(0, 4), za.view2(0, 4), zr.view2(0, 4));
+  (void)gae(e0.be(), L0, z.cview2(0, 4), z.cview2(0, 4), za.view2(0, 4), zr.view2(0, 4));
+  CHECK(same_stats(e0.value(), s0));
+  CHECK(check_message(e0.be()) == "no exception");
+}
+
+TEST_CASE("cuda: asynchronous gae and returns write nothing on a data error and defer the same exception",
+          "[gae][cuda][async][errors]") {
+  using Bk = polo::cuda;
+  using S = device_space;
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  const index_t Bn = 64, Tn = 10;
+  auto g = test::rng(9005);
+  const auto r = test::normal(g, Bn * Tn);
+  const auto v = test::normal(g, Bn * Tn);
+  std::vector<std::uint8_t> m(static_cast<std::size_t>(Bn * Tn), 1);
+  buffer<std::uint8_t, Bk> mb(m);
+  padded<std::uint8_t, S> L(mb.cview2(Bn, Tn));
+  auto rbad = r, vbad = v;
+  rbad[static_cast<std::size_t>(13 * Tn + 4)] = nan;
+  vbad[static_cast<std::size_t>(40 * Tn + 2)] = std::numeric_limits<double>::infinity();
+  std::vector<int> trunc(static_cast<std::size_t>(Bn), 0);
+  trunc[7] = 1;
+  std::vector<double> boot(static_cast<std::size_t>(Bn), 0.0), base(static_cast<std::size_t>(Bn), 0.0);
+  boot[7] = nan;
+  base[21] = nan;
+  buffer<double, Bk> rb(r), vb(v), rbb(rbad), vbb(vbad), bb(boot), baseb(base);
+  buffer<int, Bk> tb(trunc);
+  buffer<double, Bk> A(Bn * Tn, -7.0), R(Bn * Tn, -7.0);
+  const std::vector<double> fresh(static_cast<std::size_t>(Bn * Tn), -7.0);
+  // Runs `f(tag)` synchronously (must throw) and asynchronously: the same message, nothing written.
+  auto same_error = [&](auto&& f, auto slot, const char* what) {
+    INFO(what);
+    const std::string want = message_of([&] { f(Bk{}); });
+    CHECK(want != "no exception");
+    CHECK(A.to_host() == fresh);
+    CHECK(R.to_host() == fresh);
+    std::string got;
+    got = message_of([&] { f(slot.be()); });
+    CHECK(got == "no exception");  // the call itself never throws a data error
+    CHECK(A.to_host() == fresh);
+    CHECK(R.to_host() == fresh);
+    CHECK(slot.untouched());
+    CHECK(check_message(slot.be()) == want);
+    CHECK(check_message(slot.be()) == "no exception");  // cuda_check cleared it
+  };
+  same_error([&](const Bk& be) { gae(be, L, rbb.cview2(Bn, Tn), vb.cview2(Bn, Tn), A.view2(Bn, Tn), R.view2(Bn, Tn)); },
+             async_slot<gae_stats>{}, "gae: NaN reward");
+  same_error([&](const Bk& be) { gae(be, L, rb.cview2(Bn, Tn), vbb.cview2(Bn, Tn), A.view2(Bn, Tn), R.view2(Bn, Tn)); },
+             async_slot<gae_stats>{}, "gae: infinite value");
+  same_error([&](const Bk& be) {
+    gae(be, L, rb.cview2(Bn, Tn), vb.cview2(Bn, Tn), tb.cview1(), bb.cview1(), A.view2(Bn, Tn), R.view2(Bn, Tn));
+  }, async_slot<gae_stats>{}, "gae: NaN bootstrap");
+  same_error([&](const Bk& be) { discounted_returns(be, L, rbb.cview2(Bn, Tn), R.view2(Bn, Tn)); },
+             async_slot<returns_stats>{}, "discounted_returns: NaN reward");
+  same_error([&](const Bk& be) {
+    remax_advantages(be, L, rb.cview2(Bn, Tn), baseb.cview1(), A.view2(Bn, Tn), R.view2(Bn, Tn));
+  }, async_slot<returns_stats>{}, "remax_advantages: NaN baseline");
+  // Malformed packed offsets (start, a decrease, end), and the empty packed batch.
+  for (int k = 0; k < 4; ++k) {
+    std::vector<std::int64_t> off(static_cast<std::size_t>(Bn + 1));
+    for (index_t i = 0; i <= Bn; ++i) off[i] = Tn * i;
+    index_t nb = Bn;
+    if (k == 0) off[0] = 3;
+    if (k == 1) off[20] = 250;  // 190 -> 250 -> 210
+    if (k == 2) off[Bn] = Tn * Bn - 1;
+    if (k == 3) {
+      off.assign(1, 5);  // B = 0, offsets[0] != 0
+      nb = 0;
+    }
+    buffer<std::int64_t, Bk> ob(off);
+    packed<std::uint8_t, std::int64_t, S> P(ob.cview1(), Tn * nb);
+    const index_t N = Tn * nb;
+    INFO("offsets case " << k);
+    auto first = [N](auto vw) {  // the first N elements of a view
+      vw.n = N;
+      return vw;
+    };
+    same_error([&](const Bk& be) {
+      gae(be, P, first(rb.cview1()), first(vb.cview1()), first(A.view1()), first(R.view1()));
+    },
+               async_slot<gae_stats>{}, "gae: offsets");
+    same_error([&](const Bk& be) {
+      discounted_returns(be, P, first(rb.cview1()), first(R.view1()));
+    },
+               async_slot<returns_stats>{}, "discounted_returns: offsets");
+  }
+  // cuda::result without deferred_errors is a configuration error (nothing written).
+  buffer<unsigned char, Bk> res(index_t(sizeof(gae_stats)), 0xAB);
+  Bk half{};
+  half.result = res.view1().data;
+  REQUIRE_THROWS_AS(gae(half, L, rb.cview2(Bn, Tn), vb.cview2(Bn, Tn), A.view2(Bn, Tn), R.view2(Bn, Tn)), config_error);
+  REQUIRE_THROWS_AS(discounted_returns(half, L, rb.cview2(Bn, Tn), R.view2(Bn, Tn)), config_error);
+  REQUIRE_THROWS_AS(remax_advantages(half, L, rb.cview2(Bn, Tn), baseb.cview1(), A.view2(Bn, Tn), R.view2(Bn, Tn)),
+                    config_error);
+  CHECK(A.to_host() == fresh);
+  CHECK(R.to_host() == fresh);
+}
+#endif

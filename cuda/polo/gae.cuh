@@ -15,11 +15,18 @@
 /// are bitwise identical run to run (fixed trees; the only atomic is an integer min on the
 /// error key). Algorithm and byte counts: cuda/polo/kernels/gae.cuh.
 ///
-/// Synchronization: each call returns statistics by value, so it synchronizes the tag's stream
-/// once, after the final reduction; a packed layout adds one synchronization after the device
-/// check of its offsets (before anything is launched that reads through them). On a data error
-/// (a non-finite value at a valid position, a non-finite bootstrap or baseline, bad offsets)
-/// nothing is written and the CPU backend's exception is thrown, with its message.
+/// Synchronization: each call returns statistics by value, so by default it synchronizes the
+/// tag's stream once, after the final reduction; a packed layout adds one synchronization after
+/// the device check of its offsets (before anything is launched that reads through them). On a
+/// data error (a non-finite value at a valid position, a non-finite bootstrap or baseline, bad
+/// offsets) nothing is written and the CPU backend's exception is thrown, with its message.
+/// `gae`, `discounted_returns` and `remax_advantages` with `be.result` and `be.deferred_errors`
+/// set (docs/cuda.md, "Statistics without a host synchronization") never synchronize: the
+/// offsets check stays on the device (bad offsets empty the chunk table: no row is read, nothing
+/// written), the final pass writes the statistics to `be.result` (gae_stats / returns_stats)
+/// or the first error to `be.deferred_errors` (polo::cuda_check throws the synchronous call's
+/// exception), and the call returns a default-constructed value. reinforce_plus_plus,
+/// reinforce_pp_baseline and opo_advantages stay synchronous and ignore `be.result`.
 ///
 /// Limits of the CUDA backend: fewer than 2^29 sequences and fewer than 2^32 tokens per
 /// sequence (shape_error otherwise).
@@ -27,6 +34,7 @@
 #include <cuda_runtime.h>
 
 #include <cstddef>
+#include <cstring>
 #include <string>
 #include <type_traits>
 
@@ -79,6 +87,7 @@ struct scan_regions {
   kernels::scan_partial* partials = nullptr;  // [ceil(B / scan_reduce_rows)]
   long long* valid = nullptr;                 // [1] the count gate's total
   unsigned* done = nullptr;                   // [1] the row reduction's ticket counter
+  unsigned long long* off_key = nullptr;      // [1] packed offsets check (asynchronous mode)
   void* temp = nullptr;      // cub scan
   std::size_t temp_bytes = 0;
 };
@@ -124,6 +133,7 @@ scan_regions take_scan_regions(scratch_plan& sp, const L& layout) {
   r.partials = sp.take<kernels::scan_partial>((B + kernels::scan_reduce_rows - 1) / kernels::scan_reduce_rows);
   r.valid = sp.take<long long>(1);
   r.done = sp.take<unsigned>(1);
+  r.off_key = sp.take<unsigned long long>(1);
   r.temp_bytes = kernels::chunk_scan_temp_bytes(B);
   r.temp = sp.take<unsigned char>(static_cast<index_t>(r.temp_bytes));
   return r;
@@ -178,12 +188,19 @@ void check_packed_offsets_device(const cuda& be, const char* fn, const L& layout
   }
 }
 
+template <class T, class F, TokenLayout L>
+kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::scan_params<T, L, F>& p);
+
 /// Runs one scan end to end and reads its result back (the one synchronization). With
 /// `gate_min_count` > 0, a batch with fewer valid tokens writes nothing and reports gate_key
-/// (its count in `valid`).
+/// (its count in `valid`). Asynchronous mode (`p.deferred` set): no synchronization at all;
+/// the packed offsets are checked on the device (an error empties the chunk table and closes
+/// every gate), the final pass publishes into `p.gae_out` / `p.ret_out` and `p.deferred`, and
+/// the returned scan_result is empty.
 template <class T, class F, TokenLayout L>
 kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_params<T, L, F>& p,
                               long long gate_min_count = 0) {
+  if (p.deferred != nullptr) return run_scan_async<T, F>(be, fn, p);
   check_scan_limits(fn, p.layout);
   const cudaStream_t stream = stream_of(be);
   scratch ws(be, scan_scratch_bytes<T>(p.layout), fn);
@@ -226,6 +243,58 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   return out;
 }
 
+/// The asynchronous form of run_scan (see there). gate_min_count is 0.
+template <class T, class F, TokenLayout L>
+kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::scan_params<T, L, F>& p) {
+  check_scan_limits(fn, p.layout);
+  const cudaStream_t stream = stream_of(be);
+  scratch ws(be, scan_scratch_bytes<T>(p.layout), fn);
+  scratch_plan sp(ws.data());
+  const scan_regions r = take_scan_regions<T>(sp, p.layout);
+  const int NT = scan_threads<T>(p.layout);
+  constexpr int K = scan_items_v<T>;
+  const int S = NT * K;
+  p.off_key = nullptr;
+  if constexpr (L::is_packed) {
+    POLO_CUDA_TRY(kernels::launch_packed_offsets_check(p.layout.offsets.data, p.layout.offsets.stride,
+                                                       p.layout.num_seqs(), p.layout.tokens, r.off_key, stream));
+    p.off_key = r.off_key;
+  }
+  p.chunks.rows = p.layout.num_seqs();
+  p.chunks.S = S;
+  p.chunks.bound = scan_anchored_bound(p.layout, S);
+  p.chunks.start = r.start;
+  p.chunks.first = r.first;
+  p.chunks.owner = r.owner;
+  p.partials = r.partials;
+  p.valid = nullptr;
+  p.gate_min_count = 0;
+  p.done = r.done;
+  p.summ = r.summ;
+  p.state = r.state;
+  p.exit_state = r.exit_state;
+  p.cstats = r.cstats;
+  p.rows = r.rows;
+  p.rstats = r.rstats;
+  p.err = r.err;
+  p.result = r.result;
+  if (p.chunks.rows == 0) {
+    kernels::scan_publish_empty_kernel<<<1, 1, 0, stream>>>(p);
+    POLO_CUDA_TRY(cudaGetLastError());
+    return kernels::scan_result{};
+  }
+  POLO_CUDA_TRY(kernels::launch_scan_chunk_table(p.layout, S, r.first, r.cnt, r.start, r.temp, r.temp_bytes, stream,
+                                                 r.owner, r.err, p.off_key));
+  // *p.err: no_error_key, or offsets_gate_key after bad offsets (then no chunk exists, the rows
+  // pass returns at once and the final pass publishes the offsets error)
+  switch (NT) {
+    case 32: POLO_CUDA_TRY((kernels::launch_scan<32, K>(p, stream))); break;
+    case 64: POLO_CUDA_TRY((kernels::launch_scan<64, K>(p, stream))); break;
+    default: POLO_CUDA_TRY((kernels::launch_scan<256, K>(p, stream))); break;
+  }
+  return kernels::scan_result{};
+}
+
 /// The group table of OPO: the segmentation of labelled groups (cuda/polo/advantages.cuh),
 /// nothing for contiguous groups.
 template <class Groups, bool = is_labelled_groups<Groups>::value>
@@ -250,13 +319,15 @@ struct backend_impl<cuda, gae_tag> {
     return in;
   }
 
-  /// See <polo/gae.hpp>. One synchronization (two for a packed layout); nothing written on a
-  /// data error. Scratch: gae_workspace_bytes.
+  /// See <polo/gae.hpp>. One synchronization (two for a packed layout), none with `be.result`
+  /// (asynchronous: see the file comment); nothing written on a data error. Scratch:
+  /// gae_workspace_bytes.
   template <class T, class F, TokenLayout L>
   static gae_stats gae(const cuda& be, const L& layout, layout_tensor<L, const T> r, layout_tensor<L, const T> v,
                        view<const F, 1, device_space> truncated, view<const T, 1, device_space> bootstrap,
                        layout_tensor<L, T> A, layout_tensor<L, T> R, const gae_config& c) {
     constexpr const char* fn = "gae";
+    const bool async = async_result_mode(be, fn);
     kernels::scan_params<T, L, F> p;
     p.layout = layout;
     p.r = r;
@@ -271,6 +342,13 @@ struct backend_impl<cuda, gae_tag> {
     p.cfg = c;
     p.kind = kernels::scan_kind::gae;
     p.two = c.returns == gae_returns::value_lambda;
+    if (async) {
+      p.deferred = be.deferred_errors;
+      p.gae_out = static_cast<gae_stats*>(be.result);
+      p.entry = entry_gae;
+      (void)run_scan<T, F>(be, fn, p);
+      return gae_stats{};
+    }
     const kernels::scan_result o = run_scan<T, F>(be, fn, p);
     if (o.err_key != kernels::no_error_key) {
       const int kind = kernels::error_key_kind(o.err_key);
@@ -290,11 +368,13 @@ struct backend_impl<cuda, gae_tag> {
   }
 
   /// See <polo/gae.hpp> (discounted_returns, remax_advantages): R, and A = R − b when
-  /// `baselines` is non-null. One synchronization (two for a packed layout).
+  /// `baselines` is non-null. One synchronization (two for a packed layout), none with
+  /// `be.result` (asynchronous).
   template <class T, TokenLayout L>
   static returns_stats returns(const cuda& be, const char* fn, const L& layout, layout_tensor<L, const T> r,
                                view<const T, 1, device_space> baselines, layout_tensor<L, T> R,
                                layout_tensor<L, T> A, const returns_config& c) {
+    const bool async = async_result_mode(be, fn);
     kernels::scan_params<T, L, unsigned char> p;
     p.layout = layout;
     p.r = r;
@@ -306,6 +386,13 @@ struct backend_impl<cuda, gae_tag> {
     p.cfg.fill = c.fill;
     p.rmask = c.mask;
     p.kind = kernels::scan_kind::returns;
+    if (async) {
+      p.deferred = be.deferred_errors;
+      p.ret_out = static_cast<returns_stats*>(be.result);
+      p.entry = std::strcmp(fn, "remax_advantages") == 0 ? entry_remax_advantages : entry_discounted_returns;
+      (void)run_scan<T, unsigned char>(be, fn, p);
+      return returns_stats{};
+    }
     const kernels::scan_result o = run_scan<T, unsigned char>(be, fn, p);
     if (o.err_key != kernels::no_error_key) {
       const int kind = kernels::error_key_kind(o.err_key);

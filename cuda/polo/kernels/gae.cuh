@@ -75,6 +75,11 @@ namespace polo::kernels {
 /// when the caller must throw something else, e.g. a degenerate whitening, if the data is clean).
 inline constexpr unsigned long long gate_key = no_error_key - 1;
 
+/// The key of a packed layout's bad offsets in the asynchronous mode (set by the anchor kernel
+/// from the device offsets check): every chunk count is zero, the rows pass does nothing, and
+/// the final pass publishes the offsets error (scan_publish). Above every data key.
+inline constexpr unsigned long long offsets_gate_key = gate_key - 1;
+
 /// Which recurrence a launch runs.
 enum class scan_kind : int { gae, returns };
 
@@ -178,6 +183,13 @@ struct scan_params {
   long long* valid = nullptr;          ///< [1] the count gate's total, or null (no gate)
   long long gate_min_count = 0;        ///< with `valid`: fewer valid tokens close the gate (gate_key)
   unsigned* done = nullptr;            ///< [1] row blocks finished (the last one runs the final pass)
+  // Asynchronous mode (be.result and be.deferred_errors set; all null otherwise): the final
+  // pass publishes the statistics and the first error itself (scan_publish).
+  const unsigned long long* off_key = nullptr;  ///< [1] packed offsets check's key, or null
+  cuda::status* deferred = nullptr;   ///< be.deferred_errors, or null (synchronous)
+  gae_stats* gae_out = nullptr;       ///< be.result of gae, or null
+  returns_stats* ret_out = nullptr;   ///< be.result of discounted_returns / remax_advantages, or null
+  int entry = 0;                      ///< detail::status_entry of the calling entry
 };
 
 // ---- chunk geometry -------------------------------------------------------------------------
@@ -467,6 +479,10 @@ __global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) 
   const index_t i = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = int(threadIdx.x & 31);
   if (i >= p.chunks.rows) return;  // warp-uniform
+  if (p.off_key != nullptr && *p.off_key != no_error_key) {  // bad offsets (asynchronous mode): no row is read
+    if (Phase == 1 && i == 0 && lane == 0) *p.done = 0u;    // the row reduction still runs (final pass)
+    return;
+  }
   const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
   long long n = 0;
   for (index_t c = c0 + lane; c < c1; c += 32) n += p.summ[c].count;
@@ -765,6 +781,8 @@ __device__ __forceinline__ S load_cg(const S* p) {
 
 template <class T, class L, class F>
 __device__ void scan_final_block(const scan_params<T, L, F>& p, unsigned long long key, index_t nb);
+template <class T, class L, class F>
+__device__ void scan_publish(const scan_params<T, L, F>& p, const scan_result& o);
 
 /// One warp per row: lane l merges the row's main chunks l, l+32, ... in order (the leading
 /// chunks hold no valid token), then a fixed warp tree; the block's rows in order. Indexing by
@@ -856,7 +874,7 @@ __device__ void scan_final_block(const scan_params<T, L, F>& p, unsigned long lo
   scan_result out;
   out.err_key = key;
   if (p.valid != nullptr) out.valid = __ldcg(p.valid);
-  if (key < gate_key) {
+  if (key < offsets_gate_key) {
     const index_t i = error_key_row(key), t = error_key_pos(key);
     const int kind = error_key_kind(key);
     double value = 0.0;
@@ -875,6 +893,73 @@ __device__ void scan_final_block(const scan_params<T, L, F>& p, unsigned long lo
     out.lambda_count = x.lambda_count;
   }
   *p.result = out;
+  if (p.deferred != nullptr) scan_publish(p, out);
+}
+
+/// Asynchronous mode (one thread): the first error as a status into be.deferred_errors (the
+/// synchronous call's exception: cuda_check), or the statistics into be.result.
+template <class T, class L, class F>
+__device__ void scan_publish(const scan_params<T, L, F>& p, const scan_result& o) {
+  cuda::status s{};
+  s.entry = p.entry;
+  const unsigned long long key = o.err_key;
+  if (key == offsets_gate_key) {
+    if constexpr (L::is_packed) {
+      const unsigned long long k = *p.off_key;
+      const index_t B = p.layout.num_seqs();
+      auto at = [&](index_t j) { return static_cast<long long>(p.layout.offsets.data[j * p.layout.offsets.stride]); };
+      if (k == 0) {
+        s.code = detail::status_offsets_start;
+        s.a = at(0);
+      } else if (static_cast<index_t>(k) <= B) {
+        s.code = detail::status_offsets_decrease;
+        s.index = static_cast<long long>(k);
+        s.a = at(index_t(k) - 1);
+        s.b = at(index_t(k));
+      } else {
+        s.code = detail::status_offsets_end;
+        s.a = at(B);
+        s.b = static_cast<long long>(p.layout.tokens);
+      }
+    }
+  } else if (key < offsets_gate_key) {
+    const int kind = error_key_kind(key);
+    s.code = detail::status_nonfinite_arg;
+    s.index = static_cast<long long>(o.err_flat);
+    s.value = o.err_value;
+    if (kind == 0) s.a = detail::arg_rewards;
+    else if (kind == 1 && p.kind == scan_kind::gae) s.a = detail::arg_values;
+    else if (kind == 1) s.a = detail::arg_baselines;
+    else s.a = detail::arg_bootstrap;
+  }
+  detail::record_status(p.deferred, s);
+  if (s.code != detail::status_ok) return;
+  if (p.gae_out != nullptr) {
+    gae_stats st;
+    st.sequences = p.chunks.rows;
+    st.tokens = o.tokens;
+    st.truncated = o.truncated;
+    st.advantages = o.m;
+    st.returns = sum_count<double>{o.rsum, o.tokens};
+    st.lambda = sum_count<double>{o.lambda_sum, o.lambda_count};
+    *p.gae_out = st;
+  }
+  if (p.ret_out != nullptr) {
+    returns_stats st;
+    st.sequences = p.chunks.rows;
+    st.tokens = o.m.count;
+    st.returns = o.m;
+    *p.ret_out = st;
+  }
+}
+
+/// Asynchronous mode, empty batch (no scan runs): publishes the default statistics, or the
+/// packed offsets' error. One thread.
+template <class T, class L, class F>
+__global__ void scan_publish_empty_kernel(scan_params<T, L, F> p) {
+  scan_result o;
+  if (p.off_key != nullptr && *p.off_key != no_error_key) o.err_key = offsets_gate_key;
+  scan_publish(p, o);
 }
 
 // ---- packed layouts: offsets check and the chunk table --------------------------------------
@@ -980,18 +1065,29 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
 // ---- row anchors and the chunk table of the scans ----------------------------------------------
 
 /// first[i] = the first valid position of row i (0 when it has none or no mask);
-/// cnt[i] = ceil(first/S) + ceil((len - first)/S); cnt[B] = 0. One warp per row.
+/// cnt[i] = ceil(first/S) + ceil((len - first)/S); cnt[B] = 0. One warp per row. With
+/// `off_key` (asynchronous mode, packed) holding an offsets error: no row is read, every count
+/// is 0 and `err` gets offsets_gate_key.
 template <class L>
 __global__ void __launch_bounds__(256) scan_anchor_kernel(L layout, int S, index_t* first, index_t* cnt,
-                                                          unsigned long long* err) {
+                                                          unsigned long long* err,
+                                                          const unsigned long long* off_key = nullptr) {
   const index_t i = (index_t(blockIdx.x) * blockDim.x + threadIdx.x) / 32;
   const int lane = threadIdx.x & 31;
   const index_t B = layout.num_seqs();
   if (i > B) return;
+  const bool bad = off_key != nullptr && *off_key != no_error_key;
   if (i == B) {
     if (lane == 0) {
       cnt[B] = 0;
-      if (err != nullptr) *err = no_error_key;
+      if (err != nullptr) *err = bad ? offsets_gate_key : no_error_key;
+    }
+    return;
+  }
+  if (bad) {
+    if (lane == 0) {
+      first[i] = 0;
+      cnt[i] = 0;
     }
     return;
   }
@@ -1058,13 +1154,14 @@ __global__ void __launch_bounds__(scan_table_threads) scan_table_small_kernel(co
 }
 
 /// The scans' chunk table: row anchors, the exclusive scan of the chunk counts into `start`,
-/// and, with `owner` non-null, the row of each chunk; `err` (or null) is set to no_error_key.
+/// and, with `owner` non-null, the row of each chunk; `err` (or null) is set to no_error_key
+/// (offsets_gate_key, with an empty table, when `off_key` holds a packed offsets error).
 template <class L>
 cudaError_t launch_scan_chunk_table(const L& layout, int S, index_t* first, index_t* cnt, index_t* start, void* temp,
                                     std::size_t temp_bytes, cudaStream_t stream, index_t* owner = nullptr,
-                                    unsigned long long* err = nullptr) {
+                                    unsigned long long* err = nullptr, const unsigned long long* off_key = nullptr) {
   const index_t B = layout.num_seqs();
-  scan_anchor_kernel<<<detail::grid_for((B + 1) * 32, 256), 256, 0, stream>>>(layout, S, first, cnt, err);
+  scan_anchor_kernel<<<detail::grid_for((B + 1) * 32, 256), 256, 0, stream>>>(layout, S, first, cnt, err, off_key);
   POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   if (owner != nullptr && B + 1 <= POLO_CUDA_SCAN_SMALL_TABLE) {
     scan_table_small_kernel<index_t><<<1, scan_table_threads, 0, stream>>>(cnt, B, start, owner);
