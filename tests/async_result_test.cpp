@@ -2,7 +2,7 @@
 // SPDX-License-Identifier: Apache-2.0
 // Statistics without a host synchronization (cuda/polo/detail/async_result.cuh): with
 // `polo::cuda::result` and `deferred_errors` set, group_advantages (alone and with a layout),
-// masked_moments, whiten and value_loss write the statistics they would return to device
+// masked_moments, whiten, value_loss and kl_penalized_rewards write the statistics they would return to device
 // memory, bitwise equal to the synchronous call's, return a default value, write the same
 // outputs, and on a data error write nothing (outputs and result untouched) and leave the
 // synchronous call's very exception for polo::cuda_check. The combined group_advantages with
@@ -12,10 +12,12 @@
 #include "support/polo_test.hpp"
 
 #include "polo/advantages.hpp"
+#include "polo/kl.hpp"
 #include "polo/value_loss.hpp"
 #include "polo/whiten.hpp"
 #if defined(__CUDACC__)
 #include "polo/advantages.cuh"
+#include "polo/kl.cuh"
 #include "polo/value_loss.cuh"
 #include "polo/whiten.cuh"
 
@@ -79,6 +81,17 @@ std::string message_of(F&& f) {
 
 std::string check_message(const tag& be) {
   return message_of([&] { cuda_check(be); });
+}
+
+/// The first k elements of a 1-D view.
+template <class V>
+V head(V v, index_t k) {
+  return {v.data, k, 1};
+}
+
+bool same_bits(const kl_reward_stats& a, const kl_reward_stats& b) {
+  return a.tokens == b.tokens && a.masked_tokens == b.masked_tokens && same_bits(a.kl.sum, b.kl.sum) &&
+         a.kl.count == b.kl.count && same_bits(a.clamped.sum, b.clamped.sum) && a.clamped.count == b.clamped.count;
 }
 
 struct critic {
@@ -245,6 +258,104 @@ TEST_CASE("async: group_advantages publishes the synchronous statistics; bad off
   CHECK(tp.to_host() == std::vector<float>(static_cast<std::size_t>(10 * Bp), -7.f));
   CHECK(e2.untouched());
   CHECK(check_message(e2.be()) == off_msg);
+}
+
+TEST_CASE("async: kl_penalized_rewards publishes the synchronous statistics; errors write nothing",
+          "[async][kl]") {
+  auto g = test::rng(1104);
+  INFO("seed " << test::base_seed());
+  const index_t B = 23, Tn = 1700, n = B * Tn;
+  buffer<std::uint8_t, Bk> m(test::make_mask(g, B, Tn, test::mask_pattern::right_pad));
+  auto rs = test::cast<float>(test::normal(g, n, 0.0, 1.0));
+  auto los = test::cast<float>(test::normal(g, n, -1.0, 0.5));
+  auto lrs = test::cast<float>(test::normal(g, n, -1.0, 0.5));
+  los[3] = 40.f;  // a clamped token (if valid)
+  buffer<float, Bk> r(rs), lo(los), lr(lrs);
+  padded<std::uint8_t, S> L(m.cview2(B, Tn));
+  for (const double beta : {0.05, 1.0}) {
+    buffer<float, Bk> o1(n, -7.f), o2(n, -7.f);
+    const kl_reward_stats s1 =
+        kl_penalized_rewards(tag{}, L, r.cview2(B, Tn), lo.cview2(B, Tn), lr.cview2(B, Tn), o1.view2(B, Tn), beta);
+    async_env<kl_reward_stats> env;
+    const kl_reward_stats s0 =
+        kl_penalized_rewards(env.be(), L, r.cview2(B, Tn), lo.cview2(B, Tn), lr.cview2(B, Tn), o2.view2(B, Tn), beta);
+    CHECK(s0.tokens == 0);
+    CHECK(s1.tokens > 0);
+    CHECK(same_bits(env.value(), s1));
+    CHECK(test::bitwise_equal(o1.to_host(), o2.to_host()));
+    CHECK(check_message(env.be()) == "no exception");
+  }
+  // Packed, and an empty packed batch.
+  {
+    const index_t Bp = 40;
+    std::vector<std::int64_t> off(static_cast<std::size_t>(Bp + 1));
+    for (index_t i = 0; i <= Bp; ++i) off[static_cast<std::size_t>(i)] = 37 * i + (i > 0 ? 3 : 0);
+    const index_t N = off.back();
+    buffer<std::int64_t, Bk> ob(off);
+    packed<std::uint8_t, std::int64_t, S> P(ob.cview1(), N);
+    buffer<float, Bk> o1(N, -7.f), o2(N, -7.f);
+    const kl_reward_stats s1 = kl_penalized_rewards(tag{}, P, head(r.cview1(), N), head(lo.cview1(), N),
+                                                    head(lr.cview1(), N), o1.view1(), 0.1);
+    async_env<kl_reward_stats> env;
+    kl_penalized_rewards(env.be(), P, head(r.cview1(), N), head(lo.cview1(), N), head(lr.cview1(), N), o2.view1(), 0.1);
+    CHECK(s1.tokens == N);
+    CHECK(same_bits(env.value(), s1));
+    CHECK(test::bitwise_equal(o1.to_host(), o2.to_host()));
+    CHECK(check_message(env.be()) == "no exception");
+
+    buffer<std::int64_t, Bk> z(std::vector<std::int64_t>{0});
+    packed<std::uint8_t, std::int64_t, S> E(z.cview1(), 0);
+    buffer<float, Bk> e(1, -7.f);
+    async_env<kl_reward_stats> env0;
+    kl_penalized_rewards(env0.be(), E, head(r.cview1(), 0), head(lo.cview1(), 0), head(lr.cview1(), 0),
+                         head(e.view1(), 0), 0.1);
+    CHECK(same_bits(env0.value(), kl_reward_stats{}));
+    CHECK(check_message(env0.be()) == "no exception");
+
+    // Malformed offsets (a decrease): nothing written in either mode, the same exception.
+    auto bad = off;
+    bad[10] = bad[12];
+    buffer<std::int64_t, Bk> bb(bad);
+    packed<std::uint8_t, std::int64_t, S> PB(bb.cview1(), N);
+    buffer<float, Bk> o3(N, -7.f);
+    const std::string off_msg = message_of([&] {
+      kl_penalized_rewards(tag{}, PB, head(r.cview1(), N), head(lo.cview1(), N), head(lr.cview1(), N), o3.view1(), 0.1);
+    });
+    CHECK(off_msg.find("polo::kl_penalized_rewards") != std::string::npos);
+    CHECK(off_msg.find("decreases") != std::string::npos);
+    async_env<kl_reward_stats> e2;
+    kl_penalized_rewards(e2.be(), PB, head(r.cview1(), N), head(lo.cview1(), N), head(lr.cview1(), N), o3.view1(), 0.1);
+    CHECK(o3.to_host() == std::vector<float>(static_cast<std::size_t>(N), -7.f));
+    CHECK(e2.untouched());
+    CHECK(check_message(e2.be()) == off_msg);
+  }
+  // A non-finite input at a valid token (the last valid token of row 4): nothing written.
+  const auto mh = m.to_host();
+  index_t at = -1;
+  for (index_t t = 0; t < Tn; ++t)
+    if (mh[static_cast<std::size_t>(4 * Tn + t)] != 0) at = 4 * Tn + t;
+  REQUIRE(at >= 0);
+  auto lr2 = lrs;
+  lr2[static_cast<std::size_t>(at)] = std::numeric_limits<float>::infinity();
+  buffer<float, Bk> lrb(lr2), o(n, -7.f);
+  const std::string nf = message_of([&] {
+    kl_penalized_rewards(tag{}, L, r.cview2(B, Tn), lo.cview2(B, Tn), lrb.cview2(B, Tn), o.view2(B, Tn), 0.1);
+  });
+  CHECK(nf.find("logp_ref") != std::string::npos);
+  async_env<kl_reward_stats> e1;
+  CHECK_NOTHROW(
+      kl_penalized_rewards(e1.be(), L, r.cview2(B, Tn), lo.cview2(B, Tn), lrb.cview2(B, Tn), o.view2(B, Tn), 0.1));
+  CHECK(o.to_host() == std::vector<float>(static_cast<std::size_t>(n), -7.f));
+  CHECK(e1.untouched());
+  CHECK(check_message(e1.be()) == nf);
+
+  // result without deferred_errors is a configuration error (nothing written).
+  tag cfg;
+  cfg.result = e1.res.view1().data;
+  CHECK_THROWS_AS(
+      kl_penalized_rewards(cfg, L, r.cview2(B, Tn), lo.cview2(B, Tn), lr.cview2(B, Tn), o.view2(B, Tn), 0.1),
+      config_error);
+  CHECK(o.to_host() == std::vector<float>(static_cast<std::size_t>(n), -7.f));
 }
 
 #endif  // __CUDACC__

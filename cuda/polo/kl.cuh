@@ -11,6 +11,10 @@
 /// the inputs at valid positions (first error in the CPU's order: row, position, then rewards,
 /// logp_old, logp_ref), then, behind a gate, the write and the statistics; one synchronization
 /// at the end (one more for a packed layout's offsets). Nothing is written on a data error.
+/// With `be.result` and `be.deferred_errors` set (docs/cuda.md, "Statistics without a host
+/// synchronization") none: the packed offsets are checked on the device (an error stops every
+/// pass before it reads a row), and the final kernel publishes the statistics into
+/// `*be.result` or the first error into `be.deferred_errors`.
 /// `out` may alias `rewards` exactly (each element is read before it is written, by the same
 /// thread).
 
@@ -23,7 +27,9 @@
 #include "polo/core/error.hpp"
 #include "polo/core/layout.hpp"
 #include "polo/core/view.hpp"
+#include "polo/detail/async_result.cuh"
 #include "polo/detail/launch.cuh"
+#include "polo/detail/status.cuh"
 #include "polo/detail/workspace.cuh"
 #include "polo/gae.cuh"  // chunk geometry, packed offsets check
 #include "polo/kl.hpp"
@@ -63,6 +69,10 @@ struct klr_params {
   klr_stats* cstats = nullptr;
   unsigned long long* err = nullptr;
   klr_result* result = nullptr;
+  // asynchronous mode (be.result set), else null:
+  const unsigned long long* off_key = nullptr;  ///< packed offsets check's key (packed layouts)
+  kl_reward_stats* user_result = nullptr;       ///< be.result
+  cuda::status* deferred = nullptr;             ///< be.deferred_errors
 };
 
 /// Write = false: the check; Write = true: behind the gate, out and the statistics.
@@ -72,6 +82,7 @@ __global__ void __launch_bounds__(NT) klr_kernel(klr_params<T, L> p) {
   __shared__ unsigned long long skey[NT / 32];
   using Mask = typename L::mask_type;
   if (Write && *p.err != no_error_key) return;
+  if (p.off_key != nullptr && *p.off_key != no_error_key) return;  // bad packed offsets: no row is read
   const index_t c = blockIdx.x;
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
@@ -136,10 +147,11 @@ template <class T, class L>
 __global__ void __launch_bounds__(256) klr_final_kernel(klr_params<T, L> p) {
   __shared__ detail::shared_array<klr_stats, 8> sm;
   const unsigned long long key = *p.err;
+  const bool bad_offsets = p.off_key != nullptr && *p.off_key != no_error_key;
   index_t nchunks = p.chunks.bound;
-  if constexpr (L::is_packed) nchunks = p.chunks.start[p.chunks.rows];
+  if constexpr (L::is_packed) nchunks = p.chunks.rows > 0 ? p.chunks.start[p.chunks.rows] : 0;
   klr_stats st{};
-  if (key == no_error_key) {
+  if (key == no_error_key && !bad_offsets) {
     const index_t per = (nchunks + 255) / 256;
     for (index_t c = threadIdx.x * per; c < (threadIdx.x + 1) * per && c < nchunks; ++c)
       st = klr_stats_op{}(st, p.cstats[c]);
@@ -158,21 +170,69 @@ __global__ void __launch_bounds__(256) klr_final_kernel(klr_params<T, L> p) {
     out.err_flat = detail::flat_index(p.layout, i, t);
   }
   *p.result = out;
+  if (p.deferred == nullptr) return;
+  // asynchronous mode: the offsets error, else the first non-finite input, else the statistics
+  cuda::status s{};
+  s.entry = detail::entry_kl_penalized_rewards;
+  if (bad_offsets) {
+    if constexpr (L::is_packed) {
+      const unsigned long long k = *p.off_key;
+      const index_t B = p.chunks.rows;
+      auto at = [&](index_t j) { return static_cast<long long>(p.layout.offsets.data[j * p.layout.offsets.stride]); };
+      if (k == 0) {
+        s.code = detail::status_offsets_start;
+        s.a = at(0);
+      } else if (static_cast<index_t>(k) <= B) {
+        s.code = detail::status_offsets_decrease;
+        s.index = static_cast<long long>(k);
+        s.a = at(index_t(k) - 1);
+        s.b = at(index_t(k));
+      } else {
+        s.code = detail::status_offsets_end;
+        s.a = at(B);
+        s.b = static_cast<long long>(p.layout.tokens);
+      }
+    }
+  } else if (key != no_error_key) {
+    const int kind = static_cast<int>(key & 3u);
+    s.code = detail::status_nonfinite_token;
+    s.index = out.err_flat;
+    s.value = out.err_value;
+    s.a = kind == 0 ? detail::arg_rewards : (kind == 1 ? detail::arg_logp_old : detail::arg_logp_ref);
+  } else {
+    kl_reward_stats v{};
+    v.tokens = st.tokens;
+    v.masked_tokens = st.masked;
+    v.kl.sum = st.kl;
+    v.kl.count = st.tokens;
+    v.clamped.sum = double(st.clamped);
+    v.clamped.count = st.tokens;
+    *p.user_result = v;
+  }
+  detail::record_status(p.deferred, s);
 }
 
 }  // namespace polo::kernels
 
 namespace polo::detail {
 
+static_assert(std::is_trivially_copyable_v<kl_reward_stats> && alignof(kl_reward_stats) <= 8,
+              "kl_reward_stats is published to device memory by the asynchronous mode");
+
 template <>
 struct backend_impl<cuda, kl_tag> {
-  /// See <polo/kl.hpp>. One synchronization (two for a packed layout).
+  /// See <polo/kl.hpp>. One synchronization (two for a packed layout); none with `be.result`
+  /// (asynchronous mode, docs/cuda.md): the final kernel publishes the statistics into
+  /// `*be.result` (a `kl_reward_stats`, 8-byte aligned device memory) or the first error
+  /// into `be.deferred_errors` (bad packed offsets are checked on the device: no row is read,
+  /// nothing written), and the call returns `kl_reward_stats{}`.
   template <TokenLayout L, class T, int R>
   static kl_reward_stats kl_penalized_rewards(const cuda& be, const L& layout, view<const T, R, device_space> rewards,
                                               view<const T, R, device_space> logp_old,
                                               view<const T, R, device_space> logp_ref, view<T, R, device_space> out,
                                               double beta, const kl_config& kl) {
     constexpr const char* fn = "kl_penalized_rewards";
+    const bool async = async_result_mode(be, fn);
     check_scan_limits(fn, layout);
     const cudaStream_t stream = stream_of(be);
     constexpr int K = pl_items;
@@ -182,7 +242,7 @@ struct backend_impl<cuda, kl_tag> {
     const index_t bound = scan_chunk_bound(layout, S);
     scratch_plan probe;
     auto take = [&](scratch_plan& sp, kernels::klr_params<T, L>& p, pl_regions& r) {
-      p.err = sp.take<unsigned long long>(1);
+      p.err = sp.take<unsigned long long>(2);  // [1]: the packed offsets check's key (asynchronous mode)
       p.result = sp.take<kernels::klr_result>(1);
       p.cstats = sp.take<kernels::klr_stats>(bound);
       if constexpr (L::is_packed) {
@@ -205,15 +265,26 @@ struct backend_impl<cuda, kl_tag> {
     p.out = out;
     p.beta = beta;
     p.kl = kl;
-    check_packed_offsets_device(be, fn, layout, p.err);
     kl_reward_stats st;
-    if (B == 0) return st;
+    if (async) {
+      p.user_result = static_cast<kl_reward_stats*>(be.result);
+      p.deferred = be.deferred_errors;
+      if constexpr (L::is_packed) {
+        POLO_CUDA_TRY(kernels::launch_packed_offsets_check(layout.offsets.data, layout.offsets.stride, B, layout.tokens,
+                                                           p.err + 1, stream));
+        p.off_key = p.err + 1;
+      }
+    } else {
+      check_packed_offsets_device(be, fn, layout, p.err);
+      if (B == 0) return st;
+    }
     p.chunks.rows = B;
     p.chunks.S = S;
     p.chunks.bound = bound;
     if constexpr (L::is_packed) {
-      POLO_CUDA_TRY(kernels::launch_packed_chunk_table(layout.offsets.data, layout.offsets.stride, B, S, r.cnt, r.start,
-                                                       r.temp, r.temp_bytes, stream));
+      if (B > 0)
+        POLO_CUDA_TRY(kernels::launch_packed_chunk_table(layout.offsets.data, layout.offsets.stride, B, S, r.cnt,
+                                                         r.start, r.temp, r.temp_bytes, stream));
       p.chunks.start = r.start;
     } else {
       p.chunks.per_row = layout.seq_len > 0 ? (layout.seq_len + S - 1) / S : 0;
@@ -235,6 +306,7 @@ struct backend_impl<cuda, kl_tag> {
       kernels::klr_final_kernel<<<1, 256, 0, stream>>>(p);
       return cudaGetLastError();
     }));
+    if (async) return st;
     kernels::klr_result o;
     read_back(be, &o, p.result, sizeof o);
     if (o.err_key != kernels::no_error_key) {
@@ -260,7 +332,7 @@ std::size_t kl_penalized_rewards_workspace_bytes(const cuda&, const L& layout) {
   const int S = detail::pl_threads(layout) * detail::pl_items;
   const index_t B = layout.num_seqs();
   detail::scratch_plan sp;
-  sp.take<unsigned long long>(1);
+  sp.take<unsigned long long>(2);
   sp.take<kernels::klr_result>(1);
   sp.take<kernels::klr_stats>(detail::scan_chunk_bound(layout, S));
   if constexpr (L::is_packed) {

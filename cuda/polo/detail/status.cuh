@@ -35,6 +35,7 @@ enum status_code : int {
   status_nonfinite_arg = 5,      ///< index: flat index; value: the value; a: argument (nonfinite_arg)
   status_singleton = 6,          ///< a: first member of the group; b: the group (ascending label order)
   status_degenerate = 7,         ///< a: valid tokens; b: 1 under std_kind::sample
+  status_nonfinite_token = 8,    ///< index: flat index; value: the value; a: argument (token_nonfinite_arg)
 };
 
 /// `status_nonfinite_arg`'s argument names (status::a).
@@ -42,6 +43,9 @@ enum nonfinite_arg : int { arg_x = 0, arg_values = 1, arg_old_values = 2, arg_re
 /// The scans' arguments (gae, discounted_returns, remax_advantages); index: flat index for
 /// rewards / values, the sequence for bootstrap / baselines.
 enum scan_nonfinite_arg : int { arg_rewards = 16, arg_bootstrap = 17, arg_baselines = 18 };
+/// kl_penalized_rewards' and policy_loss's per-token arguments (status_nonfinite_token; rewards
+/// is arg_rewards).
+enum token_nonfinite_arg : int { arg_logp = 24, arg_logp_old = 25, arg_logp_ref = 26, arg_advantages = 27 };
 
 inline const char* nonfinite_arg_name(long long a) {
   switch (a) {
@@ -53,6 +57,10 @@ inline const char* nonfinite_arg_name(long long a) {
     case arg_rewards: return "rewards";
     case arg_bootstrap: return "bootstrap";
     case arg_baselines: return "baselines";
+    case arg_logp: return "logp";
+    case arg_logp_old: return "logp_old";
+    case arg_logp_ref: return "logp_ref";
+    case arg_advantages: return "advantages";
     default: return "unknown_argument";
   }
 }
@@ -68,6 +76,8 @@ enum status_entry : int {
   entry_gae = 16,
   entry_discounted_returns = 17,
   entry_remax_advantages = 18,
+  entry_kl_penalized_rewards = 24,
+  entry_policy_loss = 25,
 };
 
 inline const char* entry_name(int entry) {
@@ -80,6 +90,8 @@ inline const char* entry_name(int entry) {
     case entry_gae: return "gae";
     case entry_discounted_returns: return "discounted_returns";
     case entry_remax_advantages: return "remax_advantages";
+    case entry_kl_penalized_rewards: return "kl_penalized_rewards";
+    case entry_policy_loss: return "policy_loss";
     default: return "unknown_entry";
   }
 }
@@ -113,6 +125,11 @@ inline void throw_status(const cuda::status& s) {
                       std::to_string(s.b) +
                       " counting groups in ascending label order); expected >= 2 per group under "
                       "singleton_rule::error (choose singleton_rule::zero or ::raw)");
+    case status_nonfinite_token:
+      throw_nonfinite(fn, nonfinite_arg_name(s.a), s.index, s.value,
+                      s.entry == entry_policy_loss
+                          ? "at a valid token; set token_nonfinite_policy::skip to leave such tokens out"
+                          : "at a valid token");
     case status_degenerate: {
       moments m;
       m.count = static_cast<index_t>(s.a);
