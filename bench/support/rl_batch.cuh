@@ -9,11 +9,10 @@
 // reports one call of the suite on one batch.
 //
 // Asynchronous statistics: the timed calls run with `deferred_errors` set (a status in the
-// batch), and the entries that can hand their statistics back in device memory
-// (group_advantages, whiten, value_loss: docs/cuda.md) get `result` set too (`stats<S>`), so
-// they never synchronize -- what a training step that does not want a host round trip per call
-// runs. policy_loss, gae and kl_penalized_rewards return their statistics synchronously (one
-// stream synchronization each). The first call of every benchmark runs fully synchronously, so
+// batch) and `result` set to the batch's device slot for the entry's statistics (`stats<S>`),
+// so no call synchronizes -- what a training step that does not want a host round trip per
+// call runs -- except policy_loss, which has no asynchronous mode yet (one synchronization).
+// The first call of every benchmark runs fully synchronously, so
 // that a polo error or a non-finite result is reported instead of timed; after the timing,
 // polo::cuda_check surfaces any error the asynchronous calls deferred.
 
@@ -85,6 +84,8 @@ struct device_batch {
   cb::device_buffer<polo::group_stats> group_result{1};
   cb::device_buffer<polo::whiten_stats> whiten_result{1};
   cb::device_buffer<polo::value_loss_stats> value_loss_result{1};
+  cb::device_buffer<polo::gae_stats> gae_result{1};
+  cb::device_buffer<polo::kl_reward_stats> kl_result{1};
 
   device_batch(std::int64_t b, std::int64_t t, std::uint64_t seed = 1)
       : B(b), T(t), n(std::size_t(b * t)), mask(n), scores(std::size_t(b)), adv_seq(std::size_t(b)),
@@ -136,6 +137,8 @@ struct device_batch {
     if constexpr (std::is_same_v<S, polo::group_stats>) w.result = group_result.data();
     if constexpr (std::is_same_v<S, polo::whiten_stats>) w.result = whiten_result.data();
     if constexpr (std::is_same_v<S, polo::value_loss_stats>) w.result = value_loss_result.data();
+    if constexpr (std::is_same_v<S, polo::gae_stats>) w.result = gae_result.data();
+    if constexpr (std::is_same_v<S, polo::kl_reward_stats>) w.result = kl_result.data();
     return w;
   }
   /// The modelled critic pass: the new values the critic's forward produces, as one device

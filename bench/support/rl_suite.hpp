@@ -204,8 +204,8 @@ double call_policy_loss(const Be& be, Batch& d) {
 }
 template <class Be, class Batch>
 double call_gae(const Be& be, Batch& d) {
-  return double(polo::gae(be, d.layout(), d.c(d.rewards), d.c(d.values), d.v(d.advantages), d.v(d.gae_returns),
-                          gae_options)
+  return double(polo::gae(d.template stats<polo::gae_stats>(be), d.layout(), d.c(d.rewards), d.c(d.values),
+                          d.v(d.advantages), d.v(d.gae_returns), gae_options)
                     .tokens);
 }
 template <class Be, class Batch>
@@ -222,8 +222,9 @@ double call_value_loss(const Be& be, Batch& d) {
 }
 template <class Be, class Batch>
 double call_kl_rewards(const Be& be, Batch& d) {
-  return polo::kl_penalized_rewards(be, d.layout(), d.c(d.rewards), d.c(d.logp_old), d.c(d.logp_ref), d.v(d.shaped),
-                                    kl_reward_beta, polo::presets::verl::kl_k1)
+  return polo::kl_penalized_rewards(d.template stats<polo::kl_reward_stats>(be), d.layout(), d.c(d.rewards),
+                                    d.c(d.logp_old), d.c(d.logp_ref), d.v(d.shaped), kl_reward_beta,
+                                    polo::presets::verl::kl_k1)
       .kl.mean();
 }
 
@@ -258,9 +259,10 @@ template <class Be, class Batch>
 double ppo_step(const Be& be, Batch& d) {
   static const polo::policy_loss_config cfg = ppo_loss_config();
   const auto lay = d.layout();
-  polo::kl_penalized_rewards(be, lay, d.c(d.rewards), d.c(d.logp_old), d.c(d.logp_ref), d.v(d.shaped), kl_reward_beta,
-                             polo::presets::verl::kl_k1);
-  polo::gae(be, lay, d.c(d.shaped), d.c(d.values), d.v(d.advantages), d.v(d.gae_returns), gae_options);
+  polo::kl_penalized_rewards(d.template stats<polo::kl_reward_stats>(be), lay, d.c(d.rewards), d.c(d.logp_old),
+                             d.c(d.logp_ref), d.v(d.shaped), kl_reward_beta, polo::presets::verl::kl_k1);
+  polo::gae(d.template stats<polo::gae_stats>(be), lay, d.c(d.shaped), d.c(d.values), d.v(d.advantages),
+            d.v(d.gae_returns), gae_options);
   polo::whiten(d.template stats<polo::whiten_stats>(be), lay, d.c(d.advantages), d.v(d.advantages),
                polo::presets::verl::whitening);
   const auto r = polo::policy_loss(be, lay, d.c(d.logp), d.c(d.logp_old), d.none(), d.c(d.advantages), d.v(d.grad), cfg);
