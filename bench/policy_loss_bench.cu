@@ -8,7 +8,10 @@
 // binary (x_copy). Bytes counted per token (the floor): logp, logp_old, logp_ref, advantages
 // and mask read once, the gradient written once = 21 bytes (bf16 log-probs: 15).
 // torch.compile on the same H100 (PERFORMANCE.md): 789 us at 512 x 4096, 469 us at 1024 x 8192;
-// `x_faster_than_torch_compile` divides those by this binary's median.
+// `x_faster_than_torch_compile` divides those by this binary's median. The third argument picks
+// the mode: 1 the asynchronous one (be.result + deferred_errors: the result is published to
+// device memory, no host synchronization), 0 the synchronous one (one read-back of the result
+// per call).
 #include <cuda_bf16.h>
 
 #include <cstdint>
@@ -63,6 +66,18 @@ struct fixture {
     POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   }
   ~fixture() { (void)cudaStreamDestroy(stream); }
+  /// Puts `be` in the asynchronous mode when the benchmark's third argument is 1.
+  void set_mode(benchmark::State& st, polo::cuda& be) {
+    const bool async = st.range(2) != 0;
+    if (async) {
+      POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
+      be.deferred_errors = status.data();
+      be.result = res.data();
+    }
+    st.SetLabel(async ? "async" : "sync");
+  }
+  cb::device_buffer<polo::policy_loss_result> res{1};
+  cb::device_buffer<polo::cuda::status> status{1};
   polo::padded<std::uint8_t, polo::device_space> layout() const {
     return polo::padded<std::uint8_t, polo::device_space>(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
   }
@@ -88,12 +103,14 @@ void run(benchmark::State& st, const polo::policy_loss_config& cfg) {
   polo::cuda probe{};
   cb::device_buffer<unsigned char> ws(polo::policy_loss_workspace_bytes<float>(probe, lay, cfg));
   polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  f.set_mode(st, be);
   double loss = 0;
   cb::time_loop(st, f.stream, [&] {
     loss += polo::policy_loss(be, lay, f.in(f.lp), f.in(f.lo), f.in(f.lr), f.in(f.adv),
                               polo::device_view_of(f.grad.data(), f.B, f.T, f.T), cfg)
                 .loss;
   });
+  polo::cuda_check(be);
   benchmark::DoNotOptimize(loss);
   cb::report(st, double(f.B) * double(f.T) * (3.0 * sizeof(LP) + 4 + 1 + 4));
   const double tc = torch_compile_seconds(f.B, f.T);
@@ -114,7 +131,31 @@ void BM_CopyFloor_policy_loss_bytes(benchmark::State& st) {
 }  // namespace
 
 BENCHMARK(BM_CopyFloor_policy_loss_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_PolicyLossKl_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_PolicyLossKlSkip_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_PolicyLossKlBf16_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_PolicyLossGspo_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_PolicyLossKl_cuda)
+    ->Args({512, 4096, 1})
+    ->Args({1024, 8192, 1})
+    ->Args({512, 4096, 0})
+    ->Args({1024, 8192, 0})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_PolicyLossKlSkip_cuda)
+    ->Args({512, 4096, 1})
+    ->Args({1024, 8192, 1})
+    ->Args({512, 4096, 0})
+    ->Args({1024, 8192, 0})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_PolicyLossKlBf16_cuda)
+    ->Args({512, 4096, 1})
+    ->Args({1024, 8192, 1})
+    ->Args({512, 4096, 0})
+    ->Args({1024, 8192, 0})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_PolicyLossGspo_cuda)
+    ->Args({512, 4096, 1})
+    ->Args({1024, 8192, 1})
+    ->Args({512, 4096, 0})
+    ->Args({1024, 8192, 0})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);

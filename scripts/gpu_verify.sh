@@ -63,7 +63,13 @@ wait "${pids[@]}"
       log="$out/$t.$tool.log"
       verdict=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)
       catch=$(grep -E '^(All tests passed|test cases:)' "$log" | tail -1)
-      [ -z "$catch" ] && catch="cut short at SAN_TIMEOUT after $(grep -cE '^[0-9.]+ s: ' "$log") test cases"
+      passed=$(grep -cE '^[0-9.]+ s: ' "$log")
+      if grep -q 'SIGTERM' "$log"; then
+        # timeout's SIGTERM reached the test: Catch2 reports the interrupted case as failed
+        catch="cut short at SAN_TIMEOUT during test case $((passed + 1)) (the $passed before it passed)"
+      elif [ -z "$catch" ]; then
+        catch="cut short at SAN_TIMEOUT after $passed test cases"
+      fi
       echo "$t $tool: ${verdict:-no summary} | $catch"
     done
   done

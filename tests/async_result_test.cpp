@@ -2,7 +2,8 @@
 // SPDX-License-Identifier: Apache-2.0
 // Statistics without a host synchronization (cuda/polo/detail/async_result.cuh): with
 // `polo::cuda::result` and `deferred_errors` set, group_advantages (alone and with a layout),
-// masked_moments, whiten, value_loss and kl_penalized_rewards write the statistics they would return to device
+// masked_moments, whiten, value_loss, kl_penalized_rewards and policy_loss (both overloads)
+// write the statistics they would return to device
 // memory, bitwise equal to the synchronous call's, return a default value, write the same
 // outputs, and on a data error write nothing (outputs and result untouched) and leave the
 // synchronous call's very exception for polo::cuda_check. The combined group_advantages with
@@ -13,11 +14,15 @@
 
 #include "polo/advantages.hpp"
 #include "polo/kl.hpp"
+#include "polo/policy_loss.hpp"
 #include "polo/value_loss.hpp"
 #include "polo/whiten.hpp"
 #if defined(__CUDACC__)
+#include <cuda_bf16.h>
+
 #include "polo/advantages.cuh"
 #include "polo/kl.cuh"
+#include "polo/policy_loss.cuh"
 #include "polo/value_loss.cuh"
 #include "polo/whiten.cuh"
 
@@ -356,6 +361,285 @@ TEST_CASE("async: kl_penalized_rewards publishes the synchronous statistics; err
       kl_penalized_rewards(cfg, L, r.cview2(B, Tn), lo.cview2(B, Tn), lr.cview2(B, Tn), o.view2(B, Tn), 0.1),
       config_error);
   CHECK(o.to_host() == std::vector<float>(static_cast<std::size_t>(n), -7.f));
+}
+
+namespace {
+
+/// Member by member (bits of every double, every count) of two policy_loss results.
+void check_same(const policy_loss_result& a, const policy_loss_result& b) {
+  auto sc = [](const sum_count<double>& u, const sum_count<double>& v) {
+    return same_bits(u.sum, v.sum) && u.count == v.count;
+  };
+  const policy_loss_stats& x = a.stats;
+  const policy_loss_stats& y = b.stats;
+  CHECK(same_bits(a.loss, b.loss));
+  CHECK(same_bits(a.policy_loss, b.policy_loss));
+  CHECK(same_bits(a.kl_loss, b.kl_loss));
+  CHECK(sc(a.policy_parts, b.policy_parts));
+  CHECK(sc(a.kl_parts, b.kl_parts));
+  CHECK(x.tokens == y.tokens);
+  CHECK(x.sequences == y.sequences);
+  CHECK(x.masked_tokens == y.masked_tokens);
+  CHECK(x.nonfinite_tokens == y.nonfinite_tokens);
+  CHECK(x.skipped_tokens == y.skipped_tokens);
+  CHECK(sc(x.clip_upper, y.clip_upper));
+  CHECK(sc(x.clip_lower, y.clip_lower));
+  CHECK(sc(x.clip_dual, y.clip_dual));
+  CHECK(sc(x.delta_capped, y.delta_capped));
+  CHECK(sc(x.ratio.total, y.ratio.total));
+  CHECK(same_bits(x.ratio.lo, y.ratio.lo));
+  CHECK(same_bits(x.ratio.hi, y.ratio.hi));
+  CHECK(sc(x.clamped_log_ratio, y.clamped_log_ratio));
+  CHECK(sc(x.approx_kl_k1, y.approx_kl_k1));
+  CHECK(sc(x.approx_kl_k3, y.approx_kl_k3));
+  CHECK(sc(x.kl_ref, y.kl_ref));
+  CHECK(sc(x.kl_clamped, y.kl_clamped));
+}
+
+/// `call(be, grad)` runs policy_loss on tag `be` writing `grad` (a buffer of n elements of G,
+/// at least one):
+/// the asynchronous call returns a default value, publishes the synchronous call's result bit
+/// for bit, writes the same gradient bit for bit and defers no error.
+template <class G, class Call>
+policy_loss_result async_matches_sync(index_t n, Call&& call) {
+  buffer<G, Bk> g1(std::max<index_t>(n, 1), G(-7)), g2(std::max<index_t>(n, 1), G(-7));
+  const policy_loss_result s1 = call(tag{}, g1);
+  async_env<policy_loss_result> env;
+  const policy_loss_result s0 = call(env.be(), g2);
+  check_same(s0, policy_loss_result{});
+  check_same(env.value(), s1);
+  CHECK(test::bitwise_equal(g1.to_host(), g2.to_host()));
+  CHECK(check_message(env.be()) == "no exception");
+  return s1;
+}
+
+/// `call(be, grad)` fails with a data error: the synchronous call throws a message containing
+/// `needle` and writes nothing; the asynchronous call neither throws nor writes (gradient and
+/// result untouched) and defers the very same message.
+template <class G, class Call>
+void async_error_matches_sync(index_t n, const char* needle, Call&& call) {
+  buffer<G, Bk> g(std::max<index_t>(n, 1), G(-7));
+  const std::vector<G> untouched(static_cast<std::size_t>(std::max<index_t>(n, 1)), G(-7));
+  const std::string msg = message_of([&] { call(tag{}, g); });
+  CHECK(msg.find("polo::policy_loss") != std::string::npos);
+  CHECK(msg.find(needle) != std::string::npos);
+  CHECK(g.to_host() == untouched);
+  async_env<policy_loss_result> env;
+  CHECK_NOTHROW(call(env.be(), g));
+  CHECK(g.to_host() == untouched);
+  CHECK(env.untouched());
+  CHECK(check_message(env.be()) == msg);
+}
+
+struct pl_inputs {
+  std::vector<float> lp, lo, lr, adv;
+};
+
+pl_inputs make_pl_inputs(std::mt19937_64& g, index_t n) {
+  pl_inputs x;
+  x.lp = test::cast<float>(test::normal(g, n, -1.0, 0.5));
+  const auto d = test::normal(g, n, 0.0, 0.15);
+  x.lo.resize(x.lp.size());
+  for (std::size_t k = 0; k < x.lp.size(); ++k) x.lo[k] = x.lp[k] + float(d[k]);
+  x.lr = test::cast<float>(test::normal(g, n, -1.0, 0.5));
+  x.adv = test::cast<float>(test::normal(g, n, 0.0, 1.0));
+  return x;
+}
+
+/// Flat index k of a valid token of some row >= 4 (its last one) whose two predecessors k-1,
+/// k-2 are valid tokens of the same row, or -1.
+index_t valid_token(const std::vector<std::uint8_t>& m, index_t B, index_t Tn) {
+  auto ok = [&](index_t i, index_t t) { return m[static_cast<std::size_t>(i * Tn + t)] != 0; };
+  for (index_t i = 4; i < B; ++i)
+    for (index_t t = Tn - 1; t >= 2; --t)
+      if (ok(i, t)) {
+        if (ok(i, t - 1) && ok(i, t - 2)) return i * Tn + t;
+        break;
+      }
+  return -1;
+}
+
+policy_loss_config with_skip(policy_loss_config c) {
+  c.nonfinite = token_nonfinite_policy::skip;
+  return c;
+}
+
+}  // namespace
+
+TEST_CASE("async: policy_loss publishes the synchronous result; errors write nothing", "[async][policy_loss]") {
+  auto g = test::rng(1105);
+  INFO("seed " << test::base_seed());
+  // 2500 tokens per row: two chunks of the 256-thread kernels.
+  const index_t B = 23, Tn = 2500, n = B * Tn;
+  const auto mh = test::make_mask(g, B, Tn, test::mask_pattern::right_pad);
+  buffer<std::uint8_t, Bk> m(mh);
+  pl_inputs in = make_pl_inputs(g, n);
+  in.lo[3] = 40.f;  // a clamped log-ratio (if valid)
+  // NaN / inf inputs at valid tokens for the skip policy.
+  pl_inputs nf = in;
+  const index_t at = valid_token(mh, B, Tn);
+  REQUIRE(at >= 0);
+  nf.lp[static_cast<std::size_t>(at)] = std::numeric_limits<float>::quiet_NaN();
+  nf.adv[static_cast<std::size_t>(at - 1)] = std::numeric_limits<float>::infinity();
+  nf.lr[static_cast<std::size_t>(at - 2)] = -std::numeric_limits<float>::infinity();
+  buffer<float, Bk> lp(in.lp), lo(in.lo), lr(in.lr), adv(in.adv);
+  buffer<float, Bk> nlp(nf.lp), nlo(nf.lo), nlr(nf.lr), nadv(nf.adv);
+  padded<std::uint8_t, S> L(m.cview2(B, Tn));
+
+  policy_loss_config seq_mean = presets::verl::grpo_loss;
+  seq_mean.agg = aggregation::seq_mean_token_mean;
+  seq_mean.kl_agg = kl_aggregation::token_mean;
+  const policy_loss_config gspo = presets::trl::gspo_loss;  // through_mean gradient
+  policy_loss_config gspo_kl = presets::verl::gspo_loss;    // straight-through, sequence-level KL
+  gspo_kl.kl_coef = 0.02;
+  gspo_kl.kl.level = kl_level::sequence_mean;
+  const std::vector<policy_loss_config> cfgs = {
+      policy_loss_config{}, presets::verl::grpo_loss, seq_mean, gspo, gspo_kl, with_skip(presets::verl::grpo_loss),
+      with_skip(gspo)};
+  for (std::size_t k = 0; k < cfgs.size(); ++k) {
+    const policy_loss_config& c = cfgs[k];
+    INFO("config " << k);
+    const auto s1 = async_matches_sync<float>(n, [&](const tag& be, buffer<float, Bk>& gr) {
+      return policy_loss(be, L, lp.cview2(B, Tn), lo.cview2(B, Tn), lr.cview2(B, Tn), adv.cview2(B, Tn),
+                         gr.view2(B, Tn), c);
+    });
+    CHECK(s1.stats.tokens > 0);
+    CHECK(s1.loss != 0.0);
+  }
+  // Non-finite inputs under ::skip (the token level and GSPO's whole sequence left out).
+  for (const policy_loss_config& c : {with_skip(presets::verl::grpo_loss), with_skip(gspo)}) {
+    const auto s1 = async_matches_sync<float>(n, [&](const tag& be, buffer<float, Bk>& gr) {
+      return policy_loss(be, L, nlp.cview2(B, Tn), nlo.cview2(B, Tn), nlr.cview2(B, Tn), nadv.cview2(B, Tn),
+                         gr.view2(B, Tn), c);
+    });
+    CHECK(s1.stats.nonfinite_tokens == (c.kl_coef != 0.0 ? 3 : 2));  // logp_ref is read with a KL term only
+    CHECK(s1.stats.skipped_tokens >= s1.stats.nonfinite_tokens);
+  }
+  // double
+  {
+    buffer<double, Bk> dlp(std::vector<double>(in.lp.begin(), in.lp.end()));
+    buffer<double, Bk> dlo(std::vector<double>(in.lo.begin(), in.lo.end()));
+    buffer<double, Bk> dlr(std::vector<double>(in.lr.begin(), in.lr.end()));
+    buffer<double, Bk> dad(std::vector<double>(in.adv.begin(), in.adv.end()));
+    for (const policy_loss_config& c : {presets::verl::grpo_loss, gspo}) {
+      const auto s1 = async_matches_sync<double>(n, [&](const tag& be, buffer<double, Bk>& gr) {
+        return policy_loss(be, L, dlp.cview2(B, Tn), dlo.cview2(B, Tn), dlr.cview2(B, Tn), dad.cview2(B, Tn),
+                           gr.view2(B, Tn), c);
+      });
+      CHECK(s1.stats.tokens > 0);
+    }
+  }
+  // Log-probs in bf16 (the CUDA-only overload).
+  {
+    auto bf = [](const std::vector<float>& v) {
+      std::vector<__nv_bfloat16> o(v.size());
+      for (std::size_t k = 0; k < v.size(); ++k) o[k] = __float2bfloat16(v[k]);
+      return o;
+    };
+    buffer<__nv_bfloat16, Bk> blp(bf(in.lp)), blo(bf(in.lo)), blr(bf(in.lr));
+    for (const policy_loss_config& c : {presets::verl::grpo_loss, with_skip(presets::verl::grpo_loss), gspo}) {
+      const auto s1 = async_matches_sync<float>(n, [&](const tag& be, buffer<float, Bk>& gr) {
+        return policy_loss(be, L, blp.cview2(B, Tn), blo.cview2(B, Tn), blr.cview2(B, Tn), adv.cview2(B, Tn),
+                           gr.view2(B, Tn), c);
+      });
+      CHECK(s1.stats.tokens > 0);
+    }
+  }
+
+  // Packed (short rows: the 32-thread kernels), and an empty packed batch.
+  const index_t Bp = 40;
+  std::vector<std::int64_t> off(static_cast<std::size_t>(Bp + 1));
+  for (index_t i = 0; i <= Bp; ++i) off[static_cast<std::size_t>(i)] = 37 * i + (i > 0 ? 3 : 0) + (i > 20 ? 500 : 0);
+  const index_t N = off.back();
+  REQUIRE(N <= n);
+  buffer<std::int64_t, Bk> ob(off);
+  packed<std::uint8_t, std::int64_t, S> P(ob.cview1(), N);
+  auto packed_call = [&](const packed<std::uint8_t, std::int64_t, S>& lay, index_t NN, const policy_loss_config& c) {
+    return [&, NN, c](const tag& be, buffer<float, Bk>& gr) {
+      return policy_loss(be, lay, head(lp.cview1(), NN), head(lo.cview1(), NN), head(lr.cview1(), NN),
+                         head(adv.cview1(), NN), head(gr.view1(), NN), c);
+    };
+  };
+  for (const policy_loss_config& c : {policy_loss_config{}, presets::verl::grpo_loss, gspo, with_skip(gspo)}) {
+    const auto s1 = async_matches_sync<float>(N, packed_call(P, N, c));
+    CHECK(s1.stats.tokens == N);
+  }
+  buffer<std::int64_t, Bk> z(std::vector<std::int64_t>{0});
+  packed<std::uint8_t, std::int64_t, S> E(z.cview1(), 0);
+  for (const policy_loss_config& c : {policy_loss_config{}, gspo}) {
+    buffer<float, Bk> e(1, -7.f);
+    async_env<policy_loss_result> env0;
+    policy_loss(env0.be(), E, head(lp.cview1(), 0), head(lo.cview1(), 0), head(lr.cview1(), 0), head(adv.cview1(), 0),
+                head(e.view1(), 0), c);
+    const policy_loss_result s1 = policy_loss(tag{}, E, head(lp.cview1(), 0), head(lo.cview1(), 0),
+                                              head(lr.cview1(), 0), head(adv.cview1(), 0), head(e.view1(), 0), c);
+    check_same(env0.value(), s1);
+    check_same(env0.value(), policy_loss_result{});
+    CHECK(check_message(env0.be()) == "no exception");
+  }
+
+  // Malformed offsets: nothing written in either mode (the direct gradient of ::skip included),
+  // the same exception.
+  auto dec = off;
+  dec[10] = dec[12];
+  auto end = off;
+  end.back() = N - 1;
+  auto start = off;
+  start[0] = 1;
+  for (const auto& [bad, needle] :
+       {std::pair{dec, "decreases"}, std::pair{end, "ends at"}, std::pair{start, "starts at"}}) {
+    buffer<std::int64_t, Bk> bb(bad);
+    packed<std::uint8_t, std::int64_t, S> PB(bb.cview1(), N);
+    for (const policy_loss_config& c : {policy_loss_config{}, with_skip(presets::verl::grpo_loss), gspo}) {
+      INFO(needle);
+      async_error_matches_sync<float>(N, needle, packed_call(PB, N, c));
+    }
+  }
+  // An empty packed batch with offsets[0] != 0.
+  {
+    buffer<std::int64_t, Bk> z1(std::vector<std::int64_t>{2});
+    packed<std::uint8_t, std::int64_t, S> E1(z1.cview1(), 0);
+    async_error_matches_sync<float>(0, "starts at", packed_call(E1, 0, policy_loss_config{}));
+  }
+
+  // A non-finite input at a valid token under ::error: token level (the gradient waits in
+  // scratch), sequence level (found by the prep pass), the bf16 overload.
+  auto padded_call = [&](const policy_loss_config& c) {
+    return [&, c](const tag& be, buffer<float, Bk>& gr) {
+      return policy_loss(be, L, nlp.cview2(B, Tn), nlo.cview2(B, Tn), nlr.cview2(B, Tn), nadv.cview2(B, Tn),
+                         gr.view2(B, Tn), c);
+    };
+  };
+  // First in the CPU's order (row, position): logp_ref at k-2 when it is read, else advantages at k-1.
+  async_error_matches_sync<float>(n, "logp_ref", padded_call(presets::verl::grpo_loss));
+  async_error_matches_sync<float>(n, "advantages", padded_call(policy_loss_config{}));
+  async_error_matches_sync<float>(n, "advantages", padded_call(gspo));
+  async_error_matches_sync<float>(n, "logp_ref", padded_call(gspo_kl));
+  {
+    auto lp2 = in.lp;
+    lp2[static_cast<std::size_t>(at)] = std::numeric_limits<float>::infinity();
+    std::vector<__nv_bfloat16> b2(lp2.size()), bo(in.lo.size());
+    for (std::size_t k = 0; k < lp2.size(); ++k) {
+      b2[k] = __float2bfloat16(lp2[k]);
+      bo[k] = __float2bfloat16(in.lo[k]);
+    }
+    buffer<__nv_bfloat16, Bk> blp(b2), blo(bo);
+    async_error_matches_sync<float>(n, "logp", [&](const tag& be, buffer<float, Bk>& gr) {
+      return policy_loss(be, L, blp.cview2(B, Tn), blo.cview2(B, Tn), view<const __nv_bfloat16, 2, S>{},
+                         adv.cview2(B, Tn), gr.view2(B, Tn), policy_loss_config{});
+    });
+  }
+
+  // result without deferred_errors is a configuration error (nothing written).
+  buffer<float, Bk> o(n, -7.f);
+  async_env<policy_loss_result> e1;
+  tag cfg;
+  cfg.result = e1.res.view1().data;
+  CHECK_THROWS_AS(policy_loss(cfg, L, lp.cview2(B, Tn), lo.cview2(B, Tn), lr.cview2(B, Tn), adv.cview2(B, Tn),
+                              o.view2(B, Tn), presets::verl::grpo_loss),
+                  config_error);
+  CHECK(o.to_host() == std::vector<float>(static_cast<std::size_t>(n), -7.f));
+  CHECK(e1.untouched());
 }
 
 #endif  // __CUDACC__

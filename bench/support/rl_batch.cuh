@@ -10,8 +10,8 @@
 //
 // Asynchronous statistics: the timed calls run with `deferred_errors` set (a status in the
 // batch) and `result` set to the batch's device slot for the entry's statistics (`stats<S>`),
-// so no call synchronizes -- what a training step that does not want a host round trip per
-// call runs -- except policy_loss, which has no asynchronous mode yet (one synchronization).
+// so no timed call synchronizes -- what a training step that does not want a host round trip
+// per call runs; each step synchronizes once (its closing polo::cuda_check).
 // The first call of every benchmark runs fully synchronously, so
 // that a polo error or a non-finite result is reported instead of timed; after the timing,
 // polo::cuda_check surfaces any error the asynchronous calls deferred.
@@ -86,6 +86,7 @@ struct device_batch {
   cb::device_buffer<polo::value_loss_stats> value_loss_result{1};
   cb::device_buffer<polo::gae_stats> gae_result{1};
   cb::device_buffer<polo::kl_reward_stats> kl_result{1};
+  cb::device_buffer<polo::policy_loss_result> pl_result{1};
 
   device_batch(std::int64_t b, std::int64_t t, std::uint64_t seed = 1)
       : B(b), T(t), n(std::size_t(b * t)), mask(n), scores(std::size_t(b)), adv_seq(std::size_t(b)),
@@ -139,6 +140,7 @@ struct device_batch {
     if constexpr (std::is_same_v<S, polo::value_loss_stats>) w.result = value_loss_result.data();
     if constexpr (std::is_same_v<S, polo::gae_stats>) w.result = gae_result.data();
     if constexpr (std::is_same_v<S, polo::kl_reward_stats>) w.result = kl_result.data();
+    if constexpr (std::is_same_v<S, polo::policy_loss_result>) w.result = pl_result.data();
     return w;
   }
   /// The modelled critic pass: the new values the critic's forward produces, as one device

@@ -198,8 +198,8 @@ double call_group_advantages(const Be& be, Batch& d) {
 template <class Be, class Batch>
 double call_policy_loss(const Be& be, Batch& d) {
   static const polo::policy_loss_config cfg = grpo_loss_config();
-  return polo::policy_loss(be, d.layout(), d.c(d.logp), d.c(d.logp_old), d.c(d.logp_ref), d.c(d.tok_adv),
-                           d.v(d.grad), cfg)
+  return polo::policy_loss(d.template stats<polo::policy_loss_result>(be), d.layout(), d.c(d.logp), d.c(d.logp_old),
+                           d.c(d.logp_ref), d.c(d.tok_adv), d.v(d.grad), cfg)
       .loss;
 }
 template <class Be, class Batch>
@@ -247,7 +247,8 @@ double grpo_step(const Be& be, Batch& d) {
   const auto lay = d.layout();
   polo::group_advantages(d.template stats<polo::group_stats>(be), d.sc(d.scores), polo::contiguous_groups{group_size},
                          lay, d.s(d.adv_out), d.v(d.out));
-  const auto r = polo::policy_loss(be, lay, d.c(d.logp), d.c(d.logp_old), d.c(d.logp_ref), d.c(d.out), d.v(d.grad), cfg);
+  const auto r = polo::policy_loss(d.template stats<polo::policy_loss_result>(be), lay, d.c(d.logp), d.c(d.logp_old),
+                                   d.c(d.logp_ref), d.c(d.out), d.v(d.grad), cfg);
   d.finish(be);
   return r.loss;
 }
@@ -265,7 +266,8 @@ double ppo_step(const Be& be, Batch& d) {
             d.v(d.gae_returns), gae_options);
   polo::whiten(d.template stats<polo::whiten_stats>(be), lay, d.c(d.advantages), d.v(d.advantages),
                polo::presets::verl::whitening);
-  const auto r = polo::policy_loss(be, lay, d.c(d.logp), d.c(d.logp_old), d.none(), d.c(d.advantages), d.v(d.grad), cfg);
+  const auto r = polo::policy_loss(d.template stats<polo::policy_loss_result>(be), lay, d.c(d.logp), d.c(d.logp_old),
+                                   d.none(), d.c(d.advantages), d.v(d.grad), cfg);
   d.critic_pass(be);
   const auto v = polo::value_loss(d.template stats<polo::value_loss_stats>(be), lay, d.c(d.values_new), d.c(d.values),
                                   d.c(d.gae_returns), d.v(d.values_new), polo::presets::verl::critic);

@@ -13,13 +13,20 @@
 /// per row). Results agree with the CPU backend to the rounding of the input type and are
 /// bitwise identical run to run. Algorithm and bytes: cuda/polo/kernels/policy_loss.cuh.
 ///
-/// Synchronization: policy_loss returns the loss by value, so it synchronizes the tag's stream
-/// once (after the final reduction; a packed layout adds one after the device check of its
-/// offsets). Under token_nonfinite_policy::error, and for GSPO's through_mean gradient, the
-/// gradient is computed into scratch and copied out by a kernel enqueued before that
-/// read-back, which writes nothing when the checks found a non-finite input, so a throw leaves
-/// `grad_logp` untouched; under ::skip (and no through_mean) it is written straight to
-/// `grad_logp` by the one pass over the inputs.
+/// Synchronization: by default policy_loss returns the loss by value, so it synchronizes the
+/// tag's stream once (after the final reduction; a packed layout adds one after the device
+/// check of its offsets). Under token_nonfinite_policy::error, and for GSPO's through_mean
+/// gradient, the gradient is computed into scratch and copied out by a kernel enqueued before
+/// that read-back, which writes nothing when the checks found a non-finite input, so a throw
+/// leaves `grad_logp` untouched; under ::skip (and no through_mean) it is written straight to
+/// `grad_logp` by the one pass over the inputs. With `be.result` and `be.deferred_errors` set
+/// (docs/cuda.md, "Statistics without a host synchronization") it never synchronizes: the
+/// packed offsets are checked on the device (an error stops every kernel before it reads a
+/// row, so nothing is written), the final kernel publishes the whole `policy_loss_result`
+/// (loss, parts and statistics, bitwise the synchronous call's) into `*be.result` or the first
+/// error into `be.deferred_errors` (the synchronous call's exception, thrown by
+/// polo::cuda_check), and the call returns `policy_loss_result{}`. Both overloads, every
+/// option. count_tokens stays synchronous and ignores `be.result`.
 ///
 /// ## Log-probs in bf16 or half (CUDA only)
 ///
@@ -42,7 +49,9 @@
 #include "polo/core/error.hpp"
 #include "polo/core/layout.hpp"
 #include "polo/core/view.hpp"
+#include "polo/detail/async_result.cuh"
 #include "polo/detail/launch.cuh"
+#include "polo/detail/status.cuh"
 #include "polo/detail/workspace.cuh"
 #include "polo/gae.cuh"  // packed offsets check, chunk table
 #include "polo/kernels/policy_loss.cuh"
@@ -76,9 +85,10 @@ index_t pl_flat_extent(const L& layout) {
 }
 
 struct pl_regions {
-  unsigned long long* err = nullptr;   ///< [2]: the error key, then final_kernel's done count
+  /// [3]: the error key, final_kernel's done count, the packed offsets' key (asynchronous mode)
+  unsigned long long* err = nullptr;
   kernels::pl_final_partial* fpart = nullptr;
-  kernels::pl_result* result = nullptr;
+  result_slot<policy_loss_result>* slot = nullptr;
   kernels::pl_totals* totals = nullptr;
   kernels::pl_chunk_prep* prep = nullptr;
   kernels::pl_stats* cstats = nullptr;
@@ -106,8 +116,8 @@ pl_regions take_pl_regions(scratch_plan& sp, const L& layout, const policy_loss_
   const index_t B = layout.num_seqs();
   const index_t bound = scan_chunk_bound(layout, S);
   pl_regions r;
-  r.err = sp.take<unsigned long long>(2);
-  r.result = sp.take<kernels::pl_result>(1);
+  r.err = sp.take<unsigned long long>(3);
+  r.slot = sp.take<result_slot<policy_loss_result>>(1);
   r.totals = sp.take<kernels::pl_totals>(1);
   r.prep = sp.take<kernels::pl_chunk_prep>(bound);
   r.rows = sp.take<kernels::pl_row>(B);
@@ -134,11 +144,19 @@ std::size_t pl_scratch_bytes(const L& layout, const policy_loss_config& c, bool 
   return sp.bytes();
 }
 
-/// Sets up geometry and scratch pointers, checks packed offsets (one synchronization).
+/// Sets up geometry and scratch pointers, checks packed offsets: synchronous mode, on the
+/// host (one synchronization, throws); asynchronous mode, on the device (p.off_key, read by
+/// every kernel).
 template <class LP, class T, TokenLayout L>
-void pl_prepare(const cuda& be, const char* fn, kernels::pl_params<LP, T, L>& p, const pl_regions& r) {
+void pl_prepare(const cuda& be, const char* fn, kernels::pl_params<LP, T, L>& p, const pl_regions& r, bool async) {
   check_scan_limits(fn, p.layout);
-  check_packed_offsets_device(be, fn, p.layout, r.err);
+  if (!async) {
+    check_packed_offsets_device(be, fn, p.layout, r.err);
+  } else if constexpr (L::is_packed) {
+    POLO_CUDA_TRY(kernels::launch_packed_offsets_check(p.layout.offsets.data, p.layout.offsets.stride,
+                                                       p.layout.num_seqs(), p.layout.tokens, r.err + 2, stream_of(be)));
+    p.off_key = r.err + 2;
+  }
   const int S = pl_threads(p.layout) * pl_items;
   p.chunks.rows = p.layout.num_seqs();
   p.chunks.S = S;
@@ -154,7 +172,7 @@ void pl_prepare(const cuda& be, const char* fn, kernels::pl_params<LP, T, L>& p,
   p.err = r.err;
   p.done = r.err + 1;
   p.fpart = r.fpart;
-  p.result = r.result;
+  p.target = make_result_target(be, r.slot, async);
   p.totals = r.totals;
   p.prep = r.prep;
   p.rows = r.rows;
@@ -173,13 +191,19 @@ decltype(auto) pl_dispatch_threads(int nt, F&& f) {
   }
 }
 
-/// The policy loss for log-prob element type LP and advantage/gradient type T.
+static_assert(std::is_trivially_copyable_v<policy_loss_result> && alignof(policy_loss_result) <= 8,
+              "policy_loss_result is published to device memory by the asynchronous mode");
+
+/// The policy loss for log-prob element type LP and advantage/gradient type T. Synchronous
+/// mode: one read-back of the published result (throws its error). Asynchronous mode
+/// (`be.result` set): no synchronization, returns policy_loss_result{}.
 template <class LP, class T, TokenLayout L, int R>
 policy_loss_result cuda_policy_loss(const cuda& be, const L& layout, view<const LP, R, device_space> logp,
                                     view<const LP, R, device_space> logp_old, view<const LP, R, device_space> logp_ref,
                                     view<const T, R, device_space> adv, view<T, R, device_space> grad,
                                     const policy_loss_config& c, const normalizers& norm) {
   constexpr const char* fn = "policy_loss";
+  const bool async = async_result_mode(be, fn);
   const cudaStream_t stream = stream_of(be);
   kernels::pl_params<LP, T, L> p;
   p.layout = layout;
@@ -202,56 +226,24 @@ policy_loss_result cuda_policy_loss(const cuda& be, const L& layout, view<const 
   scratch ws(be, pl_scratch_bytes<T>(layout, c, true), fn);
   scratch_plan sp(ws.data());
   const pl_regions r = take_pl_regions<T>(sp, layout, c, true);
-  pl_prepare(be, fn, p, r);
+  pl_prepare(be, fn, p, r, async);
   if (!(p.seq_ratio && c.sequence_gradient == sequence_ratio_gradient::through_mean)) p.total = nullptr;
-  policy_loss_result res;
-  if (p.chunks.rows == 0) return res;
+  if (p.chunks.rows == 0) {
+    if (async) {
+      kernels::pl_publish_empty_kernel<<<1, 1, 0, stream>>>(p);
+      POLO_CUDA_TRY(cudaGetLastError());
+    }
+    return policy_loss_result{};
+  }
   const int nt = pl_threads(layout);
   POLO_CUDA_TRY(pl_dispatch_threads<256>(
       nt, [&](auto v) { return kernels::launch_policy_loss<decltype(v)::value, pl_items>(p, stream); }));
-  kernels::pl_result o;
-  read_back(be, &o, r.result, sizeof o);
-  if (o.err_key != kernels::no_error_key) {
-    static const char* names[4] = {"logp", "logp_old", "logp_ref", "advantages"};
-    throw_nonfinite(fn, names[o.err_key & 3u], o.err_flat, o.err_value,
-                    "at a valid token; set token_nonfinite_policy::skip to leave such tokens out");
-  }
-
-  policy_loss_stats& st = res.stats;
-  const kernels::pl_stats& s = o.st;
-  st.tokens = o.tokens;
-  st.sequences = o.sequences;
-  st.masked_tokens = o.masked;
-  st.nonfinite_tokens = s.nonfinite;
-  st.skipped_tokens = o.skipped;
-  st.clip_upper = {double(s.up), s.contrib};
-  st.clip_lower = {double(s.low), s.contrib};
-  st.clip_dual = {double(s.dual), s.contrib};
-  st.delta_capped = {double(s.delta), s.contrib};
-  st.ratio.total = {s.rsum, s.contrib};
-  st.ratio.lo = s.rmin;
-  st.ratio.hi = s.rmax;
-  st.clamped_log_ratio = {double(s.clamped), s.contrib};
-  st.approx_kl_k1 = {s.k1, s.contrib};
-  st.approx_kl_k3 = {s.k3, s.contrib};
-  if (p.use_kl) {
-    st.kl_ref = {s.klsum, s.kl_count};
-    st.kl_clamped = {double(s.kl_clamped), s.kl_count};
-  }
-  const bool per_seq_parts = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
-  const aggregation kl_mode = c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
-  const bool kl_per_seq_parts = kl_mode == aggregation::seq_mean_token_mean || kl_mode == aggregation::seq_mean_token_sum;
-  res.policy_loss = o.loss_pol;
-  res.kl_loss = p.use_kl ? o.loss_kl : 0.0;
-  res.loss = res.policy_loss + c.kl_coef * res.kl_loss;
-  res.policy_parts = {o.parts_pol, per_seq_parts ? st.sequences : st.tokens};
-  if (p.use_kl) res.kl_parts = {o.parts_kl, (p.seq_kl || kl_per_seq_parts) ? st.sequences : st.tokens};
-  return res;
+  return finish(be, p.target);
 }
 
 template <>
 struct backend_impl<cuda, policy_loss_tag> {
-  /// See <polo/policy_loss.hpp>. Reads the mask once; one synchronization.
+  /// See <polo/policy_loss.hpp>. Reads the mask once; one synchronization (`be.result` ignored).
   template <TokenLayout L>
   static token_counts count_tokens(const cuda& be, const L& layout) {
     constexpr const char* fn = "count_tokens";
@@ -261,7 +253,7 @@ struct backend_impl<cuda, policy_loss_tag> {
     scratch ws(be, pl_scratch_bytes<float>(layout, c, false), fn);
     scratch_plan sp(ws.data());
     const pl_regions r = take_pl_regions<float>(sp, layout, c, false);
-    pl_prepare(be, fn, p, r);
+    pl_prepare(be, fn, p, r, false);
     token_counts out;
     if (p.chunks.rows == 0) return out;
     const cudaStream_t stream = stream_of(be);
@@ -286,7 +278,9 @@ struct backend_impl<cuda, policy_loss_tag> {
     return out;
   }
 
-  /// See <polo/policy_loss.hpp>. Scratch: policy_loss_workspace_bytes.
+  /// See <polo/policy_loss.hpp>. Scratch: policy_loss_workspace_bytes. One synchronization (two
+  /// for a packed layout); none with `be.result` (asynchronous mode: the result, a
+  /// `policy_loss_result` in 8-byte aligned device memory, is published there by the stream).
   template <TokenLayout L, class T, int R>
   static policy_loss_result policy_loss(const cuda& be, const L& layout, view<const T, R, device_space> logp,
                                         view<const T, R, device_space> logp_old,

@@ -617,7 +617,9 @@ token_counts count_tokens(const B& be, const L& layout) {
 /// \param grad_logp   output, same shape; every element is written; must not overlap an input
 /// \param cfg         options; see `policy_loss_config` and `polo::presets`
 /// \param norm        the aggregation's normalizers (global counts for micro-batches and ranks)
-/// \returns the loss, its parts, and statistics (combinable across calls with +=)
+/// \returns the loss, its parts, and statistics (combinable across calls with +=); on CUDA with
+///          `be.result` set, a default value, the result being published to device memory
+///          without a host synchronization (docs/cuda.md)
 /// \throws shape_error (shapes, strides, a null logp_ref with kl_coef > 0, overlapping output),
 ///         config_error (options, normalizer fields out of domain), value_error (packed offsets),
 ///         nonfinite_error (a NaN or

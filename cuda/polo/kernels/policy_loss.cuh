@@ -28,9 +28,16 @@
 ///     final_kernel   one thread per row (its chunks in order), a fixed tree per block, then
 ///                    the last block to finish combines the block partials in block order:
 ///                    loss, parts, statistics, the first error, and the per-row gradient
-///                    totals of GSPO's through_mean
+///                    totals of GSPO's through_mean; its last thread builds the
+///                    `policy_loss_result` the call returns and publishes it with the first
+///                    error (detail/async_result.cuh: into scratch, and in the asynchronous
+///                    mode into `be.result` / `be.deferred_errors`)
 ///     finish_kernel  (only when the gradient went to scratch) the gradient to the output;
 ///                    enqueued before the host read-back and a no-op when an error was found
+///
+/// Asynchronous mode with a packed layout: `off_key` holds the device check of the offsets;
+/// when it found an error every kernel returns before it reads a row (the plan and final
+/// kernels see an empty batch) and the final kernel publishes the offsets' error.
 ///
 /// No floating-point atomics: the atomics are an integer min on the error key and an integer
 /// count of finished blocks, so results are bitwise identical run to run. Token level, float,
@@ -52,7 +59,9 @@
 #include "polo/core/layout.hpp"
 #include "polo/core/math.hpp"
 #include "polo/core/view.hpp"
+#include "polo/detail/async_result.cuh"
 #include "polo/detail/launch.cuh"
+#include "polo/detail/status.cuh"
 #include "polo/kernels/gae.cuh"  // chunk_table, locate_chunk, packed offsets and chunk table
 #include "polo/kernels/scan.cuh"
 #include "polo/kl.hpp"
@@ -146,7 +155,8 @@ struct pl_stats_op {
   }
 };
 
-/// What the final pass hands back to the host.
+/// What the final pass reduces to (its last thread turns it into the published
+/// policy_loss_result, or the error's status).
 struct pl_result {
   double loss_pol = 0.0, loss_kl = 0.0, parts_pol = 0.0, parts_kl = 0.0;
   long long tokens = 0, sequences = 0, masked = 0, skipped = 0;
@@ -186,8 +196,18 @@ struct pl_params {
   unsigned long long* err = nullptr;
   unsigned long long* done = nullptr;        ///< [1] blocks of final_kernel done (starts at ~0)
   pl_final_partial* fpart = nullptr;  ///< [final blocks]
-  pl_result* result = nullptr;
+  detail::result_target<policy_loss_result> target{};  ///< the scratch slot (+ be.result, deferred)
+  /// Asynchronous mode, packed layout: the device check's key of the offsets (no_error_key:
+  /// none); null otherwise (the synchronous mode checked them on the host before any launch).
+  const unsigned long long* off_key = nullptr;
 };
+
+/// True when the asynchronous mode's device check found malformed packed offsets: no kernel
+/// reads a row then.
+template <class LP, class T, class L>
+__device__ __forceinline__ bool pl_bad_offsets(const pl_params<LP, T, L>& p) {
+  return p.off_key != nullptr && *p.off_key != no_error_key;
+}
 
 /// Flat position of token (i, t) in the scratch gradient (i*T + t, or offsets[i] + t).
 template <class L>
@@ -210,6 +230,7 @@ template <int NT, int K, bool HasMask, bool Prep, class LP, class T, class L>
 __global__ void __launch_bounds__(NT) pl_count_kernel(pl_params<LP, T, L> p) {
   __shared__ pl_smem<NT> sm;
   using Mask = typename L::mask_type;
+  if (pl_bad_offsets(p)) return;
   const index_t c = blockIdx.x;
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
@@ -278,7 +299,7 @@ __global__ void __launch_bounds__(NT) pl_count_kernel(pl_params<LP, T, L> p) {
 template <int NT, class LP, class T, class L>
 __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
   __shared__ long long s_a[NT / 32], s_b[NT / 32];
-  const index_t B = p.chunks.rows;
+  const index_t B = pl_bad_offsets(p) ? 0 : p.chunks.rows;  // bad offsets: an empty plan, no row read
   const index_t per = (B + NT - 1) / NT;
   const index_t r0 = threadIdx.x * per, r1 = (threadIdx.x + 1) * per < B ? (threadIdx.x + 1) * per : B;
   long long tok = 0, seq = 0;
@@ -406,6 +427,7 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
     pl_main_kernel(pl_params<LP, T, L> p) {
   __shared__ pl_smem<NT> sm;
   using Mask = typename L::mask_type;
+  if (pl_bad_offsets(p)) return;
   const index_t c = blockIdx.x;
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
@@ -574,6 +596,84 @@ __device__ __forceinline__ S load_cg_struct(const S* p) {
   return out;
 }
 
+/// The value policy_loss returns, from the final reduction `o` (no error). Both modes build it
+/// here, so the asynchronous result is the synchronous one bit for bit; `loss` is rounded
+/// after the product and after the sum, never fused, as the host computed it before.
+template <class LP, class T, class L>
+__device__ policy_loss_result pl_make_result(const pl_params<LP, T, L>& p, const pl_result& o) {
+  const policy_loss_config& c = p.cfg;
+  policy_loss_result res;
+  policy_loss_stats& st = res.stats;
+  const pl_stats& s = o.st;
+  st.tokens = o.tokens;
+  st.sequences = o.sequences;
+  st.masked_tokens = o.masked;
+  st.nonfinite_tokens = s.nonfinite;
+  st.skipped_tokens = o.skipped;
+  st.clip_upper = {double(s.up), s.contrib};
+  st.clip_lower = {double(s.low), s.contrib};
+  st.clip_dual = {double(s.dual), s.contrib};
+  st.delta_capped = {double(s.delta), s.contrib};
+  st.ratio.total = {s.rsum, s.contrib};
+  st.ratio.lo = s.rmin;
+  st.ratio.hi = s.rmax;
+  st.clamped_log_ratio = {double(s.clamped), s.contrib};
+  st.approx_kl_k1 = {s.k1, s.contrib};
+  st.approx_kl_k3 = {s.k3, s.contrib};
+  if (p.use_kl) {
+    st.kl_ref = {s.klsum, s.kl_count};
+    st.kl_clamped = {double(s.kl_clamped), s.kl_count};
+  }
+  const bool per_seq_parts = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
+  const aggregation kl_mode = c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
+  const bool kl_per_seq_parts =
+      kl_mode == aggregation::seq_mean_token_mean || kl_mode == aggregation::seq_mean_token_sum;
+  res.policy_loss = o.loss_pol;
+  res.kl_loss = p.use_kl ? o.loss_kl : 0.0;
+  res.loss = __dadd_rn(res.policy_loss, __dmul_rn(c.kl_coef, res.kl_loss));
+  res.policy_parts = {o.parts_pol, per_seq_parts ? st.sequences : st.tokens};
+  if (p.use_kl) res.kl_parts = {o.parts_kl, (p.seq_kl || kl_per_seq_parts) ? st.sequences : st.tokens};
+  return res;
+}
+
+/// One thread: the packed offsets' error (`bad_offsets`), else the first non-finite input,
+/// else the result, published into the scratch slot and, in the asynchronous mode, into
+/// `be.result` (no error only) and `be.deferred_errors`.
+template <class LP, class T, class L>
+__device__ void pl_publish(const pl_params<LP, T, L>& p, const pl_result& o, bool bad_offsets) {
+  cuda::status s{};
+  s.entry = detail::entry_policy_loss;
+  policy_loss_result v{};
+  if (bad_offsets) {
+    if constexpr (L::is_packed) {
+      const unsigned long long k = *p.off_key;
+      const index_t B = p.layout.num_seqs();
+      auto at = [&](index_t j) { return static_cast<long long>(p.layout.offsets.data[j * p.layout.offsets.stride]); };
+      if (k == 0) {
+        s.code = detail::status_offsets_start;
+        s.a = at(0);
+      } else if (static_cast<index_t>(k) <= B) {
+        s.code = detail::status_offsets_decrease;
+        s.index = static_cast<long long>(k);
+        s.a = at(index_t(k) - 1);
+        s.b = at(index_t(k));
+      } else {
+        s.code = detail::status_offsets_end;
+        s.a = at(B);
+        s.b = static_cast<long long>(p.layout.tokens);
+      }
+    }
+  } else if (o.err_key != no_error_key) {
+    s.code = detail::status_nonfinite_token;
+    s.index = o.err_flat;
+    s.value = o.err_value;
+    s.a = detail::arg_logp + static_cast<int>(o.err_key & 3u);  // logp, logp_old, logp_ref, advantages
+  } else if (p.chunks.rows > 0) {
+    v = pl_make_result(p, o);
+  }
+  detail::publish(p.target, s, v);
+}
+
 /// Blocks of final_kernel: one row per thread.
 template <int NT>
 inline index_t pl_final_blocks(index_t rows) {
@@ -590,7 +690,8 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
   __shared__ detail::shared_array<pl_loss_partial, NT / 32> s_lp;
   __shared__ bool s_last;
   const policy_loss_config& cfg = p.cfg;
-  const index_t B = p.chunks.rows;
+  const bool bad_offsets = pl_bad_offsets(p);
+  const index_t B = bad_offsets ? 0 : p.chunks.rows;  // bad offsets: no row is read
   const pl_totals tt = *p.totals;
   const aggregation kl_mode = cfg.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : cfg.agg;
   const bool seq_mode = p.seq_ratio || p.seq_kl;
@@ -691,18 +792,26 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
     out.err_value = v;
     out.err_flat = detail::flat_index(p.layout, ei, t);
   }
-  *p.result = out;
+  pl_publish(p, out, bad_offsets);
+}
+
+/// Asynchronous mode, empty batch (no other kernel runs): publishes the default result, or
+/// the packed offsets' error. One thread.
+template <class LP, class T, class L>
+__global__ void pl_publish_empty_kernel(pl_params<LP, T, L> p) {
+  pl_publish(p, pl_result{}, pl_bad_offsets(p));
 }
 
 // ---- finish: scratch gradient -> output -------------------------------------------------------
 
 /// Enqueued right after final_kernel, before the host reads the result: every block first reads
-/// the error key and writes nothing when a data error was found, so a throw leaves the output
-/// untouched without a host round trip between the passes.
+/// the error key (and the packed offsets' key of the asynchronous mode) and writes nothing when
+/// an error was found, so a throw or a deferred error leaves the output untouched without a
+/// host round trip between the passes.
 template <int NT, int K, bool HasMask, class G, class LP, class T, class L>
 __global__ void __launch_bounds__(NT) pl_finish_kernel(pl_params<LP, T, L> p) {
   using Mask = typename L::mask_type;
-  if (*p.err != no_error_key) return;
+  if (*p.err != no_error_key || pl_bad_offsets(p)) return;
   const index_t c = blockIdx.x;
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
