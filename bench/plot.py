@@ -188,7 +188,7 @@ def readme_table(tab, sizes, copy_bps, bytes_per_token, bytes_per_seq):
     """One row per primitive and per step at the largest headline size: polo CUDA (x floor), then
     each PyTorch implementation as `time (ratio)` with ratio = its time / polo's, and polo CPU."""
     if not sizes:
-        return None, [], None
+        return None, None, [], []
     B, T = max(sizes, key=lambda s: s[0] * s[1])
     header = ["", "polo CUDA (x floor)", "PyTorch eager", "torch.compile", "PyTorch loop", "polo CPU"]
     rows = []
