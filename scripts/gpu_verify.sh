@@ -18,6 +18,10 @@
 #   SAN_TESTS="a b"  only these CUDA test binaries under the sanitizers (default: every *_test_cuda)
 #   SAN_TOOLS="..."  sanitizer tools (default "memcheck racecheck"); SAN_TIMEOUT seconds per run
 #   CTEST=0          skip ctest;  R1ZERO=0  skip the example trainer
+#   SAN_SPLIT=1      one sanitizer run per test case instead of per binary, at most nproc at a
+#                    time, each bounded by SAN_TIMEOUT (for binaries whose whole run under
+#                    racecheck takes longer than a time-limited session allows); the summary
+#                    then has one line per test case
 # Needs what scripts/test.sh needs (CMake, Ninja, Eigen, Catch2; found through CMAKE_PREFIX_PATH
 # when not installed system-wide), nvcc (PATH or /usr/local/cuda) and compute-sanitizer.
 set -uo pipefail
@@ -38,13 +42,40 @@ nvidia-smi --query-gpu=name,driver_version --format=csv,noheader >"$out/gpu.txt"
 cuda_tests=${SAN_TESTS:-$(cd $build/tests && ls ./*_test_cuda | sed 's|^\./||')}
 tools=${SAN_TOOLS:-memcheck racecheck}
 pids=()
+# (log name, binary, tool, test spec) of every sanitizer run
+runs=()
 for t in $cuda_tests; do
-  for tool in $tools; do
-    timeout "${SAN_TIMEOUT:-300}" "$san" --tool $tool --error-exitcode 3 $build/tests/$t -d yes \
-      >"$out/$t.$tool.log" 2>&1 &
+  if [ "${SAN_SPLIT:-0}" = 1 ]; then
+    k=0
+    while IFS= read -r name; do
+      [ -z "$name" ] && continue
+      k=$((k + 1))
+      for tool in $tools; do runs+=("$t.case$k.$tool" "$t" "$tool" "\"$name\""); done
+    done < <($build/tests/$t --list-test-names-only 2>/dev/null)
+  else
+    for tool in $tools; do runs+=("$t.$tool" "$t" "$tool" ""); done
+  fi
+done
+san_run() {  # log binary tool spec
+  timeout "${SAN_TIMEOUT:-300}" "$san" --tool "$3" --error-exitcode 3 $build/tests/$2 ${4:+"$4"} -d yes \
+    >"$out/$1.log" 2>&1
+}
+if [ "${SAN_SPLIT:-0}" = 1 ]; then
+  (
+    jobs=$(nproc)
+    for ((r = 0; r < ${#runs[@]}; r += 4)); do
+      while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do sleep 1; done
+      san_run "${runs[r]}" "${runs[r + 1]}" "${runs[r + 2]}" "${runs[r + 3]}" &
+    done
+    wait
+  ) &
+  pids+=($!)
+else
+  for ((r = 0; r < ${#runs[@]}; r += 4)); do
+    san_run "${runs[r]}" "${runs[r + 1]}" "${runs[r + 2]}" "${runs[r + 3]}" &
     pids+=($!)
   done
-done
+fi
 if [ "${R1ZERO:-1}" != 0 ] && [ -x $build/examples/r1zero_cuda ]; then
   $build/examples/r1zero_cuda grpo --backend cuda --quiet 1 --out "$out/r1zero_cuda" >"$out/r1zero_cuda.log" 2>&1 &
   pids+=($!)
@@ -58,20 +89,18 @@ wait "${pids[@]}"
     echo "ctest: $(grep -E 'tests passed|tests failed' "$out/ctest.log")"
     grep -E '\(Failed\)|\*\*\*Failed|Not Run' "$out/ctest.log"
   fi
-  for t in $cuda_tests; do
-    for tool in $tools; do
-      log="$out/$t.$tool.log"
-      verdict=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)
-      catch=$(grep -E '^(All tests passed|test cases:)' "$log" | tail -1)
-      passed=$(grep -cE '^[0-9.]+ s: ' "$log")
-      if grep -q 'SIGTERM' "$log"; then
-        # timeout's SIGTERM reached the test: Catch2 reports the interrupted case as failed
-        catch="cut short at SAN_TIMEOUT during test case $((passed + 1)) (the $passed before it passed)"
-      elif [ -z "$catch" ]; then
-        catch="cut short at SAN_TIMEOUT after $passed test cases"
-      fi
-      echo "$t $tool: ${verdict:-no summary} | $catch"
-    done
+  for ((r = 0; r < ${#runs[@]}; r += 4)); do
+    log="$out/${runs[r]}.log"
+    verdict=$(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' "$log" | tail -1)
+    catch=$(grep -E '^(All tests passed|test cases:)' "$log" | tail -1)
+    timed=$(grep -cE '^[0-9.]+ s: ' "$log")  # test cases and sections finished (-d yes)
+    if grep -q 'SIGTERM' "$log"; then
+      # timeout's SIGTERM reached the test: Catch2 reports the interrupted case as failed
+      catch="cut short at SAN_TIMEOUT ($timed test cases and sections had finished; Catch2 counts the interrupted one as failed)"
+    elif [ -z "$catch" ]; then
+      catch="cut short at SAN_TIMEOUT ($timed test cases and sections had finished)"
+    fi
+    echo "${runs[r + 1]} ${runs[r + 2]}${runs[r + 3]:+ ${runs[r + 3]}}: ${verdict:-no summary} | $catch"
   done
   [ -f "$out/r1zero_cuda.log" ] && grep -E '^GRPO:|^base|total wall|error' "$out/r1zero_cuda.log"
 } | tee "$out/summary.txt"
