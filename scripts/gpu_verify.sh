@@ -51,7 +51,7 @@ for t in $cuda_tests; do
       [ -z "$name" ] && continue
       k=$((k + 1))
       for tool in $tools; do runs+=("$t.case$k.$tool" "$t" "$tool" "\"$name\""); done
-    done < <($build/tests/$t --list-test-names-only 2>/dev/null)
+    done < <($build/tests/$t --list-test-names-only 2>/dev/null | grep -v '^CUDA device ')  # the main's banner
   else
     for tool in $tools; do runs+=("$t.$tool" "$t" "$tool" ""); done
   fi
