@@ -102,22 +102,29 @@ TEMPLATE_LIST_TEST_CASE("group_advantages matches the float64 reference for ever
     labels[5] = 424242;  // a group of one
     for (index_t G : {index_t(4), index_t(8)}) {
       auto clabels = contiguous_labels(Bn, G);
-      for (const auto& c : all_configs()) {
-        INFO(describe(c) << " G " << G << " nonfinite " << nonfinite);
-        auto want = ref::group_advantages(scores, clabels, c);
-        auto want_l = ref::group_advantages(scores, labels, c);
-        if (want.nonfinite_error) {
-          REQUIRE_THROWS_AS((run<B, double>(scores, nullptr, G, c)), nonfinite_error);
-          REQUIRE_THROWS_AS((run<B, float>(scores, &labels, G, c)), nonfinite_error);
-          continue;
-        }
-        group_stats st;
-        test::require_close(run<B, double>(scores, nullptr, G, c, &st), want.adv);
-        CHECK(st.zero_std_groups == want.zero_std_groups);
-        test::require_close(run<B, float>(scores, nullptr, G, c), want.adv, 2e-5, 5e-5);
-        if (!want_l.singleton_error) {
-          test::require_close(run<B, double>(scores, &labels, G, c), want_l.adv);
-          test::require_close(run<B, float>(scores, &labels, G, c), want_l.adv, 2e-5, 5e-5);
+      // One section per (nonfinite, G, baseline): each can run alone (-c "nonfinite 0 G 4
+      // baseline 0"), so that a sanitizer run of this case can be split across processes.
+      for (int bl = 0; bl < 3; ++bl) {
+        DYNAMIC_SECTION("nonfinite " << int(nonfinite) << " G " << G << " baseline " << bl) {
+          for (const auto& c : all_configs()) {
+            if (int(c.baseline) != bl) continue;
+            INFO(describe(c) << " G " << G << " nonfinite " << nonfinite);
+            auto want = ref::group_advantages(scores, clabels, c);
+            auto want_l = ref::group_advantages(scores, labels, c);
+            if (want.nonfinite_error) {
+              REQUIRE_THROWS_AS((run<B, double>(scores, nullptr, G, c)), nonfinite_error);
+              REQUIRE_THROWS_AS((run<B, float>(scores, &labels, G, c)), nonfinite_error);
+              continue;
+            }
+            group_stats st;
+            test::require_close(run<B, double>(scores, nullptr, G, c, &st), want.adv);
+            CHECK(st.zero_std_groups == want.zero_std_groups);
+            test::require_close(run<B, float>(scores, nullptr, G, c), want.adv, 2e-5, 5e-5);
+            if (!want_l.singleton_error) {
+              test::require_close(run<B, double>(scores, &labels, G, c), want_l.adv);
+              test::require_close(run<B, float>(scores, &labels, G, c), want_l.adv, 2e-5, 5e-5);
+            }
+          }
         }
       }
     }
