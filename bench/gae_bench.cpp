@@ -29,7 +29,8 @@ double gae_bytes(std::int64_t B, std::int64_t T) { return double(B) * double(T) 
 double whiten_bytes(std::int64_t B, std::int64_t T) { return double(B) * double(T) * (4 + 1 + 4); }
 double value_loss_bytes(std::int64_t B, std::int64_t T) { return double(B) * double(T) * (4 + 4 + 4 + 1 + 4); }
 
-void run_gae(benchmark::State& st, const polo::gae_config& cfg) {
+/// threads: polo::cpu::threads (1: the calling thread only; 0: every hardware thread).
+void run_gae(benchmark::State& st, const polo::gae_config& cfg, int threads = 1) {
   const std::int64_t B = st.range(0), T = st.range(1);
   const auto n = static_cast<std::size_t>(B * T);
   auto r = polo::bench::normal_values<float>(n, 1, 0.0, 0.1);
@@ -38,7 +39,7 @@ void run_gae(benchmark::State& st, const polo::gae_config& cfg) {
   std::vector<float> A(n), R(n);
   polo::padded<> layout(polo::matrix_view_of(std::as_const(mask), B, T));
   for (auto _ : st) {
-    polo::gae(polo::cpu{}, layout, polo::matrix_view_of(std::as_const(r), B, T),
+    polo::gae(polo::cpu{.threads = threads}, layout, polo::matrix_view_of(std::as_const(r), B, T),
               polo::matrix_view_of(std::as_const(v), B, T), polo::matrix_view_of(A, B, T),
               polo::matrix_view_of(R, B, T), cfg);
     benchmark::DoNotOptimize(A.data());
@@ -52,6 +53,12 @@ void run_gae(benchmark::State& st, const polo::gae_config& cfg) {
 void BM_Gae_skip_cpu(benchmark::State& st) { run_gae(st, polo::presets::verl::gae); }
 void BM_Gae_through_cpu(benchmark::State& st) { run_gae(st, polo::presets::openrlhf::gae); }
 void BM_Gae_vapo_cpu(benchmark::State& st) { run_gae(st, polo::presets::nemo::gae_vapo); }
+/// verl's GAE on several threads: the third argument is polo::cpu::threads (0 = all).
+void BM_GaeThreads_skip_cpu(benchmark::State& st) {
+  run_gae(st, polo::presets::verl::gae, static_cast<int>(st.range(2)));
+  st.counters["threads"] = double(polo::detail::cpu_workers(polo::cpu{.threads = static_cast<int>(st.range(2))},
+                                                             st.range(0), tokens(st)));
+}
 
 void BM_Whiten_cpu(benchmark::State& st) {
   const std::int64_t B = st.range(0), T = st.range(1);
@@ -100,5 +107,6 @@ BENCHMARK(BM_Copy_gae_bytes) POLO_PPO_SIZES;
 BENCHMARK(BM_Gae_skip_cpu) POLO_PPO_SIZES;
 BENCHMARK(BM_Gae_through_cpu) POLO_PPO_SIZES;
 BENCHMARK(BM_Gae_vapo_cpu) POLO_PPO_SIZES;
+BENCHMARK(BM_GaeThreads_skip_cpu)->Args({512, 4096, 2})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_Whiten_cpu) POLO_PPO_SIZES;
 BENCHMARK(BM_ValueLoss_cpu) POLO_PPO_SIZES;

@@ -41,12 +41,13 @@ struct inputs {
   auto m(const std::vector<float>& v) const { return polo::matrix_view_of(v, B, T); }
 };
 
-void run_loss(benchmark::State& st, const polo::policy_loss_config& cfg) {
+/// threads: polo::cpu::threads (1: the calling thread only; 0: every hardware thread).
+void run_loss(benchmark::State& st, const polo::policy_loss_config& cfg, int threads = 1) {
   inputs in(st.range(0), st.range(1));
   polo::padded<> layout(polo::matrix_view_of(std::as_const(in.mask), in.B, in.T));
   const bool kl = cfg.kl_coef != 0.0;
   for (auto _ : st) {
-    auto r = polo::policy_loss(polo::cpu{}, layout, in.m(in.lp), in.m(in.lo), kl ? in.m(in.lref) : decltype(in.m(in.lp)){},
+    auto r = polo::policy_loss(polo::cpu{.threads = threads}, layout, in.m(in.lp), in.m(in.lo), kl ? in.m(in.lref) : decltype(in.m(in.lp)){},
                                in.m(in.adv), polo::matrix_view_of(in.grad, in.B, in.T), cfg);
     benchmark::DoNotOptimize(r);
     benchmark::DoNotOptimize(in.grad.data());
@@ -58,6 +59,12 @@ void run_loss(benchmark::State& st, const polo::policy_loss_config& cfg) {
 void BM_PolicyLoss_default_cpu(benchmark::State& st) { run_loss(st, polo::policy_loss_config{}); }
 void BM_PolicyLoss_verl_grpo_k3_cpu(benchmark::State& st) { run_loss(st, polo::presets::verl::grpo_loss); }
 void BM_PolicyLoss_trl_gspo_cpu(benchmark::State& st) { run_loss(st, polo::presets::trl::gspo_loss); }
+/// The same on several threads: the third argument is polo::cpu::threads (0 = all).
+void BM_PolicyLossThreads_verl_grpo_k3_cpu(benchmark::State& st) {
+  run_loss(st, polo::presets::verl::grpo_loss, static_cast<int>(st.range(2)));
+  st.counters["threads"] = double(polo::detail::cpu_workers(polo::cpu{.threads = static_cast<int>(st.range(2))},
+                                                             st.range(0), double(st.range(0) * st.range(1))));
+}
 
 void BM_KlPenalizedRewards_cpu(benchmark::State& st) {
   inputs in(st.range(0), st.range(1));
@@ -81,4 +88,5 @@ BENCHMARK(BM_Copy_loss_kl_bytes)->Args({512, 4096})->UseRealTime()->Unit(benchma
 BENCHMARK(BM_PolicyLoss_default_cpu)->Args({512, 4096})->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PolicyLoss_verl_grpo_k3_cpu)->Args({512, 4096})->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_PolicyLoss_trl_gspo_cpu)->Args({512, 4096})->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_PolicyLossThreads_verl_grpo_k3_cpu)->Args({512, 4096, 2})->Args({512, 4096, 0})->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_KlPenalizedRewards_cpu)->Args({512, 4096})->UseRealTime()->Unit(benchmark::kMillisecond);

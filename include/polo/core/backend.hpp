@@ -41,10 +41,23 @@ enum class determinism : unsigned char {
                ///< No primitive has such a variant yet: `fast` runs the deterministic kernels.
 };
 
-/// The CPU backend: single-threaded, fixed-order, deterministic loops over Eigen maps.
+/// The CPU backend: fixed-order, deterministic loops over Eigen maps.
+///
+///     polo::cpu{}                  // the calling thread only
+///     polo::cpu{.threads = 8}      // a batch's sequences spread over up to 8 threads
+///     polo::cpu{.threads = 0}      // ... over std::thread::hardware_concurrency() threads
 struct cpu {
   using memory_space = host_space;
   static constexpr const char* name = "cpu";
+  /// Threads a call may use (the calling thread included): 1 (the default) runs on the calling
+  /// thread; N > 1 lets `policy_loss`, `gae`, `discounted_returns`, `remax_advantages`,
+  /// `reinforce_plus_plus`, `whiten`, `masked_moments` and `value_loss` compute the sequences of
+  /// a batch on up to N threads, started for the call and joined before it returns, at most
+  /// one per 65,536 positions (small batches stay on the calling thread); 0 means
+  /// std::thread::hardware_concurrency(). Other entries run on the calling thread. Results are
+  /// bitwise the same for every value, errors included: each sequence is computed on its own
+  /// and the statistics are folded on the calling thread in sequence order, exactly as with 1.
+  int threads = 1;
 };
 
 /// The CUDA backend: kernels launched on `stream`, never synchronizing it except where an

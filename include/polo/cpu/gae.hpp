@@ -2,10 +2,13 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 /// \file
-/// CPU implementation of <polo/gae.hpp>. Single-threaded and fixed-order (bitwise
-/// deterministic; a packed batch and the same batch padded give identical bits). Pass 1 checks
-/// every input a result depends on; pass 2 runs one backward scan per sequence with its state
-/// in double and writes both outputs; the statistics of a row are taken while it is in cache.
+/// CPU implementation of <polo/gae.hpp>. Fixed-order (bitwise deterministic; a packed batch
+/// and the same batch padded give identical bits). Pass 1 checks every input a result depends
+/// on; pass 2 runs one backward scan per sequence with its state in double and writes both
+/// outputs; the statistics of a row are taken while it is in cache. With `cpu::threads`, gae
+/// and the returns (ReMax included) compute rows on several threads in both passes and fold
+/// them on the calling thread in row order (<polo/cpu/parallel.hpp>): the same bits, and the
+/// same first error, for every thread count.
 
 #include <algorithm>
 #include <string>
@@ -14,19 +17,11 @@
 
 #include "polo/cpu/advantages.hpp"
 #include "polo/cpu/eigen_interop.hpp"
+#include "polo/cpu/parallel.hpp"
 #include "polo/cpu/whiten.hpp"
 #include "polo/gae.hpp"
 
 namespace polo::detail {
-
-/// Valid tokens of one row.
-template <class Mask>
-index_t cpu_row_count(const Mask* m, index_t len) {
-  if (m == nullptr) return len;
-  index_t n = 0;
-  for (index_t t = 0; t < len; ++t) n += is_valid(m[t]) ? 1 : 0;
-  return n;
-}
 
 /// One sequence's GAE, backwards, sequentially through the shared per-position functions of
 /// <polo/gae.hpp> (gae_step, gae_next_value, gae_write). Returns Σ R over the valid tokens.
@@ -76,16 +71,28 @@ template <>
 struct backend_impl<cpu, gae_tag> {
   // ---- GAE -------------------------------------------------------------------------------
   template <class T, class F, TokenLayout L>
-  static gae_stats gae(const cpu&, const L& layout, layout_tensor<L, const T> r, layout_tensor<L, const T> v,
+  static gae_stats gae(const cpu& be, const L& layout, layout_tensor<L, const T> r, layout_tensor<L, const T> v,
                        view<const F, 1, host_space> truncated, view<const T, 1, host_space> bootstrap,
                        layout_tensor<L, T> A, layout_tensor<L, T> R, const gae_config& c) {
     constexpr const char* fn = "gae";
     const index_t B = layout.num_seqs();
     const bool has_bootstrap = !truncated.is_null() || truncated.n > 0;
     auto is_truncated = [&](index_t i) { return has_bootstrap && truncated(i) != F(0); };
+    const int workers = cpu_workers(be, B, cpu_layout_positions(layout));
 
-    // Pass 1: every value a result depends on is finite.
+    // Pass 1: every value a result depends on is finite. Rows are screened in parallel; the
+    // ones with a non-finite value are checked again in row order, so the first error in row
+    // order (rewards, then values, then the bootstrap) is the one thrown.
+    std::vector<unsigned char> bad(static_cast<std::size_t>(B), 0);
+    cpu_parallel_rows(workers, B, [&](index_t i, int) {
+      const index_t len = layout.row_len(i);
+      const auto* m = layout.mask_row(i);
+      bad[static_cast<std::size_t>(i)] = cpu_row_has_nonfinite(layout.row_ptr(r, i), m, len) ||
+                                         cpu_row_has_nonfinite(layout.row_ptr(v, i), m, len) ||
+                                         (is_truncated(i) && !is_finite(bootstrap(i)));
+    });
     for (index_t i = 0; i < B; ++i) {
+      if (!bad[static_cast<std::size_t>(i)]) continue;
       const index_t len = layout.row_len(i);
       const auto* m = layout.mask_row(i);
       cpu_check_row_finite(fn, "rewards", layout, i, layout.row_ptr(r, i), m, len);
@@ -95,20 +102,23 @@ struct backend_impl<cpu, gae_tag> {
                         "sequence " + std::to_string(i) + " is flagged truncated");
     }
 
-    // Pass 2: one backward scan per sequence.
-    gae_stats st;
-    st.sequences = B;
+    // Pass 2: one backward scan per sequence, each row's statistics into its slot, folded in
+    // row order below.
+    struct row_out {
+      moments am{};
+      double rsum = 0.0, lambda = 0.0;
+    };
+    std::vector<row_out> rows(static_cast<std::size_t>(B));
     const bool skip = c.mask == gae_mask_mode::skip;
     const bool two = c.returns == gae_returns::value_lambda;
-    for (index_t i = 0; i < B; ++i) {
+    cpu_parallel_rows(workers, B, [&](index_t i, int) {
       const index_t len = layout.row_len(i);
-      if (len == 0) continue;
+      if (len == 0) return;
       const auto* m = layout.mask_row(i);
       // The valid-token count is needed up front only for the length-adaptive λ.
       const index_t n_adaptive = c.lambda_mode == gae_lambda_mode::length_adaptive ? cpu_row_count(m, len) : 0;
       const bool trunc = is_truncated(i);
       const gae_row_coeffs k = gae_row_setup(c, n_adaptive, trunc, trunc ? double(bootstrap(i)) : 0.0);
-      if (trunc) ++st.truncated;
       const T* rr = layout.row_ptr(r, i);
       const T* vr = layout.row_ptr(v, i);
       T* ar = layout.row_ptr(A, i);
@@ -124,12 +134,22 @@ struct backend_impl<cpu, gae_tag> {
       else
         rsum = two ? cpu_gae_row<false, true, true>(rr, vr, m, len, k, f, ar, ret)
                    : cpu_gae_row<false, true, false>(rr, vr, m, len, k, f, ar, ret);
-      const moments am = cpu_row_moments(static_cast<const T*>(ar), m, len);
-      if (am.count > 0) {
-        st.tokens += am.count;
-        st.advantages += am;
-        st.returns += sum_count<double>{rsum, am.count};
-        st.lambda += sum_count<double>{k.lambda, 1};
+      row_out& o = rows[static_cast<std::size_t>(i)];
+      o.am = cpu_row_moments(static_cast<const T*>(ar), m, len);
+      o.rsum = rsum;
+      o.lambda = k.lambda;
+    });
+    gae_stats st;
+    st.sequences = B;
+    for (index_t i = 0; i < B; ++i) {
+      if (layout.row_len(i) == 0) continue;
+      if (is_truncated(i)) ++st.truncated;
+      const row_out& o = rows[static_cast<std::size_t>(i)];
+      if (o.am.count > 0) {
+        st.tokens += o.am.count;
+        st.advantages += o.am;
+        st.returns += sum_count<double>{o.rsum, o.am.count};
+        st.lambda += sum_count<double>{o.lambda, 1};
       }
     }
     return st;
@@ -138,12 +158,22 @@ struct backend_impl<cpu, gae_tag> {
   // ---- discounted returns and ReMax --------------------------------------------------------
   /// R (and A = R − b when `baselines` is non-null) for every row.
   template <class T, TokenLayout L>
-  static returns_stats returns(const cpu&, const char* fn, const L& layout, layout_tensor<L, const T> r,
+  static returns_stats returns(const cpu& be, const char* fn, const L& layout, layout_tensor<L, const T> r,
                                view<const T, 1, host_space> baselines, layout_tensor<L, T> R,
                                layout_tensor<L, T> A, const returns_config& c) {
     const index_t B = layout.num_seqs();
     const bool remax = baselines.data != nullptr;
+    const int workers = cpu_workers(be, B, cpu_layout_positions(layout));
+    // Screened in parallel, checked in row order (the first error in row order is thrown).
+    std::vector<unsigned char> bad(static_cast<std::size_t>(B), 0);
+    cpu_parallel_rows(workers, B, [&](index_t i, int) {
+      const index_t len = layout.row_len(i);
+      const auto* m = layout.mask_row(i);
+      bad[static_cast<std::size_t>(i)] = cpu_row_has_nonfinite(layout.row_ptr(r, i), m, len) ||
+                                         (remax && !is_finite(baselines(i)) && cpu_row_count(m, len) > 0);
+    });
     for (index_t i = 0; i < B; ++i) {
+      if (!bad[static_cast<std::size_t>(i)]) continue;
       const index_t len = layout.row_len(i);
       const auto* m = layout.mask_row(i);
       cpu_check_row_finite(fn, "rewards", layout, i, layout.row_ptr(r, i), m, len);
@@ -151,11 +181,10 @@ struct backend_impl<cpu, gae_tag> {
         throw_nonfinite(fn, "baselines", i, double(baselines(i)),
                         "sequence " + std::to_string(i) + " has valid tokens");
     }
-    returns_stats st;
-    st.sequences = B;
-    for (index_t i = 0; i < B; ++i) {
+    std::vector<moments> rows(static_cast<std::size_t>(B));
+    cpu_parallel_rows(workers, B, [&](index_t i, int) {
       const index_t len = layout.row_len(i);
-      if (len == 0) continue;
+      if (len == 0) return;
       const auto* m = layout.mask_row(i);
       T* rr = layout.row_ptr(R, i);
       T* ar = remax ? layout.row_ptr(A, i) : nullptr;
@@ -164,7 +193,13 @@ struct backend_impl<cpu, gae_tag> {
         cpu_returns_row<false>(layout.row_ptr(r, i), m, len, c.gamma, c.fill, c.mask, rr, ar, b);
       else
         cpu_returns_row<true>(layout.row_ptr(r, i), m, len, c.gamma, c.fill, c.mask, rr, ar, b);
-      moments rm = cpu_row_moments(static_cast<const T*>(rr), m, len);
+      rows[static_cast<std::size_t>(i)] = cpu_row_moments(static_cast<const T*>(rr), m, len);
+    });
+    returns_stats st;
+    st.sequences = B;
+    for (index_t i = 0; i < B; ++i) {
+      if (layout.row_len(i) == 0) continue;
+      const moments& rm = rows[static_cast<std::size_t>(i)];
       st.tokens += rm.count;
       st.returns += rm;
     }
@@ -205,7 +240,8 @@ struct backend_impl<cpu, gae_tag> {
     st.whiten.mean = w.mean;
     st.whiten.inv_scale = w.inv_scale;
     st.whiten.degenerate = w.degenerate;
-    backend_impl<cpu, whiten_tag>::apply<T>(layout, layout_tensor<L, const T>(R), A, w, c.whiten);
+    backend_impl<cpu, whiten_tag>::apply<T>(layout, layout_tensor<L, const T>(R), A, w, c.whiten,
+                                            cpu_workers(be, layout.num_seqs(), cpu_layout_positions(layout)));
     return st;
   }
 

@@ -2,8 +2,10 @@
 // SPDX-License-Identifier: Apache-2.0
 #pragma once
 /// \file
-/// CPU implementation of <polo/policy_loss.hpp>. Single-threaded and fixed-order, so bitwise
-/// deterministic, and a packed batch gives bitwise the results of the same batch padded.
+/// CPU implementation of <polo/policy_loss.hpp>. Fixed-order, so bitwise deterministic, and a
+/// packed batch gives bitwise the results of the same batch padded. With `cpu::threads` the
+/// rows of both passes are computed on several threads and folded on the calling thread in
+/// row order (<polo/cpu/parallel.hpp>): the same bits for every thread count.
 /// Everything is computed in double from the per-token formulas of the backend-neutral header
 /// (`detail::ratio_from_log_ratio`, `detail::surrogate`, `detail::kl_term`), the same ones the
 /// CUDA kernels run.
@@ -16,6 +18,7 @@
 
 #include <vector>
 
+#include "polo/cpu/parallel.hpp"
 #include "polo/kl.hpp"
 #include "polo/policy_loss.hpp"
 
@@ -57,7 +60,7 @@ struct backend_impl<cpu, policy_loss_tag> {
   }
 
   template <TokenLayout L, class T, int R>
-  static policy_loss_result policy_loss(const cpu&, const L& layout, view<const T, R, host_space> logp,
+  static policy_loss_result policy_loss(const cpu& be, const L& layout, view<const T, R, host_space> logp,
                                         view<const T, R, host_space> logp_old, view<const T, R, host_space> logp_ref,
                                         view<const T, R, host_space> adv, view<T, R, host_space> grad,
                                         const policy_loss_config& c, const normalizers& norm) {
@@ -74,32 +77,45 @@ struct backend_impl<cpu, policy_loss_tag> {
     policy_loss_stats& st = res.stats;
 
     // ---- pass 1: counts and non-finite inputs at valid positions (nothing written) ----
+    // Per row, in parallel (branch-free, vectorizable): the valid-token count and whether any
+    // used input is non-finite at a valid position. Then, on this thread in row order, a row
+    // with one is scanned again for the position: the first in row order throws (error), or
+    // its tokens are counted and the row flagged (skip).
+    const int workers = cpu_workers(be, B, cpu_layout_positions(layout));
     std::vector<index_t> n(static_cast<std::size_t>(B), 0);
     std::vector<unsigned char> row_bad(static_cast<std::size_t>(B), 0);
-    for (index_t i = 0; i < B; ++i) {
+    cpu_parallel_rows(workers, B, [&](index_t i, int) {
       const index_t len = layout.row_len(i);
       const auto* m = layout.mask_row(i);
       const T* lp = layout.row_ptr(logp, i);
       const T* lo = layout.row_ptr(logp_old, i);
       const T* lr = read_ref ? layout.row_ptr(logp_ref, i) : nullptr;
       const T* a = layout.row_ptr(adv, i);
-      // Fast path (branch-free, vectorizable): count valid tokens and detect any non-finite
-      // input at a valid position; only a row with one is scanned again for its position.
       index_t k = len;
-      bool row_ok = true;
       if (m != nullptr) {
         k = 0;
         for (index_t t = 0; t < len; ++t) k += is_valid(m[t]) ? 1 : 0;
       }
-      {
-        int ok = 1;
-        for (index_t t = 0; t < len; ++t) {
-          const T z = (lp[t] - lp[t]) + (lo[t] - lo[t]) + (a[t] - a[t]) + (lr != nullptr ? lr[t] - lr[t] : T(0));
-          ok &= (m != nullptr && !is_valid(m[t])) | (z == T(0));
-        }
-        row_ok = ok != 0;
+      int ok = 1;
+      for (index_t t = 0; t < len; ++t) {
+        const T z = (lp[t] - lp[t]) + (lo[t] - lo[t]) + (a[t] - a[t]) + (lr != nullptr ? lr[t] - lr[t] : T(0));
+        ok &= (m != nullptr && !is_valid(m[t])) | (z == T(0));
       }
-      for (index_t t = 0; !row_ok && t < len; ++t) {
+      n[static_cast<std::size_t>(i)] = k;
+      row_bad[static_cast<std::size_t>(i)] = ok ? 0 : 1;
+    });
+    for (index_t i = 0; i < B; ++i) {
+      const index_t k = n[static_cast<std::size_t>(i)];
+      st.tokens += k;
+      st.sequences += k > 0 ? 1 : 0;
+      if (!row_bad[static_cast<std::size_t>(i)]) continue;
+      const index_t len = layout.row_len(i);
+      const auto* m = layout.mask_row(i);
+      const T* lp = layout.row_ptr(logp, i);
+      const T* lo = layout.row_ptr(logp_old, i);
+      const T* lr = read_ref ? layout.row_ptr(logp_ref, i) : nullptr;
+      const T* a = layout.row_ptr(adv, i);
+      for (index_t t = 0; t < len; ++t) {
         if (m != nullptr && !is_valid(m[t])) continue;
         const char* bad = nullptr;
         double v = 0.0;
@@ -112,11 +128,7 @@ struct backend_impl<cpu, policy_loss_tag> {
           throw_nonfinite(fn, bad, flat_index(layout, i, t), v,
                           "at a valid token; set token_nonfinite_policy::skip to leave such tokens out");
         ++st.nonfinite_tokens;
-        row_bad[i] = 1;
       }
-      n[i] = k;
-      st.tokens += k;
-      st.sequences += k > 0 ? 1 : 0;
     }
 
     // ---- normalizers and weights ----
@@ -129,34 +141,49 @@ struct backend_impl<cpu, policy_loss_tag> {
         kl_mode == aggregation::seq_mean_token_mean || kl_mode == aggregation::seq_mean_token_sum;
     const double beta = c.kl_coef;
 
-    neumaier_sum loss_pol, loss_kl, parts_pol, parts_kl;
-    std::vector<double> row_dlogp, row_sens;  // per-token scratch for sequence-level ratios
-
-    // ---- pass 2: per row ----
-    for (index_t i = 0; i < B; ++i) {
+    // ---- pass 2: per row, in parallel; each row's sums and statistics into its own slot ----
+    struct row_out {
+      bool skipped_row = false;  ///< a sequence-level term with a skipped token: gradient 0, nothing else
+      bool has_seq_kl = false;
+      bool seq_kl_clamped = false;
+      index_t skipped = 0;
+      double seq_kl_value = 0.0, seq_kl_weighted = 0.0;
+      double w = 0.0, wk = 0.0, S = 0.0, K = 0.0;
+      double s_up = 0, s_lo = 0, s_dual = 0, s_delta = 0, s_clamp = 0, s_k1 = 0, s_k3 = 0, s_kl = 0, s_klc = 0;
+      index_t s_n = 0, s_nkl = 0;
+      value_range s_ratio;
+    };
+    std::vector<row_out> rows(static_cast<std::size_t>(B));
+    struct scratch {
+      std::vector<double> dlogp, sens;  // per-token scratch for sequence-level ratios
+    };
+    std::vector<scratch> scr(static_cast<std::size_t>(workers));
+    cpu_parallel_rows(workers, B, [&](index_t i, int wid) {
       const index_t len = layout.row_len(i);
-      if (len == 0) continue;
+      if (len == 0) return;
+      row_out& ro = rows[static_cast<std::size_t>(i)];
       const auto* m = layout.mask_row(i);
       const T* lp = layout.row_ptr(logp, i);
       const T* lo = layout.row_ptr(logp_old, i);
       const T* lr = read_ref ? layout.row_ptr(logp_ref, i) : nullptr;
       const T* a = layout.row_ptr(adv, i);
       T* g = layout.row_ptr(grad, i);
-      const index_t ni = n[i];
-      st.masked_tokens += len - ni;
+      const index_t ni = n[static_cast<std::size_t>(i)];
       auto valid = [&](index_t t) { return m == nullptr || is_valid(m[t]); };
-      const bool check_tokens = row_bad[i] != 0;
+      const bool check_tokens = row_bad[static_cast<std::size_t>(i)] != 0;
       auto token_ok = [&](index_t t) {
         return is_finite(lp[t]) && is_finite(lo[t]) && (lr == nullptr || is_finite(lr[t])) && is_finite(a[t]);
       };
       // A sequence-level term needs every token of its sequence: skip the whole row.
-      if (row_bad[i] && (seq_ratio || seq_kl)) {
+      if (check_tokens && (seq_ratio || seq_kl)) {
         for (index_t t = 0; t < len; ++t) g[t] = T(0);
-        st.skipped_tokens += ni;
-        continue;
+        ro.skipped_row = true;
+        return;
       }
       const double w = aggregation_weight(c.agg, norm.scale, div, ni);
       const double wk = aggregation_weight(kl_mode, norm.scale, kl_mode == c.agg ? div : div_tok, ni);
+      ro.w = w;
+      ro.wk = wk;
 
       // Sequence-level quantities: the mean log-ratio (GSPO) and the KL input D_i.
       ratio_point seq_r{};
@@ -176,19 +203,20 @@ struct backend_impl<cpu, policy_loss_tag> {
           seq_k = kl_term(c.kl, D, 1.0);
           const double wseq = aggregation_weight(aggregation::seq_mean_token_sum, norm.scale, div_seq, ni);
           seq_kl_d = beta * wseq * seq_k.grad * (c.kl.level == kl_level::sequence_mean ? 1.0 / nd : 1.0);
-          loss_kl.add(wseq * seq_k.value);
-          parts_kl.add(seq_k.value);
-          st.kl_ref += sum_count<double>{seq_k.value, 1};
-          st.kl_clamped += sum_count<double>{seq_k.clamped ? 1.0 : 0.0, 1};
+          ro.has_seq_kl = true;
+          ro.seq_kl_weighted = wseq * seq_k.value;
+          ro.seq_kl_value = seq_k.value;
+          ro.seq_kl_clamped = seq_k.clamped;
         }
       }
+      std::vector<double>& row_dlogp = scr[static_cast<std::size_t>(wid)].dlogp;
+      std::vector<double>& row_sens = scr[static_cast<std::size_t>(wid)].sens;
       if (seq_ratio) {
         row_dlogp.assign(static_cast<std::size_t>(len), 0.0);
         row_sens.assign(static_cast<std::size_t>(len), 0.0);
       }
 
       neumaier_sum row_pol, row_kl, row_sens_sum;
-      // Per-row statistics, merged into `st` after the row (fixed order).
       double s_up = 0, s_lo = 0, s_dual = 0, s_delta = 0, s_clamp = 0, s_k1 = 0, s_k3 = 0, s_kl = 0, s_klc = 0;
       index_t s_n = 0, s_nkl = 0;
       value_range s_ratio;
@@ -199,7 +227,7 @@ struct backend_impl<cpu, policy_loss_tag> {
         }
         if (check_tokens && !token_ok(t)) {  // only under skip, token-level terms only
           g[t] = T(0);
-          ++st.skipped_tokens;
+          ++ro.skipped;
           continue;
         }
         const double x = double(lp[t]), xo = double(lo[t]), A = double(a[t]);
@@ -221,8 +249,8 @@ struct backend_impl<cpu, policy_loss_tag> {
         }
         if (seq_kl) dlogp += seq_kl_d;
         if (seq_ratio) {
-          row_dlogp[t] = dlogp;
-          row_sens[t] = sens;
+          row_dlogp[static_cast<std::size_t>(t)] = dlogp;
+          row_sens[static_cast<std::size_t>(t)] = sens;
           row_sens_sum.add(sens);
         } else {
           g[t] = T(dlogp + times_sensitivity(sens, rp.d_log_ratio));
@@ -243,18 +271,6 @@ struct backend_impl<cpu, policy_loss_tag> {
         }
         ++s_n;
       }
-      st.clip_upper += sum_count<double>{s_up, s_n};
-      st.clip_lower += sum_count<double>{s_lo, s_n};
-      st.clip_dual += sum_count<double>{s_dual, s_n};
-      st.delta_capped += sum_count<double>{s_delta, s_n};
-      st.ratio += s_ratio;
-      st.clamped_log_ratio += sum_count<double>{s_clamp, s_n};
-      st.approx_kl_k1 += sum_count<double>{s_k1, s_n};
-      st.approx_kl_k3 += sum_count<double>{s_k3, s_n};
-      if (s_nkl > 0) {
-        st.kl_ref += sum_count<double>{s_kl, s_nkl};
-        st.kl_clamped += sum_count<double>{s_klc, s_nkl};
-      }
       if (seq_ratio) {
         // d s_i / d logp_u = s_i/n_i where the clamp is inactive (through the mean), or s_i per
         // token (verl's straight-through form).
@@ -263,23 +279,60 @@ struct backend_impl<cpu, policy_loss_tag> {
         const double total = through ? times_sensitivity(row_sens_sum.value(), seq_r.d_log_ratio / nd) : 0.0;
         for (index_t t = 0; t < len; ++t) {
           if (!valid(t)) continue;  // already written 0
-          const double own = through ? 0.0 : times_sensitivity(row_sens[t], seq_r.d_log_ratio);
-          g[t] = T(row_dlogp[t] + total + own);
+          const double own = through ? 0.0 : times_sensitivity(row_sens[static_cast<std::size_t>(t)], seq_r.d_log_ratio);
+          g[t] = T(row_dlogp[static_cast<std::size_t>(t)] + total + own);
         }
       }
+      ro.S = row_pol.value();
+      ro.K = row_kl.value();
+      ro.s_up = s_up, ro.s_lo = s_lo, ro.s_dual = s_dual, ro.s_delta = s_delta, ro.s_clamp = s_clamp;
+      ro.s_k1 = s_k1, ro.s_k3 = s_k3, ro.s_kl = s_kl, ro.s_klc = s_klc;
+      ro.s_n = s_n, ro.s_nkl = s_nkl;
+      ro.s_ratio = s_ratio;
+    });
+
+    // ---- the rows folded in row order (the operations and order of a single-threaded loop) ----
+    neumaier_sum loss_pol, loss_kl, parts_pol, parts_kl;
+    for (index_t i = 0; i < B; ++i) {
+      const index_t len = layout.row_len(i);
+      if (len == 0) continue;
+      const row_out& ro = rows[static_cast<std::size_t>(i)];
+      const index_t ni = n[static_cast<std::size_t>(i)];
+      st.masked_tokens += len - ni;
+      if (ro.skipped_row) {
+        st.skipped_tokens += ni;
+        continue;
+      }
+      if (ro.has_seq_kl) {
+        loss_kl.add(ro.seq_kl_weighted);
+        parts_kl.add(ro.seq_kl_value);
+        st.kl_ref += sum_count<double>{ro.seq_kl_value, 1};
+        st.kl_clamped += sum_count<double>{ro.seq_kl_clamped ? 1.0 : 0.0, 1};
+      }
+      st.skipped_tokens += ro.skipped;
+      st.clip_upper += sum_count<double>{ro.s_up, ro.s_n};
+      st.clip_lower += sum_count<double>{ro.s_lo, ro.s_n};
+      st.clip_dual += sum_count<double>{ro.s_dual, ro.s_n};
+      st.delta_capped += sum_count<double>{ro.s_delta, ro.s_n};
+      st.ratio += ro.s_ratio;
+      st.clamped_log_ratio += sum_count<double>{ro.s_clamp, ro.s_n};
+      st.approx_kl_k1 += sum_count<double>{ro.s_k1, ro.s_n};
+      st.approx_kl_k3 += sum_count<double>{ro.s_k3, ro.s_n};
+      if (ro.s_nkl > 0) {
+        st.kl_ref += sum_count<double>{ro.s_kl, ro.s_nkl};
+        st.kl_clamped += sum_count<double>{ro.s_klc, ro.s_nkl};
+      }
       // Row sums into the loss (w_i * S_i) and into the sum-and-count parts.
-      const double S = row_pol.value();
-      loss_pol.add(w * S);
+      loss_pol.add(ro.w * ro.S);
       if (ni > 0) {
         if (c.agg == aggregation::seq_mean_token_mean)
-          parts_pol.add(S / double(ni));
+          parts_pol.add(ro.S / double(ni));
         else
-          parts_pol.add(S);
+          parts_pol.add(ro.S);
       }
       if (use_kl && !seq_kl) {
-        const double K = row_kl.value();
-        loss_kl.add(wk * K);
-        if (ni > 0) parts_kl.add(kl_mode == aggregation::seq_mean_token_mean ? K / double(ni) : K);
+        loss_kl.add(ro.wk * ro.K);
+        if (ni > 0) parts_kl.add(kl_mode == aggregation::seq_mean_token_mean ? ro.K / double(ni) : ro.K);
       }
     }
 

@@ -3,15 +3,18 @@
 #pragma once
 /// \file
 /// CPU implementation of <polo/whiten.hpp>, and the row helpers the other PPO primitives on the
-/// CPU share (finiteness checks at valid tokens, row moments). Single-threaded, fixed-order,
-/// bitwise deterministic; statistics in double. Pass 1 checks every valid input and takes the
-/// moments row by row (each row is reread from cache for its squared deviations); pass 2
-/// writes. A throw therefore leaves the output untouched.
+/// CPU share (finiteness checks at valid tokens, row moments). Fixed-order, bitwise
+/// deterministic; statistics in double. Pass 1 checks every valid input and takes the moments
+/// row by row (each row is reread from cache for its squared deviations); pass 2 writes. A
+/// throw therefore leaves the output untouched. With `cpu::threads` both passes run rows on
+/// several threads, the moments merged in row order (the same bits for every count).
 
 #include <string>
 #include <type_traits>
+#include <vector>
 
 #include "polo/cpu/eigen_interop.hpp"
+#include "polo/cpu/parallel.hpp"
 #include "polo/whiten.hpp"
 
 namespace polo::detail {
@@ -28,6 +31,15 @@ bool cpu_row_has_nonfinite(const T* x, const Mask* m, index_t len) {
     for (index_t t = 0; t < len; ++t) bad |= unsigned(m[t] != Mask(0)) & unsigned((x[t] - x[t]) != T(0));
   }
   return bad != 0;
+}
+
+/// Valid tokens of one row.
+template <class Mask>
+index_t cpu_row_count(const Mask* m, index_t len) {
+  if (m == nullptr) return len;
+  index_t n = 0;
+  for (index_t t = 0; t < len; ++t) n += is_valid(m[t]) ? 1 : 0;
+  return n;
 }
 
 /// Throws nonfinite_error naming `arg` and the flat index of the first non-finite value at a
@@ -96,18 +108,32 @@ moments cpu_row_moments(const T* x, const Mask* m, index_t len) {
 }
 
 /// Moments of every valid value of a per-token tensor (rows merged in order), checking that
-/// each is finite.
+/// each is finite. With `workers` > 1 the rows' moments are taken on several threads and
+/// merged here in row order (the same bits); a row with a non-finite value is checked again
+/// in row order, so the first one in row order is the error thrown.
 template <class T, TokenLayout L>
-moments cpu_masked_moments(const char* fn, const char* arg, const L& layout, layout_tensor<L, const T> x) {
-  moments total;
+moments cpu_masked_moments(const char* fn, const char* arg, const L& layout, layout_tensor<L, const T> x,
+                           int workers = 1) {
   const index_t B = layout.num_seqs();
+  std::vector<moments> rows(static_cast<std::size_t>(B));
+  std::vector<unsigned char> bad(static_cast<std::size_t>(B), 0);
+  cpu_parallel_rows(workers, B, [&](index_t i, int) {
+    const index_t len = layout.row_len(i);
+    if (len == 0) return;
+    const T* xr = layout.row_ptr(x, i);
+    const auto* m = layout.mask_row(i);
+    if (cpu_row_has_nonfinite(xr, m, len))
+      bad[static_cast<std::size_t>(i)] = 1;
+    else
+      rows[static_cast<std::size_t>(i)] = cpu_row_moments(xr, m, len);
+  });
+  moments total;
   for (index_t i = 0; i < B; ++i) {
     const index_t len = layout.row_len(i);
     if (len == 0) continue;
-    const T* xr = layout.row_ptr(x, i);
-    const auto* m = layout.mask_row(i);
-    cpu_check_row_finite(fn, arg, layout, i, xr, m, len);
-    total += cpu_row_moments(xr, m, len);
+    if (bad[static_cast<std::size_t>(i)])
+      cpu_check_row_finite(fn, arg, layout, i, layout.row_ptr(x, i), layout.mask_row(i), len);
+    total += rows[static_cast<std::size_t>(i)];
   }
   return total;
 }
@@ -130,44 +156,47 @@ void cpu_affine_row(const T* x, const Mask* m, T* out, index_t len, double mean,
 template <>
 struct backend_impl<cpu, whiten_tag> {
   template <class T, TokenLayout L>
-  static moments masked_moments(const cpu&, const L& layout, layout_tensor<L, const T> x) {
+  static moments masked_moments(const cpu& be, const L& layout, layout_tensor<L, const T> x) {
     if constexpr (L::is_packed) layout.check_offsets_host("masked_moments");
-    return cpu_masked_moments<T>("masked_moments", "x", layout, x);
+    return cpu_masked_moments<T>("masked_moments", "x", layout, x,
+                                 cpu_workers(be, layout.num_seqs(), cpu_layout_positions(layout)));
   }
 
-  /// Writes the whitened tensor given the coefficients (also used by gae.hpp's composites).
+  /// Writes the whitened tensor given the coefficients (also used by gae.hpp's composites),
+  /// rows on `workers` threads.
   template <class T, TokenLayout L>
   static void apply(const L& layout, layout_tensor<L, const T> x, layout_tensor<L, T> out, const whiten_coeffs& w,
-                    const whiten_config& c) {
+                    const whiten_config& c, int workers = 1) {
     const index_t B = layout.num_seqs();
     const double add = c.shift_mean ? 0.0 : w.mean;
-    for (index_t i = 0; i < B; ++i) {
+    cpu_parallel_rows(workers, B, [&](index_t i, int) {
       const index_t len = layout.row_len(i);
-      if (len == 0) continue;
+      if (len == 0) return;
       T* o = layout.row_ptr(out, i);
       if (w.degenerate) {
         row_array_map<T>(o, len).setZero();
-        continue;
+        return;
       }
       cpu_affine_row(layout.row_ptr(x, i), layout.mask_row(i), o, len, w.mean, w.inv_scale, add,
                      c.write == whiten_write::zero_masked);
-    }
+    });
   }
 
   template <class T, TokenLayout L>
-  static whiten_stats whiten(const cpu&, const L& layout, layout_tensor<L, const T> x, layout_tensor<L, T> out,
+  static whiten_stats whiten(const cpu& be, const L& layout, layout_tensor<L, const T> x, layout_tensor<L, T> out,
                              const moments* batch, const whiten_config& c) {
     constexpr const char* fn = "whiten";
     if constexpr (L::is_packed) layout.check_offsets_host(fn);
+    const int workers = cpu_workers(be, layout.num_seqs(), cpu_layout_positions(layout));
     whiten_stats st;
-    st.local = cpu_masked_moments<T>(fn, "x", layout, x);
+    st.local = cpu_masked_moments<T>(fn, "x", layout, x, workers);
     st.used = batch ? *batch : st.local;
     whiten_coeffs w = whiten_coefficients(st.used, c);
     if (w.degenerate && c.degenerate == whiten_degenerate::error) throw_degenerate(fn, st.used, c);
     st.mean = w.mean;
     st.inv_scale = w.inv_scale;
     st.degenerate = w.degenerate;
-    apply<T>(layout, x, out, w, c);
+    apply<T>(layout, x, out, w, c, workers);
     return st;
   }
 };
