@@ -18,6 +18,9 @@
 #   SAN_TESTS="a b"  only these CUDA test binaries under the sanitizers (default: every *_test_cuda)
 #   SAN_TOOLS="..."  sanitizer tools (default "memcheck racecheck"); SAN_TIMEOUT seconds per run
 #   CTEST=0          skip ctest;  R1ZERO=0  skip the example trainer
+#   SAN_ENV="K=V .." environment of the sanitizer runs only (not ctest's), e.g.
+#                    "POLO_TEST_CONFIG_STRIDE=8" to sample advantages' every-option loop
+#                    (tests/support/polo_test.hpp, config_selected)
 #   SAN_SPLIT=1      one sanitizer run per test case instead of per binary, at most nproc at a
 #                    time, each bounded by SAN_TIMEOUT (for binaries whose whole run under
 #                    racecheck takes longer than a time-limited session allows); the summary
@@ -57,7 +60,7 @@ for t in $cuda_tests; do
   fi
 done
 san_run() {  # log binary tool spec
-  timeout "${SAN_TIMEOUT:-300}" "$san" --tool "$3" --error-exitcode 3 $build/tests/$2 ${4:+"$4"} -d yes \
+  env ${SAN_ENV:-} timeout "${SAN_TIMEOUT:-300}" "$san" --tool "$3" --error-exitcode 3 $build/tests/$2 ${4:+"$4"} -d yes \
     >"$out/$1.log" 2>&1
 }
 if [ "${SAN_SPLIT:-0}" = 1 ]; then

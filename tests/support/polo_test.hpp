@@ -90,6 +90,23 @@ inline std::uint64_t base_seed() {
 }
 inline std::mt19937_64 rng(std::uint64_t salt) { return std::mt19937_64(base_seed() * 1000003ULL + salt); }
 
+/// Whether the k-th configuration of an exhaustive loop runs: all of them unless
+/// POLO_TEST_CONFIG_STRIDE=s (and optionally POLO_TEST_CONFIG_OFFSET=o) select every s-th one
+/// from the o-th. For tools that make each call ~1000x slower (compute-sanitizer racecheck):
+/// a run per offset covers the loop across processes, or one stride samples it. Unset in CI.
+inline bool config_selected(std::size_t k) {
+  static const std::size_t stride = [] {
+    const char* s = std::getenv("POLO_TEST_CONFIG_STRIDE");
+    const unsigned long long v = s ? std::strtoull(s, nullptr, 10) : 1ULL;
+    return static_cast<std::size_t>(v > 0 ? v : 1);
+  }();
+  static const std::size_t offset = [] {
+    const char* s = std::getenv("POLO_TEST_CONFIG_OFFSET");
+    return static_cast<std::size_t>(s ? std::strtoull(s, nullptr, 10) : 0ULL);
+  }();
+  return k % stride == offset % stride;
+}
+
 inline std::vector<double> normal(std::mt19937_64& g, index_t n, double mean = 0.0, double sd = 1.0) {
   std::normal_distribution<double> d(mean, sd);
   std::vector<double> v(static_cast<std::size_t>(n));
