@@ -1,7 +1,7 @@
 // SPDX-FileCopyrightText: 2026 The polo authors
 // SPDX-License-Identifier: Apache-2.0
 // polo::cpu::threads: policy_loss, gae, discounted_returns, remax_advantages,
-// reinforce_plus_plus, whiten, masked_moments and value_loss give bitwise
+// reinforce_plus_plus, whiten, masked_moments, value_loss and kl_penalized_rewards give bitwise
 // the results of the single-threaded call (outputs and every statistic) for every thread
 // count, on batches large enough to use several threads (padded with left padding, interior
 // masked spans and empty rows, and packed); a data error is the single-threaded call's error
@@ -11,10 +11,12 @@
 #include "support/polo_test.hpp"
 
 #include "polo/gae.hpp"
+#include "polo/kl.hpp"
 #include "polo/policy_loss.hpp"
 #include "polo/value_loss.hpp"
 #include "polo/whiten.hpp"
 #include "polo/cpu/gae.hpp"
+#include "polo/cpu/kl.hpp"
 #include "polo/cpu/parallel.hpp"
 #include "polo/cpu/policy_loss.hpp"
 #include "polo/cpu/value_loss.hpp"
@@ -354,6 +356,64 @@ TEST_CASE("cpu threads: whiten, masked_moments, value_loss and reinforce_plus_pl
     CHECK(what == want);
     bool untouched = true;
     for (float q : gr) untouched = untouched && q == -7.0f;
+    CHECK(untouched);
+  }
+}
+
+TEST_CASE("cpu threads: kl_penalized_rewards gives the single-threaded bits, in place too", "[cpu][threads]") {
+  auto g = test::rng(7104);
+  const auto m = mixed_mask(g);
+  const auto r = test::cast<float>(test::normal(g, B * Tn, 0.1, 1.0));
+  const auto lo = test::cast<float>(test::normal(g, B * Tn, -1.0, 0.5));
+  auto lr = test::cast<float>(test::normal(g, B * Tn, -1.0, 0.5));
+  lr[static_cast<std::size_t>(7 * Tn + 100)] = 40.0f;  // a clamp, wherever it lands
+  padded<std::uint8_t> L(matrix_view_of(m, B, Tn));
+  auto mat = [](const std::vector<float>& a) { return matrix_view_of(a, B, Tn); };
+  const kl_config kls[] = {presets::verl::low_var_kl, presets::verl::kl_k1, presets::openrlhf::kl_k2};
+  for (const kl_config& kl : kls) {
+    std::vector<float> o1(static_cast<std::size_t>(B * Tn), -7.0f);
+    const kl_reward_stats s1 = kl_penalized_rewards(cpu{}, L, mat(r), mat(lo), mat(lr), matrix_view_of(o1, B, Tn), 0.05, kl);
+    CHECK(s1.tokens > 0);
+    for (int threads : thread_counts) {
+      INFO("threads " << threads);
+      std::vector<float> ot(static_cast<std::size_t>(B * Tn), -7.0f);
+      const kl_reward_stats st =
+          kl_penalized_rewards(cpu{.threads = threads}, L, mat(r), mat(lo), mat(lr), matrix_view_of(ot, B, Tn), 0.05, kl);
+      CHECK(same_bits(s1, st));
+      CHECK(test::bitwise_equal(o1, ot));
+      std::vector<float> inplace = r;  // out aliases rewards
+      const kl_reward_stats si = kl_penalized_rewards(cpu{.threads = threads}, L, mat(inplace), mat(lo), mat(lr),
+                                                      matrix_view_of(inplace, B, Tn), 0.05, kl);
+      CHECK(same_bits(s1, si));
+      CHECK(test::bitwise_equal(o1, inplace));
+    }
+  }
+  // The first non-finite input in row order is the error, whatever the thread count.
+  auto lo_bad = lo;
+  auto r_bad = r;
+  for (index_t t = 0; t < Tn; ++t)
+    if (m[static_cast<std::size_t>(41 * Tn + t)]) {
+      lo_bad[static_cast<std::size_t>(41 * Tn + t)] = std::numeric_limits<float>::quiet_NaN();
+      break;
+    }
+  for (index_t t = 0; t < Tn; ++t)
+    if (m[static_cast<std::size_t>(80 * Tn + t)]) {
+      r_bad[static_cast<std::size_t>(80 * Tn + t)] = std::numeric_limits<float>::infinity();
+      break;
+    }
+  for (int threads : {1, 4}) {
+    std::vector<float> o(static_cast<std::size_t>(B * Tn), -7.0f);
+    std::string what;
+    try {
+      (void)kl_penalized_rewards(cpu{.threads = threads}, L, mat(r_bad), mat(lo_bad), mat(lr), matrix_view_of(o, B, Tn),
+                                 0.05, presets::verl::low_var_kl);
+    } catch (const nonfinite_error& e) {
+      what = e.what();
+    }
+    INFO("threads " << threads << ": " << what);
+    CHECK(what.find("logp_old") != std::string::npos);  // row 41 before row 80
+    bool untouched = true;
+    for (float q : o) untouched = untouched && q == -7.0f;
     CHECK(untouched);
   }
 }

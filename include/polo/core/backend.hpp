@@ -51,10 +51,12 @@ struct cpu {
   static constexpr const char* name = "cpu";
   /// Threads a call may use (the calling thread included): 1 (the default) runs on the calling
   /// thread; N > 1 lets `policy_loss`, `gae`, `discounted_returns`, `remax_advantages`,
-  /// `reinforce_plus_plus`, `whiten`, `masked_moments` and `value_loss` compute the sequences of
-  /// a batch on up to N threads, started for the call and joined before it returns, at most
-  /// one per 65,536 positions (small batches stay on the calling thread); 0 means
-  /// std::thread::hardware_concurrency(). Other entries run on the calling thread. Results are
+  /// `reinforce_plus_plus`, `whiten`, `masked_moments`, `value_loss` and `kl_penalized_rewards`
+  /// compute the sequences of a batch on up to N threads, started for the call and joined
+  /// before it returns, at most one per 65,536 positions (small batches stay on the calling
+  /// thread); 0 means std::thread::hardware_concurrency(). The group estimators
+  /// (`group_advantages`, `opo_advantages`, `reinforce_pp_baseline`'s group step) and
+  /// `count_tokens` run on the calling thread. Results are
   /// bitwise the same for every value, errors included: each sequence is computed on its own
   /// and the statistics are folded on the calling thread in sequence order, exactly as with 1.
   int threads = 1;
