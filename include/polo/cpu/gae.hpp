@@ -83,24 +83,23 @@ struct backend_impl<cpu, gae_tag> {
     // Pass 1: every value a result depends on is finite. Rows are screened in parallel; the
     // ones with a non-finite value are checked again in row order, so the first error in row
     // order (rewards, then values, then the bootstrap) is the one thrown.
-    std::vector<unsigned char> bad(static_cast<std::size_t>(B), 0);
-    cpu_parallel_rows(workers, B, [&](index_t i, int) {
-      const index_t len = layout.row_len(i);
-      const auto* m = layout.mask_row(i);
-      bad[static_cast<std::size_t>(i)] = cpu_row_has_nonfinite(layout.row_ptr(r, i), m, len) ||
-                                         cpu_row_has_nonfinite(layout.row_ptr(v, i), m, len) ||
-                                         (is_truncated(i) && !is_finite(bootstrap(i)));
-    });
-    for (index_t i = 0; i < B; ++i) {
-      if (!bad[static_cast<std::size_t>(i)]) continue;
-      const index_t len = layout.row_len(i);
-      const auto* m = layout.mask_row(i);
-      cpu_check_row_finite(fn, "rewards", layout, i, layout.row_ptr(r, i), m, len);
-      cpu_check_row_finite(fn, "values", layout, i, layout.row_ptr(v, i), m, len);
-      if (is_truncated(i) && !is_finite(bootstrap(i)))
-        throw_nonfinite(fn, "bootstrap", i, double(bootstrap(i)),
-                        "sequence " + std::to_string(i) + " is flagged truncated");
-    }
+    cpu_screen_rows(
+        workers, B,
+        [&](index_t i) {
+          const index_t len = layout.row_len(i);
+          const auto* m = layout.mask_row(i);
+          return cpu_row_has_nonfinite(layout.row_ptr(r, i), m, len) ||
+                 cpu_row_has_nonfinite(layout.row_ptr(v, i), m, len) || (is_truncated(i) && !is_finite(bootstrap(i)));
+        },
+        [&](index_t i) {
+          const index_t len = layout.row_len(i);
+          const auto* m = layout.mask_row(i);
+          cpu_check_row_finite(fn, "rewards", layout, i, layout.row_ptr(r, i), m, len);
+          cpu_check_row_finite(fn, "values", layout, i, layout.row_ptr(v, i), m, len);
+          if (is_truncated(i) && !is_finite(bootstrap(i)))
+            throw_nonfinite(fn, "bootstrap", i, double(bootstrap(i)),
+                            "sequence " + std::to_string(i) + " is flagged truncated");
+        });
 
     // Pass 2: one backward scan per sequence, each row's statistics into its slot, folded in
     // row order below.
@@ -165,22 +164,22 @@ struct backend_impl<cpu, gae_tag> {
     const bool remax = baselines.data != nullptr;
     const int workers = cpu_workers(be, B, cpu_layout_positions(layout));
     // Screened in parallel, checked in row order (the first error in row order is thrown).
-    std::vector<unsigned char> bad(static_cast<std::size_t>(B), 0);
-    cpu_parallel_rows(workers, B, [&](index_t i, int) {
-      const index_t len = layout.row_len(i);
-      const auto* m = layout.mask_row(i);
-      bad[static_cast<std::size_t>(i)] = cpu_row_has_nonfinite(layout.row_ptr(r, i), m, len) ||
-                                         (remax && !is_finite(baselines(i)) && cpu_row_count(m, len) > 0);
-    });
-    for (index_t i = 0; i < B; ++i) {
-      if (!bad[static_cast<std::size_t>(i)]) continue;
-      const index_t len = layout.row_len(i);
-      const auto* m = layout.mask_row(i);
-      cpu_check_row_finite(fn, "rewards", layout, i, layout.row_ptr(r, i), m, len);
-      if (remax && !is_finite(baselines(i)) && cpu_row_count(m, len) > 0)
-        throw_nonfinite(fn, "baselines", i, double(baselines(i)),
-                        "sequence " + std::to_string(i) + " has valid tokens");
-    }
+    cpu_screen_rows(
+        workers, B,
+        [&](index_t i) {
+          const index_t len = layout.row_len(i);
+          const auto* m = layout.mask_row(i);
+          return cpu_row_has_nonfinite(layout.row_ptr(r, i), m, len) ||
+                 (remax && !is_finite(baselines(i)) && cpu_row_count(m, len) > 0);
+        },
+        [&](index_t i) {
+          const index_t len = layout.row_len(i);
+          const auto* m = layout.mask_row(i);
+          cpu_check_row_finite(fn, "rewards", layout, i, layout.row_ptr(r, i), m, len);
+          if (remax && !is_finite(baselines(i)) && cpu_row_count(m, len) > 0)
+            throw_nonfinite(fn, "baselines", i, double(baselines(i)),
+                            "sequence " + std::to_string(i) + " has valid tokens");
+        });
     std::vector<moments> rows(static_cast<std::size_t>(B));
     cpu_parallel_rows(workers, B, [&](index_t i, int) {
       const index_t len = layout.row_len(i);

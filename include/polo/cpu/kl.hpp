@@ -32,16 +32,14 @@ struct backend_impl<cpu, kl_tag> {
     const int workers = cpu_workers(be, B, cpu_layout_positions(layout));
     // Pass 1: rows screened in parallel; a row with a non-finite input at a valid position is
     // scanned again in row order, so the first error in row order is the one thrown.
-    std::vector<unsigned char> bad(static_cast<std::size_t>(B), 0);
-    cpu_parallel_rows(workers, B, [&](index_t i, int) {
+    auto screen = [&](index_t i) {
       const index_t len = layout.row_len(i);
       const auto* m = layout.mask_row(i);
-      bad[static_cast<std::size_t>(i)] = cpu_row_has_nonfinite(layout.row_ptr(rewards, i), m, len) ||
-                                         cpu_row_has_nonfinite(layout.row_ptr(logp_old, i), m, len) ||
-                                         cpu_row_has_nonfinite(layout.row_ptr(logp_ref, i), m, len);
-    });
-    for (index_t i = 0; i < B; ++i) {
-      if (!bad[static_cast<std::size_t>(i)]) continue;
+      return cpu_row_has_nonfinite(layout.row_ptr(rewards, i), m, len) ||
+             cpu_row_has_nonfinite(layout.row_ptr(logp_old, i), m, len) ||
+             cpu_row_has_nonfinite(layout.row_ptr(logp_ref, i), m, len);
+    };
+    cpu_screen_rows(workers, B, screen, [&](index_t i) {
       const index_t len = layout.row_len(i);
       const auto* m = layout.mask_row(i);
       const T* r = layout.row_ptr(rewards, i);
@@ -56,7 +54,7 @@ struct backend_impl<cpu, kl_tag> {
         else if (!is_finite(lr[t])) what = "logp_ref", v = double(lr[t]);
         if (what != nullptr) throw_nonfinite(fn, what, flat_index(layout, i, t), v, "at a valid token");
       }
-    }
+    });
     // Pass 2: per row (in parallel), its statistics in its slot; folded in row order.
     std::vector<kl_reward_stats> rows(static_cast<std::size_t>(B));
     cpu_parallel_rows(workers, B, [&](index_t i, int) {

@@ -98,4 +98,17 @@ void cpu_parallel_rows(int workers, index_t n, F&& body) {
   if (err) std::rethrow_exception(err);
 }
 
+/// The check pass of a CPU primitive, spread over threads with the single-threaded outcome:
+/// `bad(i)` (may row i hold an error?) is evaluated for every row on `workers` threads, then
+/// `check(i)`, which finds the row's first error and throws it (or records it), runs on the
+/// calling thread for the flagged rows in row order. The first error in row order is thrown,
+/// as by a loop that runs `check` on every row.
+template <class Screen, class Check>
+void cpu_screen_rows(int workers, index_t n, Screen&& bad, Check&& check) {
+  std::vector<unsigned char> flag(static_cast<std::size_t>(n), 0);
+  cpu_parallel_rows(workers, n, [&](index_t i, int) { flag[static_cast<std::size_t>(i)] = bad(i) ? 1 : 0; });
+  for (index_t i = 0; i < n; ++i)
+    if (flag[static_cast<std::size_t>(i)]) check(i);
+}
+
 }  // namespace polo::detail

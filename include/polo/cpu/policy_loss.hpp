@@ -19,6 +19,7 @@
 #include <vector>
 
 #include "polo/cpu/parallel.hpp"
+#include "polo/cpu/whiten.hpp"  // cpu_row_count
 #include "polo/kl.hpp"
 #include "polo/policy_loss.hpp"
 
@@ -82,53 +83,54 @@ struct backend_impl<cpu, policy_loss_tag> {
     // with one is scanned again for the position: the first in row order throws (error), or
     // its tokens are counted and the row flagged (skip).
     const int workers = cpu_workers(be, B, cpu_layout_positions(layout));
+    struct row_in {
+      const T *lp, *lo, *lr, *a;  // lr null without the reference
+    };
+    auto inputs = [&](index_t i) {
+      return row_in{layout.row_ptr(logp, i), layout.row_ptr(logp_old, i),
+                    read_ref ? layout.row_ptr(logp_ref, i) : nullptr, layout.row_ptr(adv, i)};
+    };
     std::vector<index_t> n(static_cast<std::size_t>(B), 0);
     std::vector<unsigned char> row_bad(static_cast<std::size_t>(B), 0);
-    cpu_parallel_rows(workers, B, [&](index_t i, int) {
-      const index_t len = layout.row_len(i);
-      const auto* m = layout.mask_row(i);
-      const T* lp = layout.row_ptr(logp, i);
-      const T* lo = layout.row_ptr(logp_old, i);
-      const T* lr = read_ref ? layout.row_ptr(logp_ref, i) : nullptr;
-      const T* a = layout.row_ptr(adv, i);
-      index_t k = len;
-      if (m != nullptr) {
-        k = 0;
-        for (index_t t = 0; t < len; ++t) k += is_valid(m[t]) ? 1 : 0;
-      }
-      int ok = 1;
-      for (index_t t = 0; t < len; ++t) {
-        const T z = (lp[t] - lp[t]) + (lo[t] - lo[t]) + (a[t] - a[t]) + (lr != nullptr ? lr[t] - lr[t] : T(0));
-        ok &= (m != nullptr && !is_valid(m[t])) | (z == T(0));
-      }
-      n[static_cast<std::size_t>(i)] = k;
-      row_bad[static_cast<std::size_t>(i)] = ok ? 0 : 1;
-    });
+    cpu_screen_rows(
+        workers, B,
+        [&](index_t i) {  // also counts the row's valid tokens
+          const index_t len = layout.row_len(i);
+          const auto* m = layout.mask_row(i);
+          const row_in in = inputs(i);
+          n[static_cast<std::size_t>(i)] = cpu_row_count(m, len);
+          int ok = 1;
+          for (index_t t = 0; t < len; ++t) {
+            const T z = (in.lp[t] - in.lp[t]) + (in.lo[t] - in.lo[t]) + (in.a[t] - in.a[t]) +
+                        (in.lr != nullptr ? in.lr[t] - in.lr[t] : T(0));
+            ok &= (m != nullptr && !is_valid(m[t])) | (z == T(0));
+          }
+          return ok == 0;
+        },
+        [&](index_t i) {
+          const index_t len = layout.row_len(i);
+          const auto* m = layout.mask_row(i);
+          const row_in in = inputs(i);
+          row_bad[static_cast<std::size_t>(i)] = 1;
+          for (index_t t = 0; t < len; ++t) {
+            if (m != nullptr && !is_valid(m[t])) continue;
+            const char* bad = nullptr;
+            double v = 0.0;
+            if (!is_finite(in.lp[t])) bad = "logp", v = double(in.lp[t]);
+            else if (!is_finite(in.lo[t])) bad = "logp_old", v = double(in.lo[t]);
+            else if (in.lr != nullptr && !is_finite(in.lr[t])) bad = "logp_ref", v = double(in.lr[t]);
+            else if (!is_finite(in.a[t])) bad = "advantages", v = double(in.a[t]);
+            if (bad == nullptr) continue;
+            if (!skip)
+              throw_nonfinite(fn, bad, flat_index(layout, i, t), v,
+                              "at a valid token; set token_nonfinite_policy::skip to leave such tokens out");
+            ++st.nonfinite_tokens;
+          }
+        });
     for (index_t i = 0; i < B; ++i) {
       const index_t k = n[static_cast<std::size_t>(i)];
       st.tokens += k;
       st.sequences += k > 0 ? 1 : 0;
-      if (!row_bad[static_cast<std::size_t>(i)]) continue;
-      const index_t len = layout.row_len(i);
-      const auto* m = layout.mask_row(i);
-      const T* lp = layout.row_ptr(logp, i);
-      const T* lo = layout.row_ptr(logp_old, i);
-      const T* lr = read_ref ? layout.row_ptr(logp_ref, i) : nullptr;
-      const T* a = layout.row_ptr(adv, i);
-      for (index_t t = 0; t < len; ++t) {
-        if (m != nullptr && !is_valid(m[t])) continue;
-        const char* bad = nullptr;
-        double v = 0.0;
-        if (!is_finite(lp[t])) bad = "logp", v = double(lp[t]);
-        else if (!is_finite(lo[t])) bad = "logp_old", v = double(lo[t]);
-        else if (lr != nullptr && !is_finite(lr[t])) bad = "logp_ref", v = double(lr[t]);
-        else if (!is_finite(a[t])) bad = "advantages", v = double(a[t]);
-        if (bad == nullptr) continue;
-        if (!skip)
-          throw_nonfinite(fn, bad, flat_index(layout, i, t), v,
-                          "at a valid token; set token_nonfinite_policy::skip to leave such tokens out");
-        ++st.nonfinite_tokens;
-      }
     }
 
     // ---- normalizers and weights ----
@@ -163,10 +165,8 @@ struct backend_impl<cpu, policy_loss_tag> {
       if (len == 0) return;
       row_out& ro = rows[static_cast<std::size_t>(i)];
       const auto* m = layout.mask_row(i);
-      const T* lp = layout.row_ptr(logp, i);
-      const T* lo = layout.row_ptr(logp_old, i);
-      const T* lr = read_ref ? layout.row_ptr(logp_ref, i) : nullptr;
-      const T* a = layout.row_ptr(adv, i);
+      const row_in in = inputs(i);
+      const T *lp = in.lp, *lo = in.lo, *lr = in.lr, *a = in.a;
       T* g = layout.row_ptr(grad, i);
       const index_t ni = n[static_cast<std::size_t>(i)];
       auto valid = [&](index_t t) { return m == nullptr || is_valid(m[t]); };

@@ -34,26 +34,27 @@ struct backend_impl<cpu, value_loss_tag> {
     // non-finite input is checked again in row order, so the first error in row order
     // (values, then old_values, then returns) is the one thrown.
     std::vector<index_t> n(static_cast<std::size_t>(B), 0);
-    std::vector<unsigned char> bad(static_cast<std::size_t>(B), 0);
-    cpu_parallel_rows(workers, B, [&](index_t i, int) {
-      const index_t len = layout.row_len(i);
-      if (len == 0) return;
-      const auto* m = layout.mask_row(i);
-      bad[static_cast<std::size_t>(i)] = cpu_row_has_nonfinite(layout.row_ptr(v, i), m, len) ||
-                                         (clipping && cpu_row_has_nonfinite(layout.row_ptr(vo, i), m, len)) ||
-                                         cpu_row_has_nonfinite(layout.row_ptr(R, i), m, len);
-      n[static_cast<std::size_t>(i)] = cpu_row_count(m, len);
-    });
+    cpu_screen_rows(
+        workers, B,
+        [&](index_t i) {  // also counts the row's valid tokens
+          const index_t len = layout.row_len(i);
+          const auto* m = layout.mask_row(i);
+          n[static_cast<std::size_t>(i)] = cpu_row_count(m, len);
+          return cpu_row_has_nonfinite(layout.row_ptr(v, i), m, len) ||
+                 (clipping && cpu_row_has_nonfinite(layout.row_ptr(vo, i), m, len)) ||
+                 cpu_row_has_nonfinite(layout.row_ptr(R, i), m, len);
+        },
+        [&](index_t i) {
+          const index_t len = layout.row_len(i);
+          const auto* m = layout.mask_row(i);
+          cpu_check_row_finite(fn, "values", layout, i, layout.row_ptr(v, i), m, len);
+          if (clipping) cpu_check_row_finite(fn, "old_values", layout, i, layout.row_ptr(vo, i), m, len);
+          cpu_check_row_finite(fn, "returns", layout, i, layout.row_ptr(R, i), m, len);
+        });
     value_loss_stats st;
     for (index_t i = 0; i < B; ++i) {
       const index_t len = layout.row_len(i);
       if (len == 0) continue;
-      if (bad[static_cast<std::size_t>(i)]) {
-        const auto* m = layout.mask_row(i);
-        cpu_check_row_finite(fn, "values", layout, i, layout.row_ptr(v, i), m, len);
-        if (clipping) cpu_check_row_finite(fn, "old_values", layout, i, layout.row_ptr(vo, i), m, len);
-        cpu_check_row_finite(fn, "returns", layout, i, layout.row_ptr(R, i), m, len);
-      }
       const index_t k = n[static_cast<std::size_t>(i)];
       st.tokens += k;
       st.sequences += k > 0 ? 1 : 0;
