@@ -14,7 +14,7 @@
 
 #include "polo/aggregation.hpp"  // detail::flat_index
 #include "polo/cpu/parallel.hpp"
-#include "polo/cpu/whiten.hpp"  // cpu_row_has_nonfinite
+#include "polo/cpu/rows.hpp"
 #include "polo/kl.hpp"
 
 namespace polo::detail {

@@ -19,7 +19,7 @@
 #include <vector>
 
 #include "polo/cpu/parallel.hpp"
-#include "polo/cpu/whiten.hpp"  // cpu_row_count
+#include "polo/cpu/rows.hpp"
 #include "polo/kl.hpp"
 #include "polo/policy_loss.hpp"
 

@@ -15,44 +15,10 @@
 
 #include "polo/cpu/eigen_interop.hpp"
 #include "polo/cpu/parallel.hpp"
+#include "polo/cpu/rows.hpp"
 #include "polo/whiten.hpp"
 
 namespace polo::detail {
-
-/// True when a valid value of the row is NaN or infinite. x − x is exactly 0 for finite x and
-/// NaN otherwise, and NaN != 0; the flags are OR-ed (an associative integer reduction, so the
-/// compiler vectorizes the loop; masked values are looked at but never matter).
-template <class T, class Mask>
-bool cpu_row_has_nonfinite(const T* x, const Mask* m, index_t len) {
-  unsigned bad = 0;
-  if (m == nullptr) {
-    for (index_t t = 0; t < len; ++t) bad |= unsigned((x[t] - x[t]) != T(0));
-  } else {
-    for (index_t t = 0; t < len; ++t) bad |= unsigned(m[t] != Mask(0)) & unsigned((x[t] - x[t]) != T(0));
-  }
-  return bad != 0;
-}
-
-/// Valid tokens of one row.
-template <class Mask>
-index_t cpu_row_count(const Mask* m, index_t len) {
-  if (m == nullptr) return len;
-  index_t n = 0;
-  for (index_t t = 0; t < len; ++t) n += is_valid(m[t]) ? 1 : 0;
-  return n;
-}
-
-/// Throws nonfinite_error naming `arg` and the flat index of the first non-finite value at a
-/// valid token of row i (masked values are never looked at).
-template <class T, class Mask, TokenLayout L>
-void cpu_check_row_finite(const char* fn, const char* arg, const L& layout, index_t i, const T* x, const Mask* m,
-                          index_t len, const char* hint = "") {
-  if (!cpu_row_has_nonfinite(x, m, len)) return;
-  for (index_t t = 0; t < len; ++t) {
-    if (m != nullptr && !is_valid(m[t])) continue;
-    if (!is_finite(x[t])) throw_nonfinite(fn, arg, flat_index(layout, i, t), double(x[t]), hint);
-  }
-}
 
 /// Moments of the valid values of one row, in double: the mean as x0 + mean(x − x0) (x0 the
 /// first valid value, so a constant row has mean exactly x0), then the squared deviations.
