@@ -8,10 +8,16 @@
 //     torch.ops.polo.gae(rewards, values, mask, gamma, lam, preset)           -> (advantages, returns)
 //     torch.ops.polo.policy_loss(logp, logp_old, logp_ref, advantages, mask,
 //                                preset, tokens, sequences)                   -> (loss, grad_logp, stats)
+//     torch.ops.polo.value_loss(values, old_values, returns, mask, preset,
+//                               tokens, sequences)                           -> (loss, grad_values, stats)
+//     torch.ops.polo.whiten(x, mask, preset)                                 -> whitened x
+//     torch.ops.polo.kl_penalized_rewards(rewards, logp_old, logp_ref, mask,
+//                                         beta, kl)                          -> shaped rewards
+//     torch.ops.polo.reinforce_plus_plus(rewards, mask, gamma, preset)       -> (returns, advantages)
 //
 // polo_torch.py (next to this file) builds it, registers the shape functions torch.compile
-// needs, and wraps policy_loss in an autograd.Function (dloss/dlogp is polo's analytic
-// gradient). This file registers the CPU kernels (polo::cpu, with PyTorch's intra-op thread
+// needs, and the autograd of policy_loss and value_loss (their gradients are polo's analytic
+// ones). This file registers the CPU kernels (polo::cpu, with PyTorch's intra-op thread
 // count as polo::cpu::threads: bitwise the same results for any count). polo throws
 // polo::error with the argument, its shape and what was expected; PyTorch re-raises it in
 // Python as a RuntimeError with that message.
@@ -90,6 +96,50 @@ const polo::policy_loss_config& loss_preset(const std::string& name) {
       {"nemo.gspo", p::nemo::gspo_loss},     {"nemo.cispo", p::nemo::cispo_loss},
       {"nemo.reinforce", p::nemo::reinforce_loss}};
   return lookup(t, name, "policy_loss");
+}
+
+const polo::value_loss_config& critic_preset(const std::string& name) {
+  namespace p = polo::presets;
+  static const std::map<std::string, polo::value_loss_config> t{{"polo", polo::value_loss_config{}},
+                                                                {"verl.critic", p::verl::critic},
+                                                                {"openrlhf.critic", p::openrlhf::critic},
+                                                                {"trl.critic", p::trl::critic},
+                                                                {"nemo.critic", p::nemo::critic}};
+  return lookup(t, name, "value_loss");
+}
+
+const polo::whiten_config& whiten_preset(const std::string& name) {
+  namespace p = polo::presets;
+  static const std::map<std::string, polo::whiten_config> t{{"polo", polo::whiten_config{}},
+                                                            {"verl.whitening", p::verl::whitening},
+                                                            {"verl.whitening_masked", p::verl::whitening_masked},
+                                                            {"trl.whitening", p::trl::whitening},
+                                                            {"openrlhf.whitening", p::openrlhf::whitening},
+                                                            {"nemo.whitening", p::nemo::whitening}};
+  return lookup(t, name, "whiten");
+}
+
+const polo::kl_config& kl_preset(const std::string& name) {
+  namespace p = polo::presets;
+  static const std::map<std::string, polo::kl_config> t{{"polo", polo::kl_config{}},
+                                                        {"verl.low_var_kl", p::verl::low_var_kl},
+                                                        {"verl.low_var_kl_plus", p::verl::low_var_kl_plus},
+                                                        {"verl.kl_k1", p::verl::kl_k1},
+                                                        {"trl.kl_k3", p::trl::kl_k3},
+                                                        {"trl.kl_k3_bias_corrected", p::trl::kl_k3_bias_corrected},
+                                                        {"openrlhf.kl_k1", p::openrlhf::kl_k1},
+                                                        {"openrlhf.kl_k2", p::openrlhf::kl_k2},
+                                                        {"openrlhf.kl_k3", p::openrlhf::kl_k3},
+                                                        {"nemo.kl_k3", p::nemo::kl_k3}};
+  return lookup(t, name, "KL");
+}
+
+const polo::reinforce_pp_config& reinforce_pp_preset(const std::string& name) {
+  namespace p = polo::presets;
+  static const std::map<std::string, polo::reinforce_pp_config> t{{"polo", polo::reinforce_pp_config{}},
+                                                                  {"verl.reinforce_pp", p::verl::reinforce_pp},
+                                                                  {"openrlhf.reinforce_pp", p::openrlhf::reinforce_pp}};
+  return lookup(t, name, "reinforce_plus_plus");
 }
 
 polo::cpu backend() { return polo::cpu{.threads = at::get_num_threads()}; }
@@ -195,6 +245,74 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> policy_loss_cpu(const at::Tensor&
   return {at::scalar_tensor(r.loss, logp.options()), grad, stats};
 }
 
+/// stats: [tokens, sequences, clip_fraction, squared_error_mean], float64.
+std::tuple<at::Tensor, at::Tensor, at::Tensor> value_loss_cpu(const at::Tensor& values, const at::Tensor& old_values,
+                                                              const at::Tensor& returns, const at::Tensor& mask,
+                                                              const std::string& preset, double tokens, double sequences) {
+  check_same_dtype(values, old_values, "values", "old_values");
+  check_same_dtype(values, returns, "values", "returns");
+  const auto& cfg = critic_preset(preset);
+  const auto lay = layout_of(mask);
+  const polo::normalizers norm{.tokens = tokens, .sequences = sequences};
+  at::Tensor grad = at::empty(values.sizes(), values.options().memory_format(at::MemoryFormat::Contiguous));
+  const polo::value_loss_stats st = dispatch_real(values, "values", [&](auto tag) {
+    using T = decltype(tag);
+    return polo::value_loss(backend(), lay, view2<T>(values, "values"), view2<T>(old_values, "old_values"),
+                            view2<T>(returns, "returns"), view2<T>(grad, "grad_values"), cfg, norm);
+  });
+  at::Tensor stats = at::empty({4}, at::TensorOptions().dtype(at::kDouble));
+  double* o = stats.data_ptr<double>();
+  o[0] = double(st.tokens);
+  o[1] = double(st.sequences);
+  o[2] = st.clipped.mean();
+  o[3] = st.squared_error.mean();
+  return {at::scalar_tensor(st.loss, values.options()), grad, stats};
+}
+
+at::Tensor whiten_cpu(const at::Tensor& x, const at::Tensor& mask, const std::string& preset) {
+  const auto& cfg = whiten_preset(preset);
+  const auto lay = layout_of(mask);
+  at::Tensor out = at::empty(x.sizes(), x.options().memory_format(at::MemoryFormat::Contiguous));
+  dispatch_real(x, "x", [&](auto tag) {
+    using T = decltype(tag);
+    polo::whiten(backend(), lay, view2<T>(x, "x"), view2<T>(out, "out"), cfg);
+    return 0;
+  });
+  return out;
+}
+
+at::Tensor kl_penalized_rewards_cpu(const at::Tensor& rewards, const at::Tensor& logp_old, const at::Tensor& logp_ref,
+                                    const at::Tensor& mask, double beta, const std::string& kl) {
+  check_same_dtype(rewards, logp_old, "rewards", "logp_old");
+  check_same_dtype(rewards, logp_ref, "rewards", "logp_ref");
+  const auto& cfg = kl_preset(kl);
+  const auto lay = layout_of(mask);
+  at::Tensor out = at::empty(rewards.sizes(), rewards.options().memory_format(at::MemoryFormat::Contiguous));
+  dispatch_real(rewards, "rewards", [&](auto tag) {
+    using T = decltype(tag);
+    polo::kl_penalized_rewards(backend(), lay, view2<T>(rewards, "rewards"), view2<T>(logp_old, "logp_old"),
+                               view2<T>(logp_ref, "logp_ref"), view2<T>(out, "out"), beta, cfg);
+    return 0;
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> reinforce_plus_plus_cpu(const at::Tensor& rewards, const at::Tensor& mask, double gamma,
+                                                           const std::string& preset) {
+  polo::reinforce_pp_config cfg = reinforce_pp_preset(preset);
+  cfg.gamma = gamma;
+  const auto lay = layout_of(mask);
+  at::Tensor R = at::empty(rewards.sizes(), rewards.options().memory_format(at::MemoryFormat::Contiguous));
+  at::Tensor A = at::empty_like(R);
+  dispatch_real(rewards, "rewards", [&](auto tag) {
+    using T = decltype(tag);
+    polo::reinforce_plus_plus(backend(), lay, view2<T>(rewards, "rewards"), view2<T>(R, "returns"),
+                              view2<T>(A, "advantages"), cfg);
+    return 0;
+  });
+  return {R, A};
+}
+
 }  // namespace
 
 TORCH_LIBRARY(polo, m) {
@@ -203,10 +321,22 @@ TORCH_LIBRARY(polo, m) {
   m.def(
       "policy_loss(Tensor logp, Tensor logp_old, Tensor? logp_ref, Tensor advantages, Tensor mask, "
       "str preset=\"polo\", float tokens=-1.0, float sequences=-1.0) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "value_loss(Tensor values, Tensor old_values, Tensor returns, Tensor mask, str preset=\"verl.critic\", "
+      "float tokens=-1.0, float sequences=-1.0) -> (Tensor, Tensor, Tensor)");
+  m.def("whiten(Tensor x, Tensor mask, str preset=\"verl.whitening\") -> Tensor");
+  m.def(
+      "kl_penalized_rewards(Tensor rewards, Tensor logp_old, Tensor logp_ref, Tensor mask, float beta, "
+      "str kl=\"verl.kl_k1\") -> Tensor");
+  m.def("reinforce_plus_plus(Tensor rewards, Tensor mask, float gamma, str preset=\"verl.reinforce_pp\") -> (Tensor, Tensor)");
 }
 
 TORCH_LIBRARY_IMPL(polo, CPU, m) {
   m.impl("group_advantages", &group_advantages_cpu);
   m.impl("gae", &gae_cpu);
   m.impl("policy_loss", &policy_loss_cpu);
+  m.impl("value_loss", &value_loss_cpu);
+  m.impl("whiten", &whiten_cpu);
+  m.impl("kl_penalized_rewards", &kl_penalized_rewards_cpu);
+  m.impl("reinforce_plus_plus", &reinforce_plus_plus_cpu);
 }

@@ -7,9 +7,14 @@
     A, R = polo.gae(rewards, values, mask, gamma=1.0, lam=0.95, preset="verl.gae")
     loss, stats = polo.policy_loss(logp, logp_old, logp_ref, advantages, mask, preset="verl.grpo")
     loss.backward()   # dloss/dlogp is polo's analytic gradient
+    vloss, vstats = polo.value_loss(values, old_values, returns, mask, preset="verl.critic")
+    adv = polo.whiten(A, mask, preset="verl.whitening")
+    shaped = polo.kl_penalized_rewards(rewards, logp_old, logp_ref, mask, beta=0.001, kl="verl.kl_k1")
+    R, A = polo.reinforce_plus_plus(rewards, mask, gamma=1.0, preset="verl.reinforce_pp")
 
-The operators are torch.ops.polo.{group_advantages, gae, policy_loss}; this module registers
-their shape functions (so torch.compile can trace them) and the autograd of policy_loss.
+The operators are torch.ops.polo.{group_advantages, gae, policy_loss, value_loss, whiten,
+kl_penalized_rewards, reinforce_plus_plus}; this module registers their shape functions (so
+torch.compile can trace them) and the autograd of the two losses.
 Building needs a C++20 compiler, ninja, Eigen 3.4 (POLO_EIGEN_INCLUDE, default
 /usr/include/eigen3) and polo's headers (found relative to this file).
 """
@@ -22,6 +27,9 @@ from torch.utils import cpp_extension
 _HERE = Path(__file__).resolve().parent
 _INCLUDE = _HERE.parent.parent / "include"
 _EIGEN = os.environ.get("POLO_EIGEN_INCLUDE", "/usr/include/eigen3")
+
+VALUE_STATS = ("tokens", "sequences", "clip_fraction", "squared_error")
+"""Names of value_loss's statistics, in the order of its stats tensor."""
 
 STATS = ("tokens", "sequences", "clip_upper", "clip_lower", "clip_dual", "approx_kl_k1", "approx_kl_k3",
          "kl_ref", "ratio_mean", "ratio_min", "ratio_max", "policy_loss", "kl_loss")
@@ -58,6 +66,27 @@ def _(logp, logp_old, logp_ref, advantages, mask, preset="polo", tokens=-1.0, se
             torch.empty(len(STATS), dtype=torch.float64, device=logp.device))
 
 
+@torch.library.register_fake("polo::value_loss")
+def _(values, old_values, returns, mask, preset="verl.critic", tokens=-1.0, sequences=-1.0):
+    return (values.new_empty(()), torch.empty_like(values),
+            torch.empty(len(VALUE_STATS), dtype=torch.float64, device=values.device))
+
+
+@torch.library.register_fake("polo::whiten")
+def _(x, mask, preset="verl.whitening"):
+    return torch.empty_like(x)
+
+
+@torch.library.register_fake("polo::kl_penalized_rewards")
+def _(rewards, logp_old, logp_ref, mask, beta, kl="verl.kl_k1"):
+    return torch.empty_like(rewards)
+
+
+@torch.library.register_fake("polo::reinforce_plus_plus")
+def _(rewards, mask, gamma, preset="verl.reinforce_pp"):
+    return torch.empty_like(rewards), torch.empty_like(rewards)
+
+
 def group_advantages(scores, group_size, preset="polo"):
     """Group-normalized advantages of contiguous groups of `group_size` scores ([B])."""
     return torch.ops.polo.group_advantages(scores, group_size, preset)
@@ -72,12 +101,18 @@ def _loss_setup(ctx, inputs, output):
     ctx.save_for_backward(output[1])
 
 
-def _loss_backward(ctx, grad_loss, grad_g, grad_stats):
+def _policy_loss_backward(ctx, grad_loss, grad_g, grad_stats):
     (g,) = ctx.saved_tensors
     return grad_loss * g, None, None, None, None, None, None, None
 
 
-torch.library.register_autograd("polo::policy_loss", _loss_backward, setup_context=_loss_setup)
+def _value_loss_backward(ctx, grad_loss, grad_g, grad_stats):
+    (g,) = ctx.saved_tensors
+    return grad_loss * g, None, None, None, None, None, None
+
+
+torch.library.register_autograd("polo::policy_loss", _policy_loss_backward, setup_context=_loss_setup)
+torch.library.register_autograd("polo::value_loss", _value_loss_backward, setup_context=_loss_setup)
 
 
 def policy_loss(logp, logp_old, logp_ref, advantages, mask, preset="polo", tokens=-1.0, sequences=-1.0):
@@ -85,3 +120,24 @@ def policy_loss(logp, logp_old, logp_ref, advantages, mask, preset="polo", token
     `logp`; `tokens` / `sequences` are the global normalizers (-1: this call's own counts)."""
     loss, _, stats = torch.ops.polo.policy_loss(logp, logp_old, logp_ref, advantages, mask, preset, tokens, sequences)
     return loss, dict(zip(STATS, stats.tolist()))
+
+
+def value_loss(values, old_values, returns, mask, preset="verl.critic", tokens=-1.0, sequences=-1.0):
+    """The clipped value loss of `preset`: (loss, stats dict); `loss` is differentiable in `values`."""
+    loss, _, stats = torch.ops.polo.value_loss(values, old_values, returns, mask, preset, tokens, sequences)
+    return loss, dict(zip(VALUE_STATS, stats.tolist()))
+
+
+def whiten(x, mask, preset="verl.whitening"):
+    """x whitened over its valid tokens ([B,T])."""
+    return torch.ops.polo.whiten(x, mask, preset)
+
+
+def kl_penalized_rewards(rewards, logp_old, logp_ref, mask, beta, kl="verl.kl_k1"):
+    """rewards - beta * KL(logp_old, logp_ref) at valid tokens, 0 elsewhere ([B,T])."""
+    return torch.ops.polo.kl_penalized_rewards(rewards, logp_old, logp_ref, mask, beta, kl)
+
+
+def reinforce_plus_plus(rewards, mask, gamma, preset="verl.reinforce_pp"):
+    """(returns, whitened advantages) of REINFORCE++ ([B,T])."""
+    return torch.ops.polo.reinforce_plus_plus(rewards, mask, gamma, preset)

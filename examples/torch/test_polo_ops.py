@@ -1,7 +1,8 @@
 # SPDX-FileCopyrightText: 2026 The polo authors
 # SPDX-License-Identifier: Apache-2.0
 """Tests of the PyTorch adapter (polo_torch.py), CPU: each operator against the eager PyTorch
-code the peers run (verl's and OpenRLHF's loops and losses, written out here), gradients
+code the peers run (verl's and OpenRLHF's loops, losses, whitening, KL shaping and REINFORCE++,
+written out here), gradients
 against autograd through that code, torch.library.opcheck on every operator (schema, fake
 tensors, autograd registration, AOT dispatch), and errors raised as RuntimeError with polo's
 message. Run: python examples/torch/test_polo_ops.py (scripts/torch_example.sh sets it up).
@@ -137,6 +138,66 @@ def test_policy_loss():
         close(half, loss.detach() / 2, 1e-12, 1e-14, f"{preset} global normalizer")
 
 
+def verl_value_loss(vpreds, values, returns, mask, cliprange):
+    """verl's compute_value_loss: 0.5 * masked_mean(max((v - R)^2, (clip(v, v_old +- c) - R)^2))."""
+    clipped = torch.clamp(vpreds, values - cliprange, values + cliprange)
+    losses = torch.maximum((vpreds - returns) ** 2, (clipped - returns) ** 2)
+    m = mask.to(vpreds.dtype)
+    return 0.5 * (losses * m).sum() / m.sum()
+
+
+def verl_masked_whiten(x, mask):
+    """verl's masked_whiten: masked mean, unbiased masked variance, (x - mean) * rsqrt(var + 1e-8)."""
+    m = mask.to(x.dtype)
+    mean = (x * m).sum() / m.sum()
+    var = (((x - mean) ** 2) * m).sum() / m.sum() * (m.sum() / (m.sum() - 1))
+    return (x - mean) * torch.rsqrt(var + 1e-8)
+
+
+def verl_reinforce_pp(rewards, mask, gamma):
+    """verl's compute_reinforce_plus_plus_outcome_advantage: returns reset after every masked
+    position, then masked_whiten(returns) * mask."""
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros(rewards.shape[0], dtype=rewards.dtype)
+    m = mask.to(rewards.dtype)
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+        running = running * m[:, t]
+    return returns, verl_masked_whiten(returns, mask) * m
+
+
+def test_ppo_pieces():
+    mask = random_mask(B, T)
+    m = mask.double()
+    v = torch.randn(B, T, dtype=torch.float64).requires_grad_()
+    vo = v.detach() + 0.5 * torch.randn(B, T, dtype=torch.float64)
+    R = torch.randn(B, T, dtype=torch.float64)
+    loss, st = polo.value_loss(v, vo, R, mask, "verl.critic")
+    loss.backward()
+    g = v.grad.clone()
+    v.grad = None
+    le = verl_value_loss(v, vo, R, mask, 0.5)
+    le.backward()
+    close(loss.detach(), le.detach(), 1e-12, 1e-14, "value_loss")
+    close(g, v.grad, 1e-12, 1e-14, "value_loss gradient")
+    assert 0.0 < st["clip_fraction"] < 1.0 and st["tokens"] == int(mask.sum()), st
+
+    x = torch.randn(B, T, dtype=torch.float64) * 3 + 1
+    close(polo.whiten(x, mask, "verl.whitening"), verl_masked_whiten(x, mask), 1e-10, 1e-12, "whiten")
+
+    r = torch.randn(B, T, dtype=torch.float64)
+    lo = torch.randn(B, T, dtype=torch.float64) - 1
+    lr = lo + 0.3 * torch.randn(B, T, dtype=torch.float64)
+    shaped = polo.kl_penalized_rewards(r, lo, lr, mask, 0.05, "verl.kl_k1")
+    close(shaped, (r - 0.05 * (lo - lr)) * m, 1e-12, 1e-14, "kl_penalized_rewards k1")
+
+    Rp, Ap = polo.reinforce_plus_plus(r, mask, 0.99, "verl.reinforce_pp")
+    Re, Ae = verl_reinforce_pp(r, mask, 0.99)
+    close(Rp * m, Re * m, 1e-10, 1e-12, "reinforce++ returns at valid tokens")
+    close(Ap, Ae, 1e-10, 1e-12, "reinforce++ advantages")
+
+
 def test_errors():
     mask = random_mask(B, T)
     r = torch.randn(B, T, dtype=torch.float64)
@@ -172,10 +233,16 @@ def test_opcheck():
     old = logp.detach() + 0.1 * torch.randn(8, 64)
     adv = torch.randn(8, 64)
     torch.library.opcheck(torch.ops.polo.policy_loss.default, (logp, old, None, adv, mask, "verl.ppo", -1.0, -1.0))
+    v = torch.randn(8, 64).requires_grad_()
+    torch.library.opcheck(torch.ops.polo.value_loss.default, (v, v.detach() + 0.3, torch.randn(8, 64), mask,
+                                                              "verl.critic", -1.0, -1.0))
+    torch.library.opcheck(torch.ops.polo.whiten.default, (r, mask, "openrlhf.whitening"))
+    torch.library.opcheck(torch.ops.polo.kl_penalized_rewards.default, (r, v.detach(), r - 1.0, mask, 0.1, "openrlhf.kl_k3"))
+    torch.library.opcheck(torch.ops.polo.reinforce_plus_plus.default, (r, mask, 1.0, "openrlhf.reinforce_pp"))
 
 
 def main():
-    tests = [test_gae, test_group_advantages, test_policy_loss, test_errors, test_opcheck]
+    tests = [test_gae, test_group_advantages, test_policy_loss, test_ppo_pieces, test_errors, test_opcheck]
     failed = 0
     for t in tests:
         try:
