@@ -5,6 +5,7 @@
 // trainer (verl, TRL, OpenRLHF, NeMo-RL) calls them on its own tensors, zero-copy:
 //
 //     torch.ops.polo.group_advantages(scores, group_size, preset)            -> advantages
+//     torch.ops.polo.group_advantages_by_label(scores, labels, preset)       -> advantages
 //     torch.ops.polo.gae(rewards, values, mask, gamma, lam, preset)           -> (advantages, returns)
 //     torch.ops.polo.policy_loss(logp, logp_old, logp_ref, advantages, mask,
 //                                preset, tokens, sequences)                   -> (loss, grad_logp, stats)
@@ -194,6 +195,25 @@ at::Tensor group_advantages_cpu(const at::Tensor& scores, int64_t group_size, co
   return adv;
 }
 
+at::Tensor group_advantages_by_label_cpu(const at::Tensor& scores, const at::Tensor& labels, const std::string& preset) {
+  check_cpu(scores, "scores");
+  check_cpu(labels, "labels");
+  TORCH_CHECK(scores.dim() == 1, "polo: scores must be [B], got ", scores.sizes());
+  TORCH_CHECK(labels.dim() == 1 && labels.scalar_type() == at::kLong, "polo: labels must be int64 [B], got ",
+              labels.scalar_type(), " ", labels.sizes());
+  const auto& cfg = advantage_preset(preset);
+  at::Tensor adv = at::empty({scores.size(0)}, scores.options());
+  const auto groups = polo::groups_by_label(
+      polo::view_of(static_cast<const std::int64_t*>(labels.data_ptr()), labels.size(0), labels.stride(0)));
+  dispatch_real(scores, "scores", [&](auto tag) {
+    using T = decltype(tag);
+    polo::group_advantages(polo::cpu{}, polo::view_of(static_cast<const T*>(scores.data_ptr()), scores.size(0), scores.stride(0)),
+                           groups, polo::view_of(static_cast<T*>(adv.data_ptr()), adv.size(0)), cfg);
+    return 0;
+  });
+  return adv;
+}
+
 std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& mask,
                                            double gamma, double lam, const std::string& preset) {
   check_same_dtype(rewards, values, "rewards", "values");
@@ -317,6 +337,7 @@ std::tuple<at::Tensor, at::Tensor> reinforce_plus_plus_cpu(const at::Tensor& rew
 
 TORCH_LIBRARY(polo, m) {
   m.def("group_advantages(Tensor scores, int group_size, str preset=\"polo\") -> Tensor");
+  m.def("group_advantages_by_label(Tensor scores, Tensor labels, str preset=\"polo\") -> Tensor");
   m.def("gae(Tensor rewards, Tensor values, Tensor mask, float gamma, float lam, str preset=\"verl.gae\") -> (Tensor, Tensor)");
   m.def(
       "policy_loss(Tensor logp, Tensor logp_old, Tensor? logp_ref, Tensor advantages, Tensor mask, "
@@ -333,6 +354,7 @@ TORCH_LIBRARY(polo, m) {
 
 TORCH_LIBRARY_IMPL(polo, CPU, m) {
   m.impl("group_advantages", &group_advantages_cpu);
+  m.impl("group_advantages_by_label", &group_advantages_by_label_cpu);
   m.impl("gae", &gae_cpu);
   m.impl("policy_loss", &policy_loss_cpu);
   m.impl("value_loss", &value_loss_cpu);

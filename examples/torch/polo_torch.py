@@ -12,7 +12,7 @@
     shaped = polo.kl_penalized_rewards(rewards, logp_old, logp_ref, mask, beta=0.001, kl="verl.kl_k1")
     R, A = polo.reinforce_plus_plus(rewards, mask, gamma=1.0, preset="verl.reinforce_pp")
 
-The operators are torch.ops.polo.{group_advantages, gae, policy_loss, value_loss, whiten,
+The operators are torch.ops.polo.{group_advantages, group_advantages_by_label, gae, policy_loss, value_loss, whiten,
 kl_penalized_rewards, reinforce_plus_plus}; this module registers their shape functions (so
 torch.compile can trace them) and the autograd of the two losses.
 Building needs a C++20 compiler, ninja, Eigen 3.4 (POLO_EIGEN_INCLUDE, default
@@ -55,6 +55,11 @@ def _(scores, group_size, preset="polo"):
     return torch.empty_like(scores)
 
 
+@torch.library.register_fake("polo::group_advantages_by_label")
+def _(scores, labels, preset="polo"):
+    return torch.empty_like(scores)
+
+
 @torch.library.register_fake("polo::gae")
 def _(rewards, values, mask, gamma, lam, preset="verl.gae"):
     return torch.empty_like(rewards), torch.empty_like(rewards)
@@ -90,6 +95,11 @@ def _(rewards, mask, gamma, preset="verl.reinforce_pp"):
 def group_advantages(scores, group_size, preset="polo"):
     """Group-normalized advantages of contiguous groups of `group_size` scores ([B])."""
     return torch.ops.polo.group_advantages(scores, group_size, preset)
+
+
+def group_advantages_by_label(scores, labels, preset="polo"):
+    """Group-normalized advantages of groups given by int64 labels ([B], any order: verl's uid)."""
+    return torch.ops.polo.group_advantages_by_label(scores, labels, preset)
 
 
 def gae(rewards, values, mask, gamma, lam, preset="verl.gae"):

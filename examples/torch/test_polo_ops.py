@@ -114,6 +114,11 @@ def test_group_advantages():
     ref = ((g - g.mean(-1, keepdim=True)) / (g.std(-1, keepdim=True) + 1e-6)).flatten()
     close(a, ref, 1e-10, 1e-12, "group_advantages verl.grpo")
     assert torch.all(a[:G] == 0), "constant group"
+    # labelled groups in any order (verl's uid): a permutation of the contiguous batch
+    perm = torch.randperm(B * G)
+    labels = (torch.arange(B * G) // G)[perm] * 7 + 3
+    al = polo.group_advantages_by_label(s[perm], labels, "verl.grpo")
+    close(al, ref[perm], 1e-10, 1e-12, "group_advantages_by_label verl.grpo")
 
 
 def test_policy_loss():
@@ -229,6 +234,8 @@ def test_opcheck():
     v = torch.randn(8, 64)
     torch.library.opcheck(torch.ops.polo.gae.default, (r, v, mask, 1.0, 0.95, "verl.gae"))
     torch.library.opcheck(torch.ops.polo.group_advantages.default, (torch.randn(32), 8, "trl.grpo"))
+    torch.library.opcheck(torch.ops.polo.group_advantages_by_label.default,
+                          (torch.randn(32), torch.arange(32) % 5, "openrlhf.rloo"))
     logp = (torch.randn(8, 64) - 1.0).requires_grad_()
     old = logp.detach() + 0.1 * torch.randn(8, 64)
     adv = torch.randn(8, 64)
