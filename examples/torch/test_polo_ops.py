@@ -2,10 +2,10 @@
 # SPDX-License-Identifier: Apache-2.0
 """Tests of the PyTorch adapter (polo_torch.py), CPU: each operator against the eager PyTorch
 code the peers run (verl's and OpenRLHF's loops, losses, whitening, KL shaping and REINFORCE++,
-written out here), gradients
-against autograd through that code, torch.library.opcheck on every operator (schema, fake
-tensors, autograd registration, AOT dispatch), and errors raised as RuntimeError with polo's
-message. Run: python examples/torch/test_polo_ops.py (scripts/torch_example.sh sets it up).
+written out here), gradients against autograd through that code, torch.library.opcheck on
+every operator (schema, fake tensors, autograd registration, AOT dispatch), the operators
+inside torch.compile(fullgraph=True), and errors raised as RuntimeError with polo's message.
+Run: python examples/torch/test_polo_ops.py (scripts/torch_example.sh sets it up).
 """
 import math
 import sys
@@ -248,8 +248,41 @@ def test_opcheck():
     torch.library.opcheck(torch.ops.polo.reinforce_plus_plus.default, (r, mask, 1.0, "openrlhf.reinforce_pp"))
 
 
+def test_compile():
+    """The operators inside torch.compile(fullgraph=True): traced through their fake functions,
+    same numbers, and the loss's backward through the compiled graph."""
+    mask = random_mask(16, 64)
+    r = torch.randn(16, 64, dtype=torch.float64)
+    v = torch.randn(16, 64, dtype=torch.float64)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def f(r, v, m):
+        A, R = torch.ops.polo.gae(r, v, m, 1.0, 0.95, "openrlhf.gae")
+        return 2.0 * A, R
+
+    A, R = f(r, v, mask)
+    Ae, Re = gae_through_reference(r, v, mask.double(), 1.0, 0.95)
+    close(A, 2.0 * Ae, 1e-12, 1e-12, "compiled gae advantages")
+    close(R, Re, 1e-12, 1e-12, "compiled gae returns")
+
+    logp = (torch.randn(16, 64, dtype=torch.float64) - 1.0).requires_grad_()
+    old = logp.detach() + 0.1 * torch.randn(16, 64, dtype=torch.float64)
+    adv = torch.randn(16, 64, dtype=torch.float64)
+
+    @torch.compile(fullgraph=True, backend="aot_eager")
+    def g(logp, old, adv, m):
+        loss, _, _ = torch.ops.polo.policy_loss(logp, old, None, adv, m, "verl.ppo", -1.0, -1.0)
+        return 3.0 * loss
+
+    g(logp, old, adv, mask).backward()
+    got = logp.grad.clone()
+    logp.grad = None
+    (3.0 * verl_policy_loss(logp, old, None, adv, mask, 0.0)).backward()
+    close(got, logp.grad, 1e-9, 1e-12, "compiled policy_loss gradient")
+
+
 def main():
-    tests = [test_gae, test_group_advantages, test_policy_loss, test_ppo_pieces, test_errors, test_opcheck]
+    tests = [test_gae, test_group_advantages, test_policy_loss, test_ppo_pieces, test_errors, test_opcheck, test_compile]
     failed = 0
     for t in tests:
         try:
