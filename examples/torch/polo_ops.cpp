@@ -179,32 +179,11 @@ auto dispatch_real(const at::Tensor& t, const char* name, F&& f) {
   return f(double{});
 }
 
-at::Tensor group_advantages_cpu(const at::Tensor& scores, int64_t group_size, const std::string& preset) {
-  check_cpu(scores, "scores");
-  TORCH_CHECK(scores.dim() == 1, "polo: scores must be [B], got ", scores.sizes());
-  TORCH_CHECK(group_size > 0, "polo: group_size must be > 0, got ", group_size);
+/// Group advantages of `scores` ([B]) under `groups` (contiguous or labelled).
+template <class Groups>
+at::Tensor group_advantages_of(const at::Tensor& scores, const Groups& groups, const std::string& preset) {
   const auto& cfg = advantage_preset(preset);
   at::Tensor adv = at::empty({scores.size(0)}, scores.options());
-  dispatch_real(scores, "scores", [&](auto tag) {
-    using T = decltype(tag);
-    polo::group_advantages(polo::cpu{}, polo::view_of(static_cast<const T*>(scores.data_ptr()), scores.size(0), scores.stride(0)),
-                           polo::contiguous_groups{group_size}, polo::view_of(static_cast<T*>(adv.data_ptr()), adv.size(0)),
-                           cfg);
-    return 0;
-  });
-  return adv;
-}
-
-at::Tensor group_advantages_by_label_cpu(const at::Tensor& scores, const at::Tensor& labels, const std::string& preset) {
-  check_cpu(scores, "scores");
-  check_cpu(labels, "labels");
-  TORCH_CHECK(scores.dim() == 1, "polo: scores must be [B], got ", scores.sizes());
-  TORCH_CHECK(labels.dim() == 1 && labels.scalar_type() == at::kLong, "polo: labels must be int64 [B], got ",
-              labels.scalar_type(), " ", labels.sizes());
-  const auto& cfg = advantage_preset(preset);
-  at::Tensor adv = at::empty({scores.size(0)}, scores.options());
-  const auto groups = polo::groups_by_label(
-      polo::view_of(static_cast<const std::int64_t*>(labels.data_ptr()), labels.size(0), labels.stride(0)));
   dispatch_real(scores, "scores", [&](auto tag) {
     using T = decltype(tag);
     polo::group_advantages(polo::cpu{}, polo::view_of(static_cast<const T*>(scores.data_ptr()), scores.size(0), scores.stride(0)),
@@ -212,6 +191,29 @@ at::Tensor group_advantages_by_label_cpu(const at::Tensor& scores, const at::Ten
     return 0;
   });
   return adv;
+}
+
+void check_scores(const at::Tensor& scores) {
+  check_cpu(scores, "scores");
+  TORCH_CHECK(scores.dim() == 1, "polo: scores must be [B], got ", scores.sizes());
+}
+
+at::Tensor group_advantages_cpu(const at::Tensor& scores, int64_t group_size, const std::string& preset) {
+  check_scores(scores);
+  TORCH_CHECK(group_size > 0, "polo: group_size must be > 0, got ", group_size);
+  return group_advantages_of(scores, polo::contiguous_groups{group_size}, preset);
+}
+
+at::Tensor group_advantages_by_label_cpu(const at::Tensor& scores, const at::Tensor& labels, const std::string& preset) {
+  check_scores(scores);
+  check_cpu(labels, "labels");
+  TORCH_CHECK(labels.dim() == 1 && labels.scalar_type() == at::kLong, "polo: labels must be int64 [B], got ",
+              labels.scalar_type(), " ", labels.sizes());
+  return group_advantages_of(
+      scores,
+      polo::groups_by_label(
+          polo::view_of(static_cast<const std::int64_t*>(labels.data_ptr()), labels.size(0), labels.stride(0))),
+      preset);
 }
 
 std::tuple<at::Tensor, at::Tensor> gae_cpu(const at::Tensor& rewards, const at::Tensor& values, const at::Tensor& mask,
