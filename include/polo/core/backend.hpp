@@ -54,11 +54,11 @@ struct cpu {
   /// `reinforce_plus_plus`, `whiten`, `masked_moments`, `value_loss` and `kl_penalized_rewards`
   /// compute the sequences of a batch on up to N threads, started for the call and joined
   /// before it returns, at most one per 65,536 positions (small batches stay on the calling
-  /// thread); 0 means std::thread::hardware_concurrency(). The group estimators
-  /// (`group_advantages`, `opo_advantages`, `reinforce_pp_baseline`'s group step) and
-  /// `count_tokens` run on the calling thread. Results are
-  /// bitwise the same for every value, errors included: each sequence is computed on its own
-  /// and the statistics are folded on the calling thread in sequence order, exactly as with 1.
+  /// thread); 0 (or any negative value) means std::thread::hardware_concurrency(). The group
+  /// estimators (`group_advantages`, `opo_advantages`, `reinforce_pp_baseline`'s group step)
+  /// and `count_tokens` run on the calling thread. Results are bitwise the same for every
+  /// value, errors included: each sequence is computed on its own and the statistics are
+  /// folded on the calling thread in sequence order, exactly as with 1.
   int threads = 1;
 };
 
