@@ -58,21 +58,6 @@ struct fixture {
   }
 };
 
-/// Device memory for the statistics and errors of the asynchronous mode (st.range(2) == 1).
-struct async_mode {
-  cb::device_buffer<unsigned char> res{sizeof(polo::group_stats)};
-  cb::device_buffer<polo::cuda::status> status{1};
-  async_mode(benchmark::State& st, polo::cuda& be) {
-    POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
-    const bool async = st.range(2) != 0;
-    if (async) {
-      be.deferred_errors = status.data();
-      be.result = res.data();
-    }
-    st.SetLabel(async ? "async" : "sync");
-  }
-};
-
 void BM_GroupAdvantagesTokens_cuda(benchmark::State& st) {
   fixture f(st.range(0), st.range(1));
   const auto lay = f.layout();
@@ -80,7 +65,7 @@ void BM_GroupAdvantagesTokens_cuda(benchmark::State& st) {
   polo::cuda probe{};
   cb::device_buffer<unsigned char> ws(polo::group_advantages_workspace_bytes(probe, f.B, groups, lay));
   polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
-  async_mode am(st, be);
+  cb::result_mode<polo::group_stats> mode(st, be, st.range(2) != 0);
   cb::time_loop(st, f.stream, [&] {
     polo::group_advantages(be, polo::device_view_of<const float>(f.scores.data(), f.B), groups, lay,
                            polo::device_view_of(f.adv.data(), f.B), polo::device_view_of(f.tok.data(), f.B, f.T, f.T));
@@ -96,7 +81,7 @@ void BM_GroupAdvantagesTokensLabelled_cuda(benchmark::State& st) {
   polo::cuda probe{};
   cb::device_buffer<unsigned char> ws(polo::group_advantages_workspace_bytes(probe, f.B, groups, lay));
   polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
-  async_mode am(st, be);
+  cb::result_mode<polo::group_stats> mode(st, be, st.range(2) != 0);
   cb::time_loop(st, f.stream, [&] {
     polo::group_advantages(be, polo::device_view_of<const float>(f.scores.data(), f.B), groups, lay,
                            polo::device_view_of(f.adv.data(), f.B), polo::device_view_of(f.tok.data(), f.B, f.T, f.T));
@@ -129,6 +114,6 @@ void BM_CopyFloor_advantage_bytes(benchmark::State& st) {
 }  // namespace
 
 BENCHMARK(BM_CopyFloor_advantage_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_GroupAdvantagesTokens_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_GroupAdvantagesTokensLabelled_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GroupAdvantagesTokens_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GroupAdvantagesTokensLabelled_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_BroadcastDeferred_cuda)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);

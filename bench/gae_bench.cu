@@ -44,20 +44,6 @@ struct fixture {
     POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   }
   ~fixture() { (void)cudaStreamDestroy(stream); }
-  /// Puts `be` in the asynchronous mode when the benchmark's third argument is 1.
-  template <class Stats>
-  void set_mode(benchmark::State& st, polo::cuda& be) {
-    const bool async = st.range(2) != 0;
-    if (async) {
-      POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
-      be.deferred_errors = status.data();
-      be.result = res.data();
-    }
-    static_assert(sizeof(Stats) <= 256, "result buffer");
-    st.SetLabel(async ? "async" : "sync");
-  }
-  cb::device_buffer<unsigned char> res{256};
-  cb::device_buffer<polo::cuda::status> status{1};
   polo::padded<std::uint8_t, polo::device_space> layout() const {
     return polo::padded<std::uint8_t, polo::device_space>(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
   }
@@ -75,7 +61,7 @@ void run_gae(benchmark::State& st, const polo::gae_config& cfg) {
   polo::cuda probe{};
   cb::device_buffer<unsigned char> ws(polo::gae_workspace_bytes<float>(probe, lay));
   polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
-  f.set_mode<polo::gae_stats>(st, be);
+  cb::result_mode<polo::gae_stats> mode(st, be, st.range(2) != 0);
   cb::time_loop(st, f.stream, [&] { polo::gae(be, lay, f.in(f.r), f.in(f.v), f.out(f.A), f.out(f.R), cfg); });
   polo::cuda_check(be);
   cb::report(st, double(f.B) * double(f.T) * 17.0);
@@ -93,7 +79,7 @@ void BM_DiscountedReturns_cuda(benchmark::State& st) {
   polo::cuda probe{};
   cb::device_buffer<unsigned char> ws(polo::discounted_returns_workspace_bytes<float>(probe, lay));
   polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
-  f.set_mode<polo::returns_stats>(st, be);
+  cb::result_mode<polo::returns_stats> mode(st, be, st.range(2) != 0);
   cb::time_loop(st, f.stream, [&] { polo::discounted_returns(be, lay, f.in(f.r), f.out(f.R), polo::returns_config{0.99}); });
   polo::cuda_check(be);
   cb::report(st, double(f.B) * double(f.T) * 9.0);
@@ -115,6 +101,6 @@ BENCHMARK(BM_Gae_cuda)
     ->Args({65536, 128, 0})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_GaeThrough_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_GaeVapo_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_DiscountedReturns_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GaeThrough_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GaeVapo_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_DiscountedReturns_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -66,18 +66,6 @@ struct fixture {
     POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   }
   ~fixture() { (void)cudaStreamDestroy(stream); }
-  /// Puts `be` in the asynchronous mode when the benchmark's third argument is 1.
-  void set_mode(benchmark::State& st, polo::cuda& be) {
-    const bool async = st.range(2) != 0;
-    if (async) {
-      POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
-      be.deferred_errors = status.data();
-      be.result = res.data();
-    }
-    st.SetLabel(async ? "async" : "sync");
-  }
-  cb::device_buffer<polo::policy_loss_result> res{1};
-  cb::device_buffer<polo::cuda::status> status{1};
   polo::padded<std::uint8_t, polo::device_space> layout() const {
     return polo::padded<std::uint8_t, polo::device_space>(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
   }
@@ -103,7 +91,7 @@ void run(benchmark::State& st, const polo::policy_loss_config& cfg) {
   polo::cuda probe{};
   cb::device_buffer<unsigned char> ws(polo::policy_loss_workspace_bytes<float>(probe, lay, cfg));
   polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
-  f.set_mode(st, be);
+  cb::result_mode<polo::policy_loss_result> mode(st, be, st.range(2) != 0);
   double loss = 0;
   cb::time_loop(st, f.stream, [&] {
     loss += polo::policy_loss(be, lay, f.in(f.lp), f.in(f.lo), f.in(f.lr), f.in(f.adv),
@@ -132,30 +120,18 @@ void BM_CopyFloor_policy_loss_bytes(benchmark::State& st) {
 
 BENCHMARK(BM_CopyFloor_policy_loss_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_PolicyLossKl_cuda)
-    ->Args({512, 4096, 1})
-    ->Args({1024, 8192, 1})
-    ->Args({512, 4096, 0})
-    ->Args({1024, 8192, 0})
+    ->Apply(cb::headline_sizes_both_modes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_PolicyLossKlSkip_cuda)
-    ->Args({512, 4096, 1})
-    ->Args({1024, 8192, 1})
-    ->Args({512, 4096, 0})
-    ->Args({1024, 8192, 0})
+    ->Apply(cb::headline_sizes_both_modes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_PolicyLossKlBf16_cuda)
-    ->Args({512, 4096, 1})
-    ->Args({1024, 8192, 1})
-    ->Args({512, 4096, 0})
-    ->Args({1024, 8192, 0})
+    ->Apply(cb::headline_sizes_both_modes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_PolicyLossGspo_cuda)
-    ->Args({512, 4096, 1})
-    ->Args({1024, 8192, 1})
-    ->Args({512, 4096, 0})
-    ->Args({1024, 8192, 0})
+    ->Apply(cb::headline_sizes_both_modes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);

@@ -36,16 +36,8 @@ void BM_ValueLoss_cuda(benchmark::State& st) {
   POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const polo::padded<std::uint8_t, polo::device_space> lay(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
   cb::device_buffer<unsigned char> ws(polo::value_loss_workspace_bytes(polo::cuda{}, lay));
-  const bool async = st.range(2) != 0;
-  cb::device_buffer<unsigned char> res(sizeof(polo::value_loss_stats));
-  cb::device_buffer<polo::cuda::status> status(1);
-  POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
   polo::cuda be{.stream = stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
-  if (async) {
-    be.deferred_errors = status.data();
-    be.result = res.data();
-  }
-  st.SetLabel(async ? "async" : "sync");
+  cb::result_mode<polo::value_loss_stats> mode(st, be, st.range(2) != 0);
   auto view = [&](const cb::device_buffer<float>& b) { return polo::device_view_of<const float>(b.data(), B, T, T); };
   const bool with_grad = st.range(3) != 0;
   cb::time_loop(st, stream, [&] {

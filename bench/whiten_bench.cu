@@ -30,16 +30,8 @@ void BM_Whiten_cuda(benchmark::State& st) {
   POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const polo::padded<std::uint8_t, polo::device_space> lay(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
   cb::device_buffer<unsigned char> ws(polo::whiten_workspace_bytes(polo::cuda{}, lay));
-  const bool async = st.range(2) != 0;
-  cb::device_buffer<unsigned char> res(sizeof(polo::whiten_stats));
-  cb::device_buffer<polo::cuda::status> status(1);
-  POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
   polo::cuda be{.stream = stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
-  if (async) {
-    be.deferred_errors = status.data();
-    be.result = res.data();
-  }
-  st.SetLabel(async ? "async" : "sync");
+  cb::result_mode<polo::whiten_stats> mode(st, be, st.range(2) != 0);
   cb::time_loop(st, stream, [&] {
     polo::whiten(be, lay, polo::device_view_of<const float>(x.data(), B, T, T), polo::device_view_of(out.data(), B, T, T),
                  polo::presets::verl::whitening_masked);
@@ -61,16 +53,8 @@ void BM_MaskedMoments_cuda(benchmark::State& st) {
   POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   const polo::padded<std::uint8_t, polo::device_space> lay(polo::device_view_of<const std::uint8_t>(mask.data(), B, T, T));
   cb::device_buffer<unsigned char> ws(polo::whiten_workspace_bytes(polo::cuda{}, lay));
-  const bool async = st.range(2) != 0;
-  cb::device_buffer<unsigned char> res(sizeof(polo::moments));
-  cb::device_buffer<polo::cuda::status> status(1);
-  POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
   polo::cuda be{.stream = stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
-  if (async) {
-    be.deferred_errors = status.data();
-    be.result = res.data();
-  }
-  st.SetLabel(async ? "async" : "sync");
+  cb::result_mode<polo::moments> mode(st, be, st.range(2) != 0);
   cb::time_loop(st, stream, [&] {
     benchmark::DoNotOptimize(polo::masked_moments(be, lay, polo::device_view_of<const float>(x.data(), B, T, T)));
   });
@@ -86,6 +70,6 @@ void BM_CopyFloor_whiten_bytes(benchmark::State& st) { cb::copy_benchmark(st, wh
 }  // namespace
 
 BENCHMARK(BM_CopyFloor_whiten_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_Whiten_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_Whiten_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_CopyFloor_moments_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
-BENCHMARK(BM_MaskedMoments_cuda)->Args({512, 4096, 1})->Args({1024, 8192, 1})->Args({512, 4096, 0})->Args({1024, 8192, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_MaskedMoments_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -31,6 +31,8 @@
 
 #include <benchmark/benchmark.h>
 
+#include <polo/core/backend.hpp>
+
 namespace polo::bench::cuda {
 
 /// Aborts the benchmark binary on a CUDA error (benchmarks have no test framework to fail).
@@ -174,6 +176,34 @@ inline void copy_benchmark(benchmark::State& st, double bytes_moved) {
   POLO_BENCH_CUDA(cudaMemset(src.data(), 1, half));
   time_loop(st, nullptr, [&] { launch_copy(src.data(), dst.data(), half, nullptr); });
   report(st, bytes_moved);
+}
+
+/// The two modes of an entry that returns statistics, picked by a benchmark argument:
+/// asynchronous (be.result + be.deferred_errors: no host synchronization, the number compared
+/// with the floor) or synchronous (one read-back of the statistics per call). Holds the device
+/// memory of the result (`Stats`) and of the status (zeroed), puts `be` in the chosen mode and
+/// labels the benchmark "async" or "sync". Keep it alive while `be` is used.
+template <class Stats>
+struct result_mode {
+  device_buffer<unsigned char> result{sizeof(Stats)};
+  device_buffer<polo::cuda::status> status{1};
+  result_mode(benchmark::State& st, polo::cuda& be, bool async) {
+    POLO_BENCH_CUDA(cudaMemset(status.data(), 0, sizeof(polo::cuda::status)));
+    if (async) {
+      be.deferred_errors = status.data();
+      be.result = result.data();
+    }
+    st.SetLabel(async ? "async" : "sync");
+  }
+};
+
+/// Benchmark arguments {B, T, mode}: the headline sizes (512 x 4096, 1024 x 8192) in the
+/// asynchronous mode (1), then in the synchronous one (0). Use with ->Apply().
+inline void headline_sizes_both_modes(benchmark::internal::Benchmark* b) {
+  for (int mode : {1, 0}) {
+    b->Args({512, 4096, mode});
+    b->Args({1024, 8192, mode});
+  }
 }
 
 }  // namespace polo::bench::cuda

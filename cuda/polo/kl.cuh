@@ -175,24 +175,7 @@ __global__ void __launch_bounds__(256) klr_final_kernel(klr_params<T, L> p) {
   cuda::status s{};
   s.entry = detail::entry_kl_penalized_rewards;
   if (bad_offsets) {
-    if constexpr (L::is_packed) {
-      const unsigned long long k = *p.off_key;
-      const index_t B = p.chunks.rows;
-      auto at = [&](index_t j) { return static_cast<long long>(p.layout.offsets.data[j * p.layout.offsets.stride]); };
-      if (k == 0) {
-        s.code = detail::status_offsets_start;
-        s.a = at(0);
-      } else if (static_cast<index_t>(k) <= B) {
-        s.code = detail::status_offsets_decrease;
-        s.index = static_cast<long long>(k);
-        s.a = at(index_t(k) - 1);
-        s.b = at(index_t(k));
-      } else {
-        s.code = detail::status_offsets_end;
-        s.a = at(B);
-        s.b = static_cast<long long>(p.layout.tokens);
-      }
-    }
+    if constexpr (L::is_packed) packed_offsets_status(p.layout, *p.off_key, s);
   } else if (key != no_error_key) {
     const int kind = static_cast<int>(key & 3u);
     s.code = detail::status_nonfinite_token;

@@ -36,12 +36,23 @@ STATS = ("tokens", "sequences", "clip_upper", "clip_lower", "clip_dual", "approx
 """Names of policy_loss's statistics, in the order of the stats tensor."""
 
 
+CUDA = (torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
+        and os.environ.get("POLO_TORCH_CUDA", "1") != "0")
+"""Whether the CUDA kernels (polo_ops_cuda.cu) are built: a CUDA build of PyTorch, nvcc
+(CUDA_HOME), and POLO_TORCH_CUDA not 0. TORCH_CUDA_ARCH_LIST picks the GPUs (default 9.0)."""
+
+
 def _build():
+    sources = [str(_HERE / "polo_ops.cpp")]
+    if CUDA:
+        sources.append(str(_HERE / "polo_ops_cuda.cu"))
+        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", "9.0")
     cpp_extension.load(
-        name="polo_ops",
-        sources=[str(_HERE / "polo_ops.cpp")],
-        extra_include_paths=[str(_INCLUDE), _EIGEN],
+        name="polo_ops_cuda" if CUDA else "polo_ops",
+        sources=sources,
+        extra_include_paths=[str(_INCLUDE), str(_INCLUDE.parent / "cuda"), _EIGEN],
         extra_cflags=["-O2", "-std=c++20"],
+        extra_cuda_cflags=["-O2", "-std=c++20", "--expt-relaxed-constexpr"],
         is_python_module=False,
         verbose=bool(os.environ.get("POLO_TORCH_VERBOSE")),
     )

@@ -86,30 +86,53 @@ def close(a, b, rtol, atol, what):
         raise AssertionError(f"{what}: max abs error {err:.3e} (rtol {rtol}, atol {atol})")
 
 
-def test_gae():
+class On:
+    """polo_torch's functions on device `dev`: tensor arguments moved there (differentiably),
+    tensor results moved back to the CPU, where the references run."""
+
+    def __init__(self, dev):
+        self.dev = dev
+
+    def __getattr__(self, name):
+        f = getattr(polo, name)
+
+        def back(x):
+            if isinstance(x, torch.Tensor):
+                return x.cpu()
+            if isinstance(x, tuple):
+                return tuple(back(y) for y in x)
+            return x
+
+        def call(*args, **kw):
+            return back(f(*[a.to(self.dev) if isinstance(a, torch.Tensor) else a for a in args], **kw))
+
+        return call
+
+
+def test_gae(P, dev):
     mask = random_mask(B, T)
     for dtype, tol in ((torch.float64, 1e-10), (torch.float32, 1e-4)):
         r = torch.randn(B, T, dtype=dtype)
         v = torch.randn(B, T, dtype=dtype)
-        A, R = polo.gae(r, v, mask, 1.0, 0.95, "openrlhf.gae")
+        A, R = P.gae(r, v, mask, 1.0, 0.95, "openrlhf.gae")
         Ae, Re = gae_through_reference(r.double(), v.double(), mask.double(), 1.0, 0.95)
         close(A.double(), Ae, tol, tol, f"gae through {dtype} advantages")
         close(R.double(), Re, tol, tol, f"gae through {dtype} returns")
-        A, R = polo.gae(r, v, mask.to(torch.uint8), 0.99, 0.9, "nemo.gae")
+        A, R = P.gae(r, v, mask.to(torch.uint8), 0.99, 0.9, "nemo.gae")
         Ae, Re = gae_skip_reference(r.double(), v.double(), mask, 0.99, 0.9)
         close(A.double(), Ae, tol, tol, f"gae skip {dtype} advantages")
         close(R.double(), Re, tol, tol, f"gae skip {dtype} returns")
     # a [B,T] slice of a wider buffer (row stride > T) is read in place
     wide = torch.randn(B, T + 7, dtype=torch.float64)
-    A1, _ = polo.gae(wide[:, :T], v.double(), mask, 1.0, 0.95, "verl.gae")
-    A2, _ = polo.gae(wide[:, :T].contiguous(), v.double(), mask, 1.0, 0.95, "verl.gae")
+    A1, _ = P.gae(wide[:, :T], v.double(), mask, 1.0, 0.95, "verl.gae")
+    A2, _ = P.gae(wide[:, :T].contiguous(), v.double(), mask, 1.0, 0.95, "verl.gae")
     assert torch.equal(A1, A2), "strided rewards"
 
 
-def test_group_advantages():
+def test_group_advantages(P, dev):
     s = torch.randn(B * G, dtype=torch.float64)
     s[:G] = 0.5  # a constant group
-    a = polo.group_advantages(s, G, "verl.grpo")
+    a = P.group_advantages(s, G, "verl.grpo")
     g = s.view(-1, G)
     ref = ((g - g.mean(-1, keepdim=True)) / (g.std(-1, keepdim=True) + 1e-6)).flatten()
     close(a, ref, 1e-10, 1e-12, "group_advantages verl.grpo")
@@ -117,18 +140,18 @@ def test_group_advantages():
     # labelled groups in any order (verl's uid): a permutation of the contiguous batch
     perm = torch.randperm(B * G)
     labels = (torch.arange(B * G) // G)[perm] * 7 + 3
-    al = polo.group_advantages_by_label(s[perm], labels, "verl.grpo")
+    al = P.group_advantages_by_label(s[perm], labels, "verl.grpo")
     close(al, ref[perm], 1e-10, 1e-12, "group_advantages_by_label verl.grpo")
 
 
-def test_policy_loss():
+def test_policy_loss(P, dev):
     mask = random_mask(B, T)
     for preset, kl in (("verl.ppo", 0.0), ("verl.grpo", 0.001)):
         logp = (torch.randn(B, T, dtype=torch.float64) * 0.5 - 1.0).requires_grad_()
         old = logp.detach() + torch.randn(B, T, dtype=torch.float64) * 0.2
         ref = logp.detach() + torch.randn(B, T, dtype=torch.float64) * 0.3
         adv = torch.randn(B, 1, dtype=torch.float64).expand(B, T).contiguous()
-        loss, stats = polo.policy_loss(logp, old, ref, adv, mask, preset)
+        loss, stats = P.policy_loss(logp, old, ref, adv, mask, preset)
         loss.backward()
         g = logp.grad.clone()
         logp.grad = None
@@ -139,7 +162,7 @@ def test_policy_loss():
         assert stats["tokens"] == int(mask.sum()), stats
         assert 0.0 <= stats["clip_upper"] <= 1.0 and stats["approx_kl_k3"] >= 0.0, stats
         # global normalizers: twice the tokens halves the loss and its gradient
-        half, _ = polo.policy_loss(logp.detach(), old, ref, adv, mask, preset, tokens=2.0 * stats["tokens"])
+        half, _ = P.policy_loss(logp.detach(), old, ref, adv, mask, preset, tokens=2.0 * stats["tokens"])
         close(half, loss.detach() / 2, 1e-12, 1e-14, f"{preset} global normalizer")
 
 
@@ -172,13 +195,13 @@ def verl_reinforce_pp(rewards, mask, gamma):
     return returns, verl_masked_whiten(returns, mask) * m
 
 
-def test_ppo_pieces():
+def test_ppo_pieces(P, dev):
     mask = random_mask(B, T)
     m = mask.double()
     v = torch.randn(B, T, dtype=torch.float64).requires_grad_()
     vo = v.detach() + 0.5 * torch.randn(B, T, dtype=torch.float64)
     R = torch.randn(B, T, dtype=torch.float64)
-    loss, st = polo.value_loss(v, vo, R, mask, "verl.critic")
+    loss, st = P.value_loss(v, vo, R, mask, "verl.critic")
     loss.backward()
     g = v.grad.clone()
     v.grad = None
@@ -189,21 +212,21 @@ def test_ppo_pieces():
     assert 0.0 < st["clip_fraction"] < 1.0 and st["tokens"] == int(mask.sum()), st
 
     x = torch.randn(B, T, dtype=torch.float64) * 3 + 1
-    close(polo.whiten(x, mask, "verl.whitening"), verl_masked_whiten(x, mask), 1e-10, 1e-12, "whiten")
+    close(P.whiten(x, mask, "verl.whitening"), verl_masked_whiten(x, mask), 1e-10, 1e-12, "whiten")
 
     r = torch.randn(B, T, dtype=torch.float64)
     lo = torch.randn(B, T, dtype=torch.float64) - 1
     lr = lo + 0.3 * torch.randn(B, T, dtype=torch.float64)
-    shaped = polo.kl_penalized_rewards(r, lo, lr, mask, 0.05, "verl.kl_k1")
+    shaped = P.kl_penalized_rewards(r, lo, lr, mask, 0.05, "verl.kl_k1")
     close(shaped, (r - 0.05 * (lo - lr)) * m, 1e-12, 1e-14, "kl_penalized_rewards k1")
 
-    Rp, Ap = polo.reinforce_plus_plus(r, mask, 0.99, "verl.reinforce_pp")
+    Rp, Ap = P.reinforce_plus_plus(r, mask, 0.99, "verl.reinforce_pp")
     Re, Ae = verl_reinforce_pp(r, mask, 0.99)
     close(Rp * m, Re * m, 1e-10, 1e-12, "reinforce++ returns at valid tokens")
     close(Ap, Ae, 1e-10, 1e-12, "reinforce++ advantages")
 
 
-def test_errors():
+def test_errors(P, dev):
     mask = random_mask(B, T)
     r = torch.randn(B, T, dtype=torch.float64)
     v = torch.randn(B, T, dtype=torch.float64)
@@ -211,15 +234,15 @@ def test_errors():
     r[i, t] = math.nan
     A = None
     try:
-        A = polo.gae(r, v, mask, 1.0, 1.0, "verl.gae")
+        A = P.gae(r, v, mask, 1.0, 1.0, "verl.gae")
     except RuntimeError as e:
         msg = str(e)
         assert "rewards" in msg and str(i * T + t) in msg, msg
     assert A is None, "a NaN reward at a valid token must raise"
-    for bad, needle in ((lambda: polo.gae(r, v.float(), mask, 1.0, 1.0), "one dtype"),
-                        (lambda: polo.gae(r, v, mask, 1.0, 1.0, "verl.nope"), "known:"),
-                        (lambda: polo.gae(r, v[:, :-1], mask, 1.0, 1.0), "values"),
-                        (lambda: polo.group_advantages(torch.randn(10, dtype=torch.float64), 4, "verl.grpo"), "")):
+    for bad, needle in ((lambda: P.gae(r, v.float(), mask, 1.0, 1.0), "one dtype"),
+                        (lambda: P.gae(r, v, mask, 1.0, 1.0, "verl.nope"), "known:"),
+                        (lambda: P.gae(r, v[:, :-1], mask, 1.0, 1.0), "values"),
+                        (lambda: P.group_advantages(torch.randn(10, dtype=torch.float64), 4, "verl.grpo"), "")):
         try:
             bad()
         except RuntimeError as e:
@@ -228,39 +251,40 @@ def test_errors():
             raise AssertionError(f"no error ({needle})")
 
 
-def test_opcheck():
-    mask = random_mask(8, 64)
-    r = torch.randn(8, 64)
-    v = torch.randn(8, 64)
+def test_opcheck(P, dev):
+    mask = random_mask(8, 64).to(dev)
+    r = torch.randn(8, 64, device=dev)
+    v = torch.randn(8, 64, device=dev)
     torch.library.opcheck(torch.ops.polo.gae.default, (r, v, mask, 1.0, 0.95, "verl.gae"))
-    torch.library.opcheck(torch.ops.polo.group_advantages.default, (torch.randn(32), 8, "trl.grpo"))
+    torch.library.opcheck(torch.ops.polo.group_advantages.default, (torch.randn(32, device=dev), 8, "trl.grpo"))
     torch.library.opcheck(torch.ops.polo.group_advantages_by_label.default,
-                          (torch.randn(32), torch.arange(32) % 5, "openrlhf.rloo"))
-    logp = (torch.randn(8, 64) - 1.0).requires_grad_()
-    old = logp.detach() + 0.1 * torch.randn(8, 64)
-    adv = torch.randn(8, 64)
+                          (torch.randn(32, device=dev), torch.arange(32, device=dev) % 5, "openrlhf.rloo"))
+    logp = (torch.randn(8, 64, device=dev) - 1.0).requires_grad_()
+    old = logp.detach() + 0.1 * torch.randn(8, 64, device=dev)
+    adv = torch.randn(8, 64, device=dev)
     torch.library.opcheck(torch.ops.polo.policy_loss.default, (logp, old, None, adv, mask, "verl.ppo", -1.0, -1.0))
-    v = torch.randn(8, 64).requires_grad_()
-    torch.library.opcheck(torch.ops.polo.value_loss.default, (v, v.detach() + 0.3, torch.randn(8, 64), mask,
+    v = torch.randn(8, 64, device=dev).requires_grad_()
+    torch.library.opcheck(torch.ops.polo.value_loss.default, (v, v.detach() + 0.3, torch.randn(8, 64, device=dev), mask,
                                                               "verl.critic", -1.0, -1.0))
     torch.library.opcheck(torch.ops.polo.whiten.default, (r, mask, "openrlhf.whitening"))
     torch.library.opcheck(torch.ops.polo.kl_penalized_rewards.default, (r, v.detach(), r - 1.0, mask, 0.1, "openrlhf.kl_k3"))
     torch.library.opcheck(torch.ops.polo.reinforce_plus_plus.default, (r, mask, 1.0, "openrlhf.reinforce_pp"))
 
 
-def test_compile():
+def test_compile(P, dev):
     """The operators inside torch.compile(fullgraph=True): traced through their fake functions,
     same numbers, and the loss's backward through the compiled graph."""
     mask = random_mask(16, 64)
     r = torch.randn(16, 64, dtype=torch.float64)
     v = torch.randn(16, 64, dtype=torch.float64)
+    md, rd, vd = mask.to(dev), r.to(dev), v.to(dev)
 
     @torch.compile(fullgraph=True, backend="aot_eager")
     def f(r, v, m):
         A, R = torch.ops.polo.gae(r, v, m, 1.0, 0.95, "openrlhf.gae")
         return 2.0 * A, R
 
-    A, R = f(r, v, mask)
+    A, R = (x.cpu() for x in f(rd, vd, md))
     Ae, Re = gae_through_reference(r, v, mask.double(), 1.0, 0.95)
     close(A, 2.0 * Ae, 1e-12, 1e-12, "compiled gae advantages")
     close(R, Re, 1e-12, 1e-12, "compiled gae returns")
@@ -274,7 +298,7 @@ def test_compile():
         loss, _, _ = torch.ops.polo.policy_loss(logp, old, None, adv, m, "verl.ppo", -1.0, -1.0)
         return 3.0 * loss
 
-    g(logp, old, adv, mask).backward()
+    g(logp.to(dev), old.to(dev), adv.to(dev), md).backward()
     got = logp.grad.clone()
     logp.grad = None
     (3.0 * verl_policy_loss(logp, old, None, adv, mask, 0.0)).backward()
@@ -283,15 +307,20 @@ def test_compile():
 
 def main():
     tests = [test_gae, test_group_advantages, test_policy_loss, test_ppo_pieces, test_errors, test_opcheck, test_compile]
-    failed = 0
-    for t in tests:
-        try:
-            t()
-            print(f"ok   {t.__name__}")
-        except Exception as e:  # report every test, then fail
-            failed += 1
-            print(f"FAIL {t.__name__}: {type(e).__name__}: {e}")
-    print(f"{len(tests) - failed} of {len(tests)} passed (torch {torch.__version__}, {torch.get_num_threads()} threads)")
+    devices = ["cpu"] + (["cuda"] if polo.CUDA and torch.cuda.is_available() else [])
+    failed = ran = 0
+    for dev in devices:
+        for t in tests:
+            ran += 1
+            try:
+                t(On(dev), dev)
+                print(f"ok   {t.__name__} [{dev}]")
+            except Exception as e:  # report every test, then fail
+                failed += 1
+                print(f"FAIL {t.__name__} [{dev}]: {type(e).__name__}: {e}")
+    gpu = torch.cuda.get_device_name() if "cuda" in devices else "no GPU: CUDA kernels " + (
+        "built, not run" if polo.CUDA else "not built")
+    print(f"{ran - failed} of {ran} passed (torch {torch.__version__}, {torch.get_num_threads()} threads; {gpu})")
     return 1 if failed else 0
 
 

@@ -779,6 +779,29 @@ __device__ __forceinline__ S load_cg(const S* p) {
   return out;
 }
 
+/// The status of a packed layout's bad offsets from the key of packed_offsets_check_kernel (0:
+/// offsets[0] != 0; j in 1..B: offsets[j] < offsets[j-1]; B+1: offsets[B] != N): its code, and
+/// the offending values in `a`, `b` (and j in `index`) as the host check names them. Sets only
+/// `code`, `index`, `a`, `b`; the caller owns `entry` and records the status.
+template <class L>
+__device__ void packed_offsets_status(const L& layout, unsigned long long key, cuda::status& s) {
+  const index_t B = layout.num_seqs();
+  auto at = [&](index_t j) { return static_cast<long long>(layout.offsets.data[j * layout.offsets.stride]); };
+  if (key == 0) {
+    s.code = detail::status_offsets_start;
+    s.a = at(0);
+  } else if (static_cast<index_t>(key) <= B) {
+    s.code = detail::status_offsets_decrease;
+    s.index = static_cast<long long>(key);
+    s.a = at(index_t(key) - 1);
+    s.b = at(index_t(key));
+  } else {
+    s.code = detail::status_offsets_end;
+    s.a = at(B);
+    s.b = static_cast<long long>(layout.tokens);
+  }
+}
+
 template <class T, class L, class F>
 __device__ void scan_final_block(const scan_params<T, L, F>& p, unsigned long long key, index_t nb);
 template <class T, class L, class F>
@@ -904,24 +927,7 @@ __device__ void scan_publish(const scan_params<T, L, F>& p, const scan_result& o
   s.entry = p.entry;
   const unsigned long long key = o.err_key;
   if (key == offsets_gate_key) {
-    if constexpr (L::is_packed) {
-      const unsigned long long k = *p.off_key;
-      const index_t B = p.layout.num_seqs();
-      auto at = [&](index_t j) { return static_cast<long long>(p.layout.offsets.data[j * p.layout.offsets.stride]); };
-      if (k == 0) {
-        s.code = detail::status_offsets_start;
-        s.a = at(0);
-      } else if (static_cast<index_t>(k) <= B) {
-        s.code = detail::status_offsets_decrease;
-        s.index = static_cast<long long>(k);
-        s.a = at(index_t(k) - 1);
-        s.b = at(index_t(k));
-      } else {
-        s.code = detail::status_offsets_end;
-        s.a = at(B);
-        s.b = static_cast<long long>(p.layout.tokens);
-      }
-    }
+    if constexpr (L::is_packed) packed_offsets_status(p.layout, *p.off_key, s);
   } else if (key < offsets_gate_key) {
     const int kind = error_key_kind(key);
     s.code = detail::status_nonfinite_arg;

@@ -645,24 +645,7 @@ __device__ void pl_publish(const pl_params<LP, T, L>& p, const pl_result& o, boo
   s.entry = detail::entry_policy_loss;
   policy_loss_result v{};
   if (bad_offsets) {
-    if constexpr (L::is_packed) {
-      const unsigned long long k = *p.off_key;
-      const index_t B = p.layout.num_seqs();
-      auto at = [&](index_t j) { return static_cast<long long>(p.layout.offsets.data[j * p.layout.offsets.stride]); };
-      if (k == 0) {
-        s.code = detail::status_offsets_start;
-        s.a = at(0);
-      } else if (static_cast<index_t>(k) <= B) {
-        s.code = detail::status_offsets_decrease;
-        s.index = static_cast<long long>(k);
-        s.a = at(index_t(k) - 1);
-        s.b = at(index_t(k));
-      } else {
-        s.code = detail::status_offsets_end;
-        s.a = at(B);
-        s.b = static_cast<long long>(p.layout.tokens);
-      }
-    }
+    if constexpr (L::is_packed) packed_offsets_status(p.layout, *p.off_key, s);
   } else if (o.err_key != no_error_key) {
     s.code = detail::status_nonfinite_token;
     s.index = o.err_flat;
