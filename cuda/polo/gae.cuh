@@ -87,6 +87,8 @@ struct scan_regions {
   kernels::scan_partial* partials = nullptr;  // [ceil(B / scan_reduce_rows)]
   long long* valid = nullptr;                 // [1] the count gate's total
   unsigned* done = nullptr;                   // [1] the row reduction's ticket counter
+  index_t* lead = nullptr;                    // [bound] the apply pass's leading chunks
+  unsigned* lead_n = nullptr;                 // [1] their count
   unsigned long long* off_key = nullptr;      // [1] packed offsets check (asynchronous mode)
   void* temp = nullptr;      // cub scan
   std::size_t temp_bytes = 0;
@@ -133,6 +135,8 @@ scan_regions take_scan_regions(scratch_plan& sp, const L& layout) {
   r.partials = sp.take<kernels::scan_partial>((B + kernels::scan_reduce_rows - 1) / kernels::scan_reduce_rows);
   r.valid = sp.take<long long>(1);
   r.done = sp.take<unsigned>(1);
+  r.lead = sp.take<index_t>(bound);
+  r.lead_n = sp.take<unsigned>(1);
   r.off_key = sp.take<unsigned long long>(1);
   r.temp_bytes = kernels::chunk_scan_temp_bytes(B);
   r.temp = sp.take<unsigned char>(static_cast<index_t>(r.temp_bytes));
@@ -223,6 +227,8 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   p.valid = gate_min_count > 0 ? r.valid : nullptr;
   p.gate_min_count = gate_min_count;
   p.done = r.done;
+  p.lead = r.lead;
+  p.lead_n = r.lead_n;
   p.summ = r.summ;
   p.state = r.state;
   p.exit_state = r.exit_state;
@@ -270,6 +276,8 @@ kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::sca
   p.valid = nullptr;
   p.gate_min_count = 0;
   p.done = r.done;
+  p.lead = r.lead;
+  p.lead_n = r.lead_n;
   p.summ = r.summ;
   p.state = r.state;
   p.exit_state = r.exit_state;

@@ -60,13 +60,18 @@
 #include "polo/whiten.hpp"
 #include "polo/kernels/scan.cuh"
 
-/// Tuning knobs (compile-time): tokens per thread of the scans, and the minimum resident blocks
-/// per multiprocessor the summary and apply kernels are compiled for (caps their registers).
+/// Tuning knobs (compile-time): tokens per thread of the scans, the minimum resident blocks
+/// per multiprocessor the summary and apply kernels are compiled for (caps their registers),
+/// and the most blocks of the apply pass's second launch (the leading chunks of left-padded
+/// rows, strided over its grid: without left padding its blocks find an empty list).
 #ifndef POLO_CUDA_SCAN_ITEMS
 #define POLO_CUDA_SCAN_ITEMS 8
 #endif
 #ifndef POLO_CUDA_SCAN_MIN_BLOCKS
 #define POLO_CUDA_SCAN_MIN_BLOCKS 4
+#endif
+#ifndef POLO_CUDA_SCAN_LEAD_BLOCKS
+#define POLO_CUDA_SCAN_LEAD_BLOCKS 1024
 #endif
 
 namespace polo::kernels {
@@ -183,6 +188,8 @@ struct scan_params {
   long long* valid = nullptr;          ///< [1] the count gate's total, or null (no gate)
   long long gate_min_count = 0;        ///< with `valid`: fewer valid tokens close the gate (gate_key)
   unsigned* done = nullptr;            ///< [1] row blocks finished (the last one runs the final pass)
+  index_t* lead = nullptr;             ///< [bound] leading chunks, listed by the first apply launch
+  unsigned* lead_n = nullptr;          ///< [1] their count (zeroed by the rows pass)
   // Asynchronous mode (be.result and be.deferred_errors set; all null otherwise): the final
   // pass publishes the statistics and the first error itself (scan_publish).
   const unsigned long long* off_key = nullptr;  ///< [1] packed offsets check's key, or null
@@ -340,11 +347,12 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
   long long cnt = 0;
 #pragma unroll
   for (int k = 0; k < K; ++k) cnt += valid[k] ? 1 : 0;
-  cnt = chunk_reduce_fixed<NT, CPB>(cnt, [](long long a, long long b) { return a + b; }, sm.template as<long long>());
   if constexpr (CountOnly) {
+    cnt = chunk_reduce_fixed<NT, CPB>(cnt, [](long long a, long long b) { return a + b; }, sm.template as<long long>());
     if (tid == 0) p.summ[c].count = cnt;
     return;
   } else {
+    // the inputs are loaded before the first block-wide step, so their latency overlaps it
     const bool gae = p.kind == scan_kind::gae;
     T r[K], v[K];
     load_blocked<K>(p.layout.row_ptr(p.r, i) + t0, k0, n, r, T(0));
@@ -359,8 +367,17 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
     for (int k = K - 1; k >= 0; --k) {
       if (valid[k] && !detail::is_finite(r[k])) key = error_key(i, 0, t0 + k0 + k);
     }
-    key = chunk_reduce_fixed<NT, CPB>(key, [](unsigned long long a, unsigned long long b) { return a < b ? a : b; },
-                                 sm.template as<unsigned long long>());
+    // the count and the first error in one tree (valid in thread 0)
+    struct count_key {
+      long long count;
+      unsigned long long key;
+    };
+    const count_key ck = chunk_reduce_fixed<NT, CPB>(
+        count_key{cnt, key},
+        [](count_key a, const count_key& b) { return count_key{a.count + b.count, a.key < b.key ? a.key : b.key}; },
+        sm.template as<count_key>());
+    cnt = ck.count;
+    key = ck.key;
     if (tid == 0 && key != no_error_key) atomicMin(p.err, key);
 
     scan_chunk_summary s;
@@ -480,7 +497,10 @@ __global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) 
   const int lane = int(threadIdx.x & 31);
   if (i >= p.chunks.rows) return;  // warp-uniform
   if (p.off_key != nullptr && *p.off_key != no_error_key) {  // bad offsets (asynchronous mode): no row is read
-    if (Phase == 1 && i == 0 && lane == 0) *p.done = 0u;    // the row reduction still runs (final pass)
+    if (Phase == 1 && i == 0 && lane == 0) {                 // the row reduction still runs (final pass)
+      *p.done = 0u;
+      *p.lead_n = 0u;
+    }
     return;
   }
   const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
@@ -525,7 +545,10 @@ __global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) 
         atomicMin(p.err, error_key(i, 1, 0));
     }
     if (lane == 0) p.rstats[i] = rs;
-    if (i == 0 && lane == 0) *p.done = 0u;  // the row reduction's ticket counter
+    if (i == 0 && lane == 0) {
+      *p.done = 0u;    // the row reduction's ticket counter
+      *p.lead_n = 0u;  // the apply pass's list of leading chunks
+    }
     if (c1 <= c0) return;
     // tiles by main index q = c - cm (floor division for the leading chunks)
     auto tile_of = [](index_t q) { return q >= 0 ? q / 32 : -((-q + 31) / 32); };
@@ -586,32 +609,43 @@ __global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) 
 
 // ---- apply pass ---------------------------------------------------------------------------------
 
-/// Lead = false: every chunk but the leading masked ones (see chunk_table), the leftmost main
-/// chunk of each row recording the state after the row's first valid position; Lead = true
-/// (launched after): the leading chunks, the rightmost of them entering with that exact state
-/// (so the echo of masked_fill::recursion equals the first valid value bit for bit).
-template <int NT, int K, bool HasMask, bool Two, bool Lead, class T, class L, class F>
-__global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kernel(scan_params<T, L, F> p) {
-  constexpr int CPB = scan_cpb<NT>;
-  __shared__ chunk_smem<NT> sm_all[CPB];
-  const int tid = CPB > 1 ? int(threadIdx.x & 31) : int(threadIdx.x);
-  const int wic = CPB > 1 ? int(threadIdx.x >> 5) : 0;  // chunk of the block
-  chunk_smem<NT>& sm = sm_all[wic];
-  __shared__ struct {
-    T a[NT * K];
-    T r[NT * K];
-  } sv_all[CPB];
-  auto& sv = sv_all[wic];
+/// Merges the moments of two sets (Chan, Golub and LeVeque) with one division: the chunk
+/// trees of the apply pass (the host-side `moments::operator+=` divides twice).
+__device__ __forceinline__ void merge_moments(moments& a, const moments& b) {
+  if (b.count == 0) return;
+  if (a.count == 0) {
+    a = b;
+    return;
+  }
+  const long long n = a.count + b.count;
+  const double inv = 1.0 / double(n);
+  const double d = b.mean - a.mean;
+  const double wb = double(b.count) * inv;
+  a.mean += d * wb;
+  a.m2 += b.m2 + d * d * double(a.count) * wb;
+  a.count = n;
+}
+
+/// One chunk of the apply pass (c: its index in the chunk table); `tid` its thread, `sm` its
+/// shared row. Lead = false: every chunk but the leading masked ones (see chunk_table), which
+/// it appends to `p.lead` instead; the leftmost main chunk of each row records the state after
+/// the row's first valid position. Lead = true: a leading chunk, the rightmost of a row
+/// entering with that exact state (so the echo of masked_fill::recursion equals the first
+/// valid value bit for bit).
+template <int NT, int CPB, int K, bool HasMask, bool Two, bool Lead, class T, class L, class F>
+__device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, index_t c, int tid,
+                                                 chunk_smem<NT>& sm) {
   using Mask = typename L::mask_type;
-  if (*p.err != no_error_key) return;  // the gate: an error was found, nothing is written
-  const index_t c = index_t(blockIdx.x) * CPB + wic;
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
+  const index_t nlead = p.chunks.first != nullptr ? (p.chunks.first[i] + p.chunks.S - 1) / p.chunks.S : 0;
+  if (!Lead && j < nlead) {  // a leading chunk: for the second launch
+    if (tid == 0) p.lead[atomicAdd(p.lead_n, 1u)] = c;
+    return;
+  }
   const index_t len = p.layout.row_len(i);
   index_t t0 = 0, n = 0;
   chunk_span(p.chunks, i, j, len, t0, n);
-  const index_t nlead = p.chunks.first != nullptr ? (p.chunks.first[i] + p.chunks.S - 1) / p.chunks.S : 0;
-  if (Lead != (j < nlead)) return;
   const index_t k0 = index_t(tid) * K;
   const bool gae = p.kind == scan_kind::gae;
 
@@ -717,40 +751,61 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
     if (p.base != nullptr) store_blocked<K>(p.layout.row_ptr(p.A, i) + t0, k0, n, out_a);
     if (!Lead && j == nlead && nlead > 0 && tid == 0) p.exit_state[i] = scan_state{0.0, g, 0.0, 0.0};
   }
-  // Statistics in an order fixed by the ranks of the valid tokens (not their positions), so a
-  // padded row and the same row packed reduce identically: the valid values go to slots by
-  // rank, thread t accumulates ranks t, t+NT, ... in order, then a fixed tree.
+  // Statistics of the chunk: each thread's valid outputs in position order, two passes over
+  // its K values in registers (one division per thread), then the fixed tree. Chunks are cut
+  // at the row's first valid position, so a padded row and the same row packed put every
+  // token on the same thread and reduce identically.
   {
-    long long mine_n = 0;
-#pragma unroll
-    for (int k = 0; k < K; ++k) mine_n += valid[k] ? 1 : 0;
-    long long total_n = 0;
-    const long long right_n =
-        chunk_suffix_exclusive<NT, CPB>(mine_n, 0ll, [](long long a, long long b) { return a + b; },
-                                   sm.template as<long long>(), total_n);
-    long long rank = total_n - right_n - mine_n;
+    long long cnt = 0;
+    double sum = 0.0, rsum = 0.0;
 #pragma unroll
     for (int k = 0; k < K; ++k)
       if (valid[k]) {
-        sv.a[rank] = gae ? out_a[k] : out_r[k];
-        sv.r[rank] = out_r[k];
-        ++rank;
+        ++cnt;
+        sum += double(gae ? out_a[k] : out_r[k]);
+        if (gae) rsum += double(out_r[k]);
       }
-    chunk_sync<CPB>();
-    for (long long q = tid; q < total_n; q += NT) {
-      cs.m.add(double(sv.a[q]));
-      if (gae) cs.rsum += double(sv.r[q]);
-    }
+    const double mean = cnt > 0 ? sum / double(cnt) : 0.0;
+    double m2 = 0.0;
+#pragma unroll
+    for (int k = 0; k < K; ++k)
+      if (valid[k]) {
+        const double d = double(gae ? out_a[k] : out_r[k]) - mean;
+        m2 += d * d;
+      }
+    cs.m.count = cnt;
+    cs.m.mean = mean;
+    cs.m.m2 = m2;
+    cs.rsum = rsum;
   }
   cs = chunk_reduce_fixed<NT, CPB>(
       cs,
       [](scan_chunk_stats a, const scan_chunk_stats& b) {
-        a.m += b.m;
+        merge_moments(a.m, b.m);
         a.rsum += b.rsum;
         return a;
       },
       sm.template as<scan_chunk_stats>());
   if (tid == 0) p.cstats[c] = cs;
+}
+
+/// The apply pass. Lead = false: one chunk per warp (CPB > 1) or block, every chunk of the
+/// table. Lead = true (launched after, with at most POLO_CUDA_SCAN_LEAD_BLOCKS blocks): the
+/// leading chunks the first launch listed (none without left padding), strided over the grid.
+template <int NT, int K, bool HasMask, bool Two, bool Lead, class T, class L, class F>
+__global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kernel(scan_params<T, L, F> p) {
+  constexpr int CPB = scan_cpb<NT>;
+  __shared__ chunk_smem<NT> sm_all[CPB];
+  const int tid = CPB > 1 ? int(threadIdx.x & 31) : int(threadIdx.x);
+  const int wic = CPB > 1 ? int(threadIdx.x >> 5) : 0;  // chunk of the block
+  if (*p.err != no_error_key) return;  // the gate: an error was found, nothing is written
+  if constexpr (Lead) {
+    const index_t count = index_t(*p.lead_n);
+    for (index_t q = index_t(blockIdx.x) * CPB + wic; q < count; q += index_t(gridDim.x) * CPB)
+      scan_apply_chunk<NT, CPB, K, HasMask, Two, true>(p, p.lead[q], tid, sm_all[wic]);
+  } else {
+    scan_apply_chunk<NT, CPB, K, HasMask, Two, false>(p, index_t(blockIdx.x) * CPB + wic, tid, sm_all[wic]);
+  }
 }
 
 // ---- statistics: rows, then the batch -----------------------------------------------------------
@@ -1055,7 +1110,10 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
     }
     if (grid > 0) {
       scan_apply_kernel<NT, K, HM, Two, false><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
-      if (HM) scan_apply_kernel<NT, K, HM, Two, true><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
+      if (HM) {
+        const index_t lead_grid = grid < POLO_CUDA_SCAN_LEAD_BLOCKS ? grid : index_t(POLO_CUDA_SCAN_LEAD_BLOCKS);
+        scan_apply_kernel<NT, K, HM, Two, true><<<unsigned(lead_grid), NT * CPB, 0, stream>>>(p);
+      }
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     // the row reduction; its last block runs the final pass (rows > 0: run_scan returns early
@@ -1138,11 +1196,13 @@ inline constexpr int scan_table_items = 4;
 static_assert(POLO_CUDA_SCAN_SMALL_TABLE <= scan_table_threads * scan_table_items, "POLO_CUDA_SCAN_SMALL_TABLE too large");
 
 /// start = exclusive scan of cnt[0..B] (B + 1 <= 4096; integers: exact), then owner[c] for every
-/// chunk (one warp per row). One block.
+/// chunk (one warp per row, reading the row's bounds from the block's shared copy of start).
+/// One block.
 template <class I>
 __global__ void __launch_bounds__(scan_table_threads) scan_table_small_kernel(const I* cnt, I B, I* start, I* owner) {
   using scan_t = cub::BlockScan<I, scan_table_threads>;
   __shared__ typename scan_t::TempStorage tmp;
+  __shared__ I s_start[scan_table_threads * scan_table_items];
   I v[scan_table_items], e[scan_table_items];
   const I q0 = I(threadIdx.x) * scan_table_items;
 #pragma unroll
@@ -1150,12 +1210,15 @@ __global__ void __launch_bounds__(scan_table_threads) scan_table_small_kernel(co
   scan_t(tmp).ExclusiveSum(v, e);
 #pragma unroll
   for (int k = 0; k < scan_table_items; ++k)
-    if (q0 + k <= B) start[q0 + k] = e[k];
-  __syncthreads();  // start[] (global, this block's writes) visible to the whole block
+    if (q0 + k <= B) {
+      start[q0 + k] = e[k];
+      s_start[q0 + k] = e[k];
+    }
+  __syncthreads();
   const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
   for (I i = w; i < B; i += scan_table_threads / 32) {
-    const I c1 = start[i + 1];
-    for (I c = start[i] + lane; c < c1; c += 32) owner[c] = i;
+    const I c1 = s_start[i + 1];
+    for (I c = s_start[i] + lane; c < c1; c += 32) owner[c] = i;
   }
 }
 
