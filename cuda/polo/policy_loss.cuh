@@ -213,6 +213,8 @@ policy_loss_result cuda_policy_loss(const cuda& be, const L& layout, view<const 
   p.adv = adv;
   p.grad = grad;
   p.cfg = c;
+  p.fc = detail::basic_token_consts<float>(c);
+  p.dc = detail::basic_token_consts<double>(c);
   p.norm = norm;
   p.use_kl = uses_kl(c);
   p.seq_ratio = uses_ratio_level_sequence(c);

@@ -231,13 +231,31 @@ struct basic_kl_point {
 };
 using kl_point = basic_kl_point<double>;
 
+/// The options of kl_term with its clamps rounded to F once: a kernel builds it on the host
+/// (or once per thread) instead of converting the config's doubles at every token.
+template <class F>
+struct basic_kl_consts {
+  kl_estimator estimator = kl_estimator::k3;
+  kl_weight weight = kl_weight::none;
+  bool straight_through = false;
+  F input_clamp = F(20);
+  F output_clamp = F(unbounded);
+  basic_kl_consts() = default;
+  POLO_HD_INLINE explicit basic_kl_consts(const kl_config& c)
+      : estimator(c.estimator),
+        weight(c.weight),
+        straight_through(c.straight_through),
+        input_clamp(F(c.input_clamp)),
+        output_clamp(F(c.output_clamp)) {}
+};
+
 /// The KL term of one token (or of one sequence, with d = D_i and rho = 1) under config `c`,
 /// at log-ratio d = logp - logp_ref and importance ratio rho (see the file comment). F is the
 /// scalar it computes in (double on the CPU; the clamps of `c` are rounded to F).
 template <class F>
-POLO_HD_INLINE basic_kl_point<F> kl_term(const kl_config& c, F d, std::type_identity_t<F> rho) {
+POLO_HD_INLINE basic_kl_point<F> kl_term(const basic_kl_consts<F>& c, F d, std::type_identity_t<F> rho) {
   basic_kl_point<F> p;
-  const F ic = F(c.input_clamp), oc = F(c.output_clamp);
+  const F ic = c.input_clamp, oc = c.output_clamp;
   const bool in_active = d < -ic || d > ic;
   const F x = in_active ? (d < 0 ? -ic : ic) : d;
   F k = F(0), dk = F(0);
@@ -262,6 +280,11 @@ POLO_HD_INLINE basic_kl_point<F> kl_term(const kl_config& c, F d, std::type_iden
     p.d_ratio = F(0);
   }
   return p;
+}
+/// The same from the config itself (its clamps rounded to F here).
+template <class F>
+POLO_HD_INLINE basic_kl_point<F> kl_term(const kl_config& c, F d, std::type_identity_t<F> rho) {
+  return kl_term<F>(basic_kl_consts<F>(c), d, rho);
 }
 
 /// [first, last) address range of a view, for the overlap check.

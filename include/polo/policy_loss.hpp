@@ -458,6 +458,35 @@ POLO_HD_INLINE F clamp_flag(F x, std::type_identity_t<F> lo, std::type_identity_
   return x < lo ? lo : (x > hi ? hi : x);
 }
 
+/// The bounds of the per-token formulas rounded to F once (1 - eps_low and 1 + eps_high
+/// formed in double first, as the formulas always did): a kernel builds it on the host instead
+/// of converting the config's doubles at every token. The formulas below take it; their
+/// overloads on policy_loss_config build it on the spot (the CPU backend, F = double).
+template <class F>
+struct basic_token_consts {
+  policy_objective objective = policy_objective::clip;
+  cispo_bound cispo = cispo_bound::clip_both;
+  F log_ratio_min = F(-20), log_ratio_max = F(20);
+  F clip_low = F(0.8), clip_high = F(1.2);  ///< 1 - eps_low, 1 + eps_high
+  F eps_high = F(0.2), dual_clip = F(unbounded), delta = F(unbounded);
+  F sapo_tau_pos = F(1), sapo_tau_neg = F(1.05);
+  basic_kl_consts<F> kl{};
+  basic_token_consts() = default;
+  POLO_HD_INLINE explicit basic_token_consts(const policy_loss_config& c)
+      : objective(c.objective),
+        cispo(c.cispo),
+        log_ratio_min(F(c.log_ratio_min)),
+        log_ratio_max(F(c.log_ratio_max)),
+        clip_low(F(1.0 - c.eps_low)),
+        clip_high(F(1.0 + c.eps_high)),
+        eps_high(F(c.eps_high)),
+        dual_clip(F(c.dual_clip)),
+        delta(F(c.delta)),
+        sapo_tau_pos(F(c.sapo_tau_pos)),
+        sapo_tau_neg(F(c.sapo_tau_neg)),
+        kl(c.kl) {}
+};
+
 /// A ratio from a log-ratio under the config's clamp: r = e^(clamp(lr)), its derivative
 /// d r / d lr (r where the clamp is inactive, 0 where it is active), and whether it was active.
 template <class F>
@@ -468,9 +497,9 @@ struct basic_ratio_point {
 };
 using ratio_point = basic_ratio_point<double>;
 template <class F>
-POLO_HD_INLINE basic_ratio_point<F> ratio_from_log_ratio(const policy_loss_config& c, F lr) {
+POLO_HD_INLINE basic_ratio_point<F> ratio_from_log_ratio(const basic_token_consts<F>& c, F lr) {
   basic_ratio_point<F> p;
-  const F x = clamp_flag<F>(lr, F(c.log_ratio_min), F(c.log_ratio_max), p.clamped);
+  const F x = clamp_flag<F>(lr, c.log_ratio_min, c.log_ratio_max, p.clamped);
   p.ratio = exp_hd(x);
   p.d_log_ratio = p.clamped ? F(0) : p.ratio;
   return p;
@@ -485,23 +514,23 @@ POLO_HD_INLINE F times_sensitivity(F s, std::type_identity_t<F> dr) {
 /// Schulman's k3 of the sampling policy, (r-1) - log r with the clamped token log-ratio lr
 /// (policy_loss_stats::approx_kl_k3), computed as expm1(x) - x.
 template <class F>
-POLO_HD_INLINE F approx_kl_k3(const policy_loss_config& c, F lr) {
+POLO_HD_INLINE F approx_kl_k3(const basic_token_consts<F>& c, F lr) {
   bool active = false;
-  const F x = clamp_flag<F>(lr, F(c.log_ratio_min), F(c.log_ratio_max), active);
+  const F x = clamp_flag<F>(lr, c.log_ratio_min, c.log_ratio_max, active);
   return expm1_hd(x) - x;
 }
 
 /// The per-token objective of the file comment at ratio r, advantage a and log-prob lp.
 template <class F>
-POLO_HD_INLINE basic_surrogate_point<F> surrogate(const policy_loss_config& c, F r, std::type_identity_t<F> a,
+POLO_HD_INLINE basic_surrogate_point<F> surrogate(const basic_token_consts<F>& c, F r, std::type_identity_t<F> a,
                                                   std::type_identity_t<F> lp) {
   basic_surrogate_point<F> p;
   if (a == F(0)) return p;  // exactly 0: no inf*0 even where r overflowed
   switch (c.objective) {
     case policy_objective::clip: {
       bool out2 = false;
-      const F coef2 = clamp_flag<F>(r, F(1.0 - c.eps_low), F(1.0 + c.eps_high), out2);
-      const F delta = F(c.delta);
+      const F coef2 = clamp_flag<F>(r, c.clip_low, c.clip_high, out2);
+      const F delta = c.delta;
       const bool capped = r > delta;
       const F coef1 = capped ? delta : r;
       const F s1 = -a * coef1, s2 = -a * coef2;
@@ -511,7 +540,7 @@ POLO_HD_INLINE basic_surrogate_point<F> surrogate(const policy_loss_config& c, F
       if (clipped) p.flags |= r > F(1) ? surrogate_clip_upper : surrogate_clip_lower;
       if (capped) p.flags |= surrogate_delta_capped;
       if (a < F(0)) {
-        const F s3 = -a * F(c.dual_clip);
+        const F s3 = -a * c.dual_clip;
         if (s3 < p.loss) {
           p.loss = s3;
           p.d_ratio = F(0);
@@ -524,10 +553,10 @@ POLO_HD_INLINE basic_surrogate_point<F> surrogate(const policy_loss_config& c, F
       F w = r;
       if (c.cispo == cispo_bound::clip_both) {
         bool out = false;
-        w = clamp_flag<F>(r, F(1.0 - c.eps_low), F(1.0 + c.eps_high), out);
+        w = clamp_flag<F>(r, c.clip_low, c.clip_high, out);
         if (out) p.flags |= r > F(1) ? surrogate_clip_upper : surrogate_clip_lower;
-      } else if (r > F(c.eps_high)) {
-        w = F(c.eps_high);
+      } else if (r > c.eps_high) {
+        w = c.eps_high;
         p.flags |= surrogate_clip_upper;
       }
       p.loss = -w * a * lp;
@@ -535,7 +564,7 @@ POLO_HD_INLINE basic_surrogate_point<F> surrogate(const policy_loss_config& c, F
       break;
     }
     case policy_objective::sapo: {
-      const F tau = a > F(0) ? F(c.sapo_tau_pos) : F(c.sapo_tau_neg);
+      const F tau = a > F(0) ? c.sapo_tau_pos : c.sapo_tau_neg;
       const F z = tau * (r - F(1));
       const F s = F(1) / (F(1) + exp_hd(-z));   // sigmoid(z)
       const F sm = F(1) / (F(1) + exp_hd(z));   // 1 - sigmoid(z), without cancellation
@@ -550,6 +579,21 @@ POLO_HD_INLINE basic_surrogate_point<F> surrogate(const policy_loss_config& c, F
     }
   }
   return p;
+}
+
+/// The formulas above from the config itself (its bounds rounded to F here).
+template <class F>
+POLO_HD_INLINE basic_ratio_point<F> ratio_from_log_ratio(const policy_loss_config& c, F lr) {
+  return ratio_from_log_ratio<F>(basic_token_consts<F>(c), lr);
+}
+template <class F>
+POLO_HD_INLINE F approx_kl_k3(const policy_loss_config& c, F lr) {
+  return approx_kl_k3<F>(basic_token_consts<F>(c), lr);
+}
+template <class F>
+POLO_HD_INLINE basic_surrogate_point<F> surrogate(const policy_loss_config& c, F r, std::type_identity_t<F> a,
+                                                  std::type_identity_t<F> lp) {
+  return surrogate<F>(basic_token_consts<F>(c), r, a, lp);
 }
 
 inline bool uses_ratio_level_sequence(const policy_loss_config& c) { return c.level == ratio_level::sequence; }

@@ -12,9 +12,10 @@
 /// `detail::approx_kl_k3`, `detail::aggregation_weight`), templated on its scalar F: float when
 /// the log-probs and advantages are float, bf16 or half and every exponential is bounded well
 /// inside float's range (`pl_float_math_ok`: log-ratio clamp within +-80, KL input clamp
-/// within 80 or a finite output clamp), double otherwise. Sums of the statistics and of the
-/// loss are double in every case; the per-row and per-call plan (weights, GSPO ratio,
-/// sequence KL) is double.
+/// within 80 or a finite output clamp), double otherwise. The config's bounds reach the
+/// kernel already rounded to F (`detail::basic_token_consts`, built on the host), so no token
+/// converts them. Sums of the statistics and of the loss are double in every case; the
+/// per-row and per-call plan (weights, GSPO ratio, sequence KL) is double.
 ///
 ///     count_kernel   per chunk: valid tokens (the mask only). With a sequence-level ratio or
 ///                    KL it also reads the inputs: non-finite checks and the per-chunk sums of
@@ -33,7 +34,9 @@
 ///                    error (detail/async_result.cuh: into scratch, and in the asynchronous
 ///                    mode into `be.result` / `be.deferred_errors`)
 ///     finish_kernel  (only when the gradient went to scratch) the gradient to the output;
-///                    enqueued before the host read-back and a no-op when an error was found
+///                    enqueued before the host read-back and a no-op when an error was found;
+///                    a flat 16-byte copy (pl_finish_flat_kernel) when the scratch is the
+///                    output's exact image (contiguous rows, no GSPO through_mean totals)
 ///
 /// Asynchronous mode with a packed layout: `off_key` holds the device check of the offsets;
 /// when it found an error every kernel returns before it reads a row (the plan and final
@@ -182,6 +185,8 @@ struct pl_params {
   detail::layout_tensor<L, const T> adv{};
   detail::layout_tensor<L, T> grad{};
   policy_loss_config cfg{};
+  detail::basic_token_consts<float> fc{};   ///< cfg's bounds rounded once (the float main pass)
+  detail::basic_token_consts<double> dc{};  ///< the same in double
   normalizers norm{};
   bool read_ref = false, use_kl = false, seq_ratio = false, seq_kl = false, skip = false;
   bool direct = true;          ///< gradient straight to `grad`; otherwise to gbuf
@@ -214,6 +219,10 @@ template <class L>
 __device__ __forceinline__ index_t pl_flat(const L& layout, index_t i, index_t t) {
   return detail::flat_index(layout, i, t);
 }
+
+/// Threads and most blocks of the flat finish copy.
+inline constexpr int pl_flat_threads = 256;
+inline constexpr index_t pl_flat_blocks = 2048;
 
 template <int NT>
 struct pl_smem {
@@ -368,8 +377,11 @@ __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
 // ---- main pass -----------------------------------------------------------------------------------
 
 /// Per-thread statistics of the main pass: counts as int (a thread sees at most K tokens, a
-/// block at most S), the ratio range in the compute scalar F, sums in double. Fewer live
-/// registers than pl_stats: `skipped` equals `nonfinite` here, `kl_count` equals `contrib`
+/// block at most S), the ratio range in the compute scalar F, sums in double from the first
+/// term: float terms carry 24 significant bits, so their double sums are exact unless the
+/// magnitudes span ~2^29, which keeps packed == padded bitwise where the chunks cut a row
+/// differently (per-thread sums in float broke that on the GPU). Fewer live registers than
+/// pl_stats: `skipped` equals `nonfinite` here, `kl_count` equals `contrib`
 /// with a token-level KL term, and the KL sum equals `s_kl` (all three restored on the write).
 template <class F>
 struct pl_tstats {
@@ -436,6 +448,12 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
   const index_t n = len - t0 < p.chunks.S ? len - t0 : p.chunks.S;
   const index_t k0 = index_t(threadIdx.x) * K;
   const policy_loss_config& cfg = p.cfg;
+  const detail::basic_token_consts<F>* tcp = nullptr;
+  if constexpr (std::is_same_v<F, float>)
+    tcp = &p.fc;
+  else
+    tcp = &p.dc;
+  const detail::basic_token_consts<F>& tc = *tcp;
   bool valid[K];
   if constexpr (HasMask) {
     Mask m[K];
@@ -486,15 +504,15 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
     }
     const F xf = to_compute<F>(x[k]), xof = to_compute<F>(xo[k]), A = to_compute<F>(a[k]);
     const F tok_lr = xf - xof;
-    const detail::basic_ratio_point<F> rp = p.seq_ratio ? srp : detail::ratio_from_log_ratio<F>(cfg, tok_lr);
-    const detail::basic_surrogate_point<F> sp = detail::surrogate<F>(cfg, rp.ratio, A, xf);
+    const detail::basic_ratio_point<F> rp = p.seq_ratio ? srp : detail::ratio_from_log_ratio<F>(tc, tok_lr);
+    const detail::basic_surrogate_point<F> sp = detail::surrogate<F>(tc, rp.ratio, A, xf);
     st.s_pol += double(sp.loss);
     F dlogp = w * sp.d_logp;
     F sens = w * sp.d_ratio;
     if (token_kl) {
       F xrf = F(0);
       if constexpr (ReadRef) xrf = to_compute<F>(xr[k]);
-      const detail::basic_kl_point<F> kp = detail::kl_term<F>(cfg.kl, xf - xrf, rp.ratio);
+      const detail::basic_kl_point<F> kp = detail::kl_term<F>(tc.kl, xf - xrf, rp.ratio);
       st.s_kl += double(kp.value);
       dlogp += bwk * kp.grad;
       sens += bwk * kp.d_ratio;
@@ -517,7 +535,7 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
     st.rmax = rp.ratio > st.rmax ? rp.ratio : st.rmax;
     st.clamped += rp.clamped ? 1 : 0;
     st.k1 -= double(tok_lr);
-    st.k3 += double(detail::approx_kl_k3<F>(cfg, tok_lr));
+    st.k3 += double(detail::approx_kl_k3<F>(tc, tok_lr));
   }
   if (p.direct) {
     if constexpr (std::is_same_v<G, T>) store_blocked<K>(p.layout.row_ptr(p.grad, i) + t0, k0, n, g);
@@ -833,6 +851,37 @@ inline constexpr int pl_final_threads = 256;
 
 /// Enqueues count, plan, main, final and (when the gradient goes through scratch) finish.
 /// `*p.err` and `*p.done` must be ~0 (one 16-byte memset of 0xff).
+/// finish, flat form: when the scratch gradient is the output's exact image (T elements, no
+/// through_mean totals, and an output whose rows are contiguous: a padded one of row stride
+/// T, a packed one of stride 1), one grid-strided 16-byte copy of the flat extent instead of
+/// the per-chunk kernel. A no-op when an error was found.
+template <class LP, class T, class L>
+__global__ void __launch_bounds__(pl_flat_threads) pl_finish_flat_kernel(pl_params<LP, T, L> p, index_t count) {
+  if (*p.err != no_error_key || pl_bad_offsets(p)) return;
+  const T* __restrict__ src = static_cast<const T*>(p.gbuf);
+  T* __restrict__ dst = p.grad.data;
+  const index_t first = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const index_t step = index_t(gridDim.x) * blockDim.x;
+  constexpr index_t per = index_t(16 / sizeof(T));
+  index_t tail = 0;
+  if ((reinterpret_cast<std::uintptr_t>(src) % 16) == 0 && (reinterpret_cast<std::uintptr_t>(dst) % 16) == 0) {
+    const index_t nv = count / per;
+    for (index_t q = first; q < nv; q += step) reinterpret_cast<uint4*>(dst)[q] = __ldg(reinterpret_cast<const uint4*>(src) + q);
+    tail = nv * per;
+  }
+  for (index_t e = tail + first; e < count; e += step) dst[e] = src[e];
+}
+
+/// Whether the flat finish applies (see pl_finish_flat_kernel).
+template <class LP, class T, class L>
+bool pl_flat_finish_ok(const pl_params<LP, T, L>& p) {
+  if (p.direct || p.gbuf_double || p.total != nullptr) return false;
+  if constexpr (L::is_packed)
+    return p.grad.stride == 1;
+  else
+    return p.grad.rows <= 1 || p.grad.row_stride == p.grad.cols;
+}
+
 template <int NT, int K, class LP, class T, class L>
 cudaError_t launch_policy_loss(const pl_params<LP, T, L>& p, cudaStream_t stream) {
   const index_t grid = p.chunks.bound;
@@ -873,7 +922,17 @@ cudaError_t launch_policy_loss(const pl_params<LP, T, L>& p, cudaStream_t stream
     pl_final_kernel<pl_final_threads>
         <<<unsigned(pl_final_blocks<pl_final_threads>(p.chunks.rows)), pl_final_threads, 0, stream>>>(p);
     POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    if (!p.direct && grid > 0) {
+    if (!p.direct && grid > 0 && pl_flat_finish_ok(p)) {
+      index_t count = 0;
+      if constexpr (L::is_packed)
+        count = p.layout.tokens;
+      else
+        count = p.grad.rows * p.grad.cols;
+      const index_t blocks = (count / index_t(16 / sizeof(T)) + pl_flat_threads - 1) / pl_flat_threads;
+      const index_t fgrid = blocks < 1 ? 1 : (blocks > pl_flat_blocks ? pl_flat_blocks : blocks);
+      pl_finish_flat_kernel<<<unsigned(fgrid), pl_flat_threads, 0, stream>>>(p, count);
+      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    } else if (!p.direct && grid > 0) {
       if (p.gbuf_double)
         pl_finish_kernel<NT, K, HM, double><<<unsigned(grid), NT, 0, stream>>>(p);
       else
