@@ -235,12 +235,12 @@ using kl_point = basic_kl_point<double>;
 /// (or once per thread) instead of converting the config's doubles at every token.
 template <class F>
 struct basic_kl_consts {
-  kl_estimator estimator = kl_estimator::k3;
-  kl_weight weight = kl_weight::none;
-  bool straight_through = false;
-  F input_clamp = F(20);
-  F output_clamp = F(unbounded);
-  basic_kl_consts() = default;
+  kl_estimator estimator;
+  kl_weight weight;
+  bool straight_through;
+  F input_clamp;
+  F output_clamp;
+  POLO_HD_INLINE basic_kl_consts() : basic_kl_consts(kl_config{}) {}
   POLO_HD_INLINE explicit basic_kl_consts(const kl_config& c)
       : estimator(c.estimator),
         weight(c.weight),

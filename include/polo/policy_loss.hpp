@@ -464,14 +464,14 @@ POLO_HD_INLINE F clamp_flag(F x, std::type_identity_t<F> lo, std::type_identity_
 /// overloads on policy_loss_config build it on the spot (the CPU backend, F = double).
 template <class F>
 struct basic_token_consts {
-  policy_objective objective = policy_objective::clip;
-  cispo_bound cispo = cispo_bound::clip_both;
-  F log_ratio_min = F(-20), log_ratio_max = F(20);
-  F clip_low = F(0.8), clip_high = F(1.2);  ///< 1 - eps_low, 1 + eps_high
-  F eps_high = F(0.2), dual_clip = F(unbounded), delta = F(unbounded);
-  F sapo_tau_pos = F(1), sapo_tau_neg = F(1.05);
-  basic_kl_consts<F> kl{};
-  basic_token_consts() = default;
+  policy_objective objective;
+  cispo_bound cispo;
+  F log_ratio_min, log_ratio_max;
+  F clip_low, clip_high;  ///< 1 - eps_low, 1 + eps_high
+  F eps_high, dual_clip, delta;
+  F sapo_tau_pos, sapo_tau_neg;
+  basic_kl_consts<F> kl;
+  POLO_HD_INLINE basic_token_consts() : basic_token_consts(policy_loss_config{}) {}
   POLO_HD_INLINE explicit basic_token_consts(const policy_loss_config& c)
       : objective(c.objective),
         cispo(c.cispo),

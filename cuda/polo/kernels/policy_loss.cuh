@@ -432,6 +432,15 @@ inline bool pl_float_math_ok(const policy_loss_config& c) {
   return true;
 }
 
+/// The config's bounds rounded to the compute scalar F (built on the host).
+template <class F, class LP, class T, class L>
+__device__ __forceinline__ const detail::basic_token_consts<F>& pl_consts(const pl_params<LP, T, L>& p) {
+  if constexpr (std::is_same_v<F, float>)
+    return p.fc;
+  else
+    return p.dc;
+}
+
 /// F: the scalar of the per-token formulas (float for float/bf16/half inputs under
 /// pl_float_math_ok, else double); G: the element type of the gradient written.
 template <int NT, int K, bool HasMask, bool ReadRef, class G, class F, class LP, class T, class L>
@@ -448,12 +457,7 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
   const index_t n = len - t0 < p.chunks.S ? len - t0 : p.chunks.S;
   const index_t k0 = index_t(threadIdx.x) * K;
   const policy_loss_config& cfg = p.cfg;
-  const detail::basic_token_consts<F>* tcp = nullptr;
-  if constexpr (std::is_same_v<F, float>)
-    tcp = &p.fc;
-  else
-    tcp = &p.dc;
-  const detail::basic_token_consts<F>& tc = *tcp;
+  const detail::basic_token_consts<F>& tc = pl_consts<F>(p);
   bool valid[K];
   if constexpr (HasMask) {
     Mask m[K];
@@ -872,10 +876,10 @@ __global__ void __launch_bounds__(pl_flat_threads) pl_finish_flat_kernel(pl_para
   for (index_t e = tail + first; e < count; e += step) dst[e] = src[e];
 }
 
-/// Whether the flat finish applies (see pl_finish_flat_kernel).
+/// Whether a gradient waiting in scratch can take the flat finish (see pl_finish_flat_kernel).
 template <class LP, class T, class L>
 bool pl_flat_finish_ok(const pl_params<LP, T, L>& p) {
-  if (p.direct || p.gbuf_double || p.total != nullptr) return false;
+  if (p.gbuf_double) return false;  // GSPO through_mean: double scratch and per-row totals
   if constexpr (L::is_packed)
     return p.grad.stride == 1;
   else
