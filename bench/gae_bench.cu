@@ -1,8 +1,8 @@
 // SPDX-FileCopyrightText: 2026 The polo authors
 // SPDX-License-Identifier: Apache-2.0
 // CUDA benchmarks of GAE and the discounted returns (cuda/polo/gae.cuh) at B x T = 512 x 4096
-// and 1024 x 8192 (float, uint8 mask, ~10% right padding), plus one case of few long rows and
-// one of many short rows, each with its ratio to a device copy of the same bytes measured in
+// and 1024 x 8192 (float, uint8 mask, ~10% right padding; BM_GaeLeftPadded_cuda: the same
+// padding on the left), plus one case of few long rows and one of many short rows, each with its ratio to a device copy of the same bytes measured in
 // this binary (x_copy). Bytes counted per token: the floor, every input read once and every
 // output written once (GAE: r, v, mask in, A, R out = 17 bytes; returns: r, mask in, R out = 9).
 // The Python loop baseline of ../shared/guide/PERFORMANCE.md (reverse loop over T in PyTorch,
@@ -33,14 +33,14 @@ struct fixture {
   cudaStream_t stream{};
   cb::device_buffer<float> r, v, A, R;
   cb::device_buffer<std::uint8_t> mask;
-  fixture(std::int64_t b, std::int64_t t)
+  fixture(std::int64_t b, std::int64_t t, bool left = false)
       : B(b),
         T(t),
         r(polo::bench::normal_values<float>(static_cast<std::size_t>(b * t), 1)),
         v(polo::bench::normal_values<float>(static_cast<std::size_t>(b * t), 2)),
         A(static_cast<std::size_t>(b * t)),
         R(static_cast<std::size_t>(b * t)),
-        mask(polo::bench::right_padded_mask(b, t)) {
+        mask(left ? polo::bench::left_padded_mask(b, t) : polo::bench::right_padded_mask(b, t)) {
     POLO_BENCH_CUDA(cudaStreamCreateWithFlags(&stream, cudaStreamNonBlocking));
   }
   ~fixture() { (void)cudaStreamDestroy(stream); }
@@ -55,8 +55,8 @@ struct fixture {
   }
 };
 
-void run_gae(benchmark::State& st, const polo::gae_config& cfg) {
-  fixture f(st.range(0), st.range(1));
+void run_gae(benchmark::State& st, const polo::gae_config& cfg, bool left = false) {
+  fixture f(st.range(0), st.range(1), left);
   const auto lay = f.layout();
   polo::cuda probe{};
   cb::device_buffer<unsigned char> ws(polo::gae_workspace_bytes<float>(probe, lay));
@@ -70,6 +70,9 @@ void run_gae(benchmark::State& st, const polo::gae_config& cfg) {
 }
 
 void BM_Gae_cuda(benchmark::State& st) { run_gae(st, polo::gae_config{}); }
+// the same batch with its padding on the left: the leading masked chunks of every row (the
+// apply pass's second launch)
+void BM_GaeLeftPadded_cuda(benchmark::State& st) { run_gae(st, polo::gae_config{}, true); }
 void BM_GaeThrough_cuda(benchmark::State& st) { run_gae(st, polo::presets::openrlhf::gae); }
 void BM_GaeVapo_cuda(benchmark::State& st) { run_gae(st, polo::presets::nemo::gae_vapo); }
 
@@ -101,6 +104,7 @@ BENCHMARK(BM_Gae_cuda)
     ->Args({65536, 128, 0})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GaeLeftPadded_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GaeThrough_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GaeVapo_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DiscountedReturns_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -99,4 +99,13 @@ inline std::vector<std::uint8_t> right_padded_mask(std::int64_t B, std::int64_t 
   return m;
 }
 
+/// The same rows with their padding on the left (a prompt masked before the response): row i
+/// has the valid span [T - len_i, T), len_i as in right_padded_mask.
+inline std::vector<std::uint8_t> left_padded_mask(std::int64_t B, std::int64_t T, double valid = 0.9,
+                                                  std::uint64_t seed = 7) {
+  std::vector<std::uint8_t> m = right_padded_mask(B, T, valid, seed);
+  for (std::int64_t i = 0; i < B; ++i) std::reverse(m.begin() + i * T, m.begin() + (i + 1) * T);
+  return m;
+}
+
 }  // namespace polo::bench

@@ -71,10 +71,22 @@ int scan_threads(const L& layout) {
   return 256;
 }
 
+static_assert((POLO_CUDA_SCAN_ITEMS & (POLO_CUDA_SCAN_ITEMS - 1)) == 0 && POLO_CUDA_SCAN_ITEMS > 0,
+              "POLO_CUDA_SCAN_ITEMS must be a power of two (chunks of S = NT * K tokens are found by shifts)");
+/// log2(S) of a power of two S.
+inline int scan_shift(int S) {
+  int sh = 0;
+  while ((1 << sh) < S) ++sh;
+  return sh;
+}
+
 struct scan_regions {
   unsigned long long* err = nullptr;
   kernels::scan_result* result = nullptr;
   kernels::scan_chunk_summary* summ = nullptr;
+  affine_step* tmap = nullptr;   // [bound * NT] per thread (summary -> apply; NT = 256 only)
+  affine_step* tmap2 = nullptr;  // [bound * NT] (gae_returns::value_lambda)
+  void* tnext = nullptr;         // [bound * NT] of T
   kernels::scan_state* state = nullptr;
   kernels::scan_state* exit_state = nullptr;
   kernels::scan_chunk_stats* cstats = nullptr;
@@ -116,13 +128,18 @@ index_t scan_chunk_bound(const L& layout, int S) {
 
 template <class T, TokenLayout L>
 scan_regions take_scan_regions(scratch_plan& sp, const L& layout) {
-  const int S = scan_threads<T>(layout) * scan_items_v<T>;
+  const int NT = scan_threads<T>(layout);
+  const int S = NT * scan_items_v<T>;
   const index_t B = layout.num_seqs();
   const index_t bound = scan_anchored_bound(layout, S);
   scan_regions r;
   r.err = sp.take<unsigned long long>(1);
   r.result = sp.take<kernels::scan_result>(1);
   r.summ = sp.take<kernels::scan_chunk_summary>(bound);
+  const index_t slots = kernels::scan_stores_suffix(NT) ? bound * NT : 0;
+  r.tmap = sp.take<affine_step>(slots);
+  r.tmap2 = sp.take<affine_step>(slots);
+  r.tnext = sp.take<T>(slots);
   r.state = sp.take<kernels::scan_state>(bound);
   r.cstats = sp.take<kernels::scan_chunk_stats>(bound);
   r.rows = sp.take<kernels::scan_row>(B);
@@ -130,16 +147,20 @@ scan_regions take_scan_regions(scratch_plan& sp, const L& layout) {
   r.rstats = sp.take<kernels::scan_row_stats>(B);
   r.first = sp.take<index_t>(B);
   r.cnt = sp.take<index_t>(B + 1);
-  r.start = sp.take<index_t>(B + 1);
-  r.owner = sp.take<index_t>(bound);
+  if constexpr (L::is_packed) {  // padded rows need no table (chunk_table)
+    r.start = sp.take<index_t>(B + 1);
+    r.owner = sp.take<index_t>(bound);
+  }
   r.partials = sp.take<kernels::scan_partial>((B + kernels::scan_reduce_rows - 1) / kernels::scan_reduce_rows);
   r.valid = sp.take<long long>(1);
   r.done = sp.take<unsigned>(1);
   r.lead = sp.take<index_t>(bound);
   r.lead_n = sp.take<unsigned>(1);
   r.off_key = sp.take<unsigned long long>(1);
-  r.temp_bytes = kernels::chunk_scan_temp_bytes(B);
-  r.temp = sp.take<unsigned char>(static_cast<index_t>(r.temp_bytes));
+  if constexpr (L::is_packed) {
+    r.temp_bytes = kernels::chunk_scan_temp_bytes(B);
+    r.temp = sp.take<unsigned char>(static_cast<index_t>(r.temp_bytes));
+  }
   return r;
 }
 
@@ -216,6 +237,7 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   check_packed_offsets_device(be, fn, p.layout, r.err);
   p.chunks.rows = p.layout.num_seqs();
   p.chunks.S = S;
+  p.chunks.S_shift = scan_shift(S);
   p.chunks.bound = scan_anchored_bound(p.layout, S);
   if (p.chunks.rows > 0)
     POLO_CUDA_TRY(kernels::launch_scan_chunk_table(p.layout, S, r.first, r.cnt, r.start, r.temp, r.temp_bytes, stream,
@@ -223,6 +245,7 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   p.chunks.start = r.start;
   p.chunks.first = r.first;
   p.chunks.owner = r.owner;
+  if constexpr (!L::is_packed) p.chunks.per_row = p.layout.seq_len > 0 ? (p.layout.seq_len + S - 1) / S + 1 : 0;
   p.partials = r.partials;
   p.valid = gate_min_count > 0 ? r.valid : nullptr;
   p.gate_min_count = gate_min_count;
@@ -230,6 +253,9 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   p.lead = r.lead;
   p.lead_n = r.lead_n;
   p.summ = r.summ;
+  p.tmap = r.tmap;
+  p.tmap2 = p.two ? r.tmap2 : nullptr;
+  p.tnext = static_cast<T*>(r.tnext);
   p.state = r.state;
   p.exit_state = r.exit_state;
   p.cstats = r.cstats;
@@ -268,10 +294,12 @@ kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::sca
   }
   p.chunks.rows = p.layout.num_seqs();
   p.chunks.S = S;
+  p.chunks.S_shift = scan_shift(S);
   p.chunks.bound = scan_anchored_bound(p.layout, S);
   p.chunks.start = r.start;
   p.chunks.first = r.first;
   p.chunks.owner = r.owner;
+  if constexpr (!L::is_packed) p.chunks.per_row = p.layout.seq_len > 0 ? (p.layout.seq_len + S - 1) / S + 1 : 0;
   p.partials = r.partials;
   p.valid = nullptr;
   p.gate_min_count = 0;
@@ -279,6 +307,9 @@ kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::sca
   p.lead = r.lead;
   p.lead_n = r.lead_n;
   p.summ = r.summ;
+  p.tmap = r.tmap;
+  p.tmap2 = p.two ? r.tmap2 : nullptr;
+  p.tnext = static_cast<T*>(r.tnext);
   p.state = r.state;
   p.exit_state = r.exit_state;
   p.cstats = r.cstats;
@@ -606,9 +637,11 @@ struct backend_impl<cuda, gae_tag> {
 namespace polo {
 
 /// Bytes of scratch that `gae(be, layout, ...)` with element type T takes on the CUDA backend
-/// (the size a caller-provided `polo::cuda::workspace` needs): about 130 bytes per chunk of
-/// 4096 float (2048 double) tokens plus 64 per sequence; a packed layout adds 16 per sequence
-/// and cub's scan scratch. Host-only.
+/// (the size a caller-provided `polo::cuda::workspace` needs). Rows are cut into chunks of
+/// S = 8·NT tokens (NT = 32, 64 or 256 threads, from the typical row length), with room for
+/// B·(⌈T/S⌉ + 1) chunks (padded) or ⌈N/S⌉ + B (packed); each takes about 160 bytes, plus 36
+/// per thread for float (40 for double) at NT = 256: about 4.6 bytes per float token. Plus
+/// about 130 bytes per sequence and cub's scan scratch. Host-only.
 template <class T, TokenLayout L>
 std::size_t gae_workspace_bytes(const cuda&, const L& layout) {
   return detail::scan_scratch_bytes<T>(layout);
