@@ -57,14 +57,17 @@ inline constexpr int scan_items_v = POLO_CUDA_SCAN_ITEMS;
 
 /// Chunk geometry for a layout: S = NT*K with NT the smallest of {32, 64, 256} whose chunk
 /// holds a typical row (padded: T; packed: N/B), 256 for long rows.
+template <TokenLayout L>
+index_t scan_typical_len(const L& layout) {
+  const index_t B = layout.num_seqs();
+  if constexpr (L::is_packed)
+    return B > 0 ? (layout.tokens + B - 1) / B : 0;
+  else
+    return layout.seq_len;
+}
 template <class T, TokenLayout L>
 int scan_threads(const L& layout) {
-  const index_t B = layout.num_seqs();
-  index_t typical = 0;
-  if constexpr (L::is_packed)
-    typical = B > 0 ? (layout.tokens + B - 1) / B : 0;
-  else
-    typical = layout.seq_len;
+  const index_t typical = scan_typical_len(layout);
   constexpr int K = scan_items_v<T>;
   if (typical <= 32 * K) return 32;
   if (typical <= 64 * K) return 64;
@@ -136,7 +139,7 @@ scan_regions take_scan_regions(scratch_plan& sp, const L& layout) {
   r.err = sp.take<unsigned long long>(1);
   r.result = sp.take<kernels::scan_result>(1);
   r.summ = sp.take<kernels::scan_chunk_summary>(bound);
-  const index_t slots = kernels::scan_stores_suffix(NT) ? bound * NT : 0;
+  const index_t slots = kernels::scan_stores_suffix(NT, scan_typical_len(layout)) ? bound * NT : 0;
   r.tmap = sp.take<affine_step>(slots);
   r.tmap2 = sp.take<affine_step>(slots);
   r.tnext = sp.take<T>(slots);
@@ -253,6 +256,7 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   p.lead = r.lead;
   p.lead_n = r.lead_n;
   p.summ = r.summ;
+  p.stored = kernels::scan_stores_suffix(NT, scan_typical_len(p.layout));
   p.tmap = r.tmap;
   p.tmap2 = p.two ? r.tmap2 : nullptr;
   p.tnext = static_cast<T*>(r.tnext);
@@ -307,6 +311,7 @@ kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::sca
   p.lead = r.lead;
   p.lead_n = r.lead_n;
   p.summ = r.summ;
+  p.stored = kernels::scan_stores_suffix(NT, scan_typical_len(p.layout));
   p.tmap = r.tmap;
   p.tmap2 = p.two ? r.tmap2 : nullptr;
   p.tnext = static_cast<T*>(r.tnext);
@@ -640,7 +645,8 @@ namespace polo {
 /// (the size a caller-provided `polo::cuda::workspace` needs). Rows are cut into chunks of
 /// S = 8·NT tokens (NT = 32, 64 or 256 threads, from the typical row length), with room for
 /// B·(⌈T/S⌉ + 1) chunks (padded) or ⌈N/S⌉ + B (packed); each takes about 160 bytes, plus 36
-/// per thread for float (40 for double) at NT = 256: about 4.6 bytes per float token. Plus
+/// per thread for float (40 for double) at NT = 256 when rows span several chunks (T, or N/B
+/// packed, above 2048): about 4.6 bytes per float token. Plus
 /// about 130 bytes per sequence and cub's scan scratch. Host-only.
 template <class T, TokenLayout L>
 std::size_t gae_workspace_bytes(const cuda&, const L& layout) {
