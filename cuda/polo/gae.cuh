@@ -174,6 +174,37 @@ std::size_t scan_scratch_bytes(const L& layout) {
   return sp.bytes();
 }
 
+/// The scans' chunk geometry (chunks of S = NT * K tokens, chunk_table) and the scratch regions
+/// of `r` in `p`; the caller sets the count gate (`valid`, `gate_min_count`).
+template <class T, class F, TokenLayout L>
+void bind_scan_regions(kernels::scan_params<T, L, F>& p, const scan_regions& r, int NT) {
+  const int S = NT * scan_items_v<T>;
+  p.chunks.rows = p.layout.num_seqs();
+  p.chunks.S = S;
+  p.chunks.S_shift = scan_shift(S);
+  p.chunks.bound = scan_anchored_bound(p.layout, S);
+  p.chunks.start = r.start;
+  p.chunks.first = r.first;
+  p.chunks.owner = r.owner;
+  if constexpr (!L::is_packed) p.chunks.per_row = p.layout.seq_len > 0 ? (p.layout.seq_len + S - 1) / S + 1 : 0;
+  p.partials = r.partials;
+  p.done = r.done;
+  p.lead = r.lead;
+  p.lead_n = r.lead_n;
+  p.summ = r.summ;
+  p.stored = kernels::scan_stores_suffix(NT, scan_typical_len(p.layout));
+  p.tmap = r.tmap;
+  p.tmap2 = p.two ? r.tmap2 : nullptr;
+  p.tnext = static_cast<T*>(r.tnext);
+  p.state = r.state;
+  p.exit_state = r.exit_state;
+  p.cstats = r.cstats;
+  p.rows = r.rows;
+  p.rstats = r.rstats;
+  p.err = r.err;
+  p.result = r.result;
+}
+
 /// Shape limits of the CUDA scans (see the file comment).
 template <TokenLayout L>
 void check_scan_limits(const char* fn, const L& layout) {
@@ -238,35 +269,12 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   constexpr int K = scan_items_v<T>;
   const int S = NT * K;
   check_packed_offsets_device(be, fn, p.layout, r.err);
-  p.chunks.rows = p.layout.num_seqs();
-  p.chunks.S = S;
-  p.chunks.S_shift = scan_shift(S);
-  p.chunks.bound = scan_anchored_bound(p.layout, S);
-  if (p.chunks.rows > 0)
+  if (p.layout.num_seqs() > 0)
     POLO_CUDA_TRY(kernels::launch_scan_chunk_table(p.layout, S, r.first, r.cnt, r.start, r.temp, r.temp_bytes, stream,
                                                    r.owner, r.err));
-  p.chunks.start = r.start;
-  p.chunks.first = r.first;
-  p.chunks.owner = r.owner;
-  if constexpr (!L::is_packed) p.chunks.per_row = p.layout.seq_len > 0 ? (p.layout.seq_len + S - 1) / S + 1 : 0;
-  p.partials = r.partials;
+  bind_scan_regions(p, r, NT);
   p.valid = gate_min_count > 0 ? r.valid : nullptr;
   p.gate_min_count = gate_min_count;
-  p.done = r.done;
-  p.lead = r.lead;
-  p.lead_n = r.lead_n;
-  p.summ = r.summ;
-  p.stored = kernels::scan_stores_suffix(NT, scan_typical_len(p.layout));
-  p.tmap = r.tmap;
-  p.tmap2 = p.two ? r.tmap2 : nullptr;
-  p.tnext = static_cast<T*>(r.tnext);
-  p.state = r.state;
-  p.exit_state = r.exit_state;
-  p.cstats = r.cstats;
-  p.rows = r.rows;
-  p.rstats = r.rstats;
-  p.err = r.err;
-  p.result = r.result;
   kernels::scan_result out;
   if (p.chunks.rows == 0) return out;
   // *p.err was set to no_error_key by the chunk table's anchor kernel
@@ -296,32 +304,9 @@ kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::sca
                                                        p.layout.num_seqs(), p.layout.tokens, r.off_key, stream));
     p.off_key = r.off_key;
   }
-  p.chunks.rows = p.layout.num_seqs();
-  p.chunks.S = S;
-  p.chunks.S_shift = scan_shift(S);
-  p.chunks.bound = scan_anchored_bound(p.layout, S);
-  p.chunks.start = r.start;
-  p.chunks.first = r.first;
-  p.chunks.owner = r.owner;
-  if constexpr (!L::is_packed) p.chunks.per_row = p.layout.seq_len > 0 ? (p.layout.seq_len + S - 1) / S + 1 : 0;
-  p.partials = r.partials;
+  bind_scan_regions(p, r, NT);
   p.valid = nullptr;
   p.gate_min_count = 0;
-  p.done = r.done;
-  p.lead = r.lead;
-  p.lead_n = r.lead_n;
-  p.summ = r.summ;
-  p.stored = kernels::scan_stores_suffix(NT, scan_typical_len(p.layout));
-  p.tmap = r.tmap;
-  p.tmap2 = p.two ? r.tmap2 : nullptr;
-  p.tnext = static_cast<T*>(r.tnext);
-  p.state = r.state;
-  p.exit_state = r.exit_state;
-  p.cstats = r.cstats;
-  p.rows = r.rows;
-  p.rstats = r.rstats;
-  p.err = r.err;
-  p.result = r.result;
   if (p.chunks.rows == 0) {
     kernels::scan_publish_empty_kernel<<<1, 1, 0, stream>>>(p);
     POLO_CUDA_TRY(cudaGetLastError());

@@ -365,6 +365,24 @@ struct chunk_smem {
   }
 };
 
+/// GAE's `next` entering each thread from its right within the chunk (the nearest hand-off of
+/// the threads to its right: an exclusive suffix scan), from the `next` that this thread's
+/// items hand on to its left; `total` gets the chunk's own hand-off to the chunk on its left.
+template <int NT, int CPB, int K, class T>
+__device__ __forceinline__ handoff chunk_handoff_right(gae_mask_mode mode, const bool (&valid)[K], const T (&v)[K],
+                                                       index_t k0, index_t n, chunk_smem<NT>& sm, handoff& total) {
+  handoff h{};
+#pragma unroll
+  for (int k = K - 1; k >= 0; --k) {
+    if (k0 + k >= n) continue;
+    if (valid[k] || mode == gae_mask_mode::through) {
+      h.v = detail::gae_next_value(mode, valid[k], double(v[k]), h.v);
+      h.has = 1;
+    }
+  }
+  return chunk_suffix_exclusive<NT, CPB>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), total);
+}
+
 template <class F>
 __device__ __forceinline__ bool flag_set(const F* p, index_t stride, index_t i) {
   return p != nullptr && p[i * stride] != F(0);
@@ -461,18 +479,8 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
       const gae_mask_mode mode = p.cfg.mask;
       const double lam = p.cfg.lambda_mode == gae_lambda_mode::fixed ? p.cfg.lambda : p.rows[i].lambda;
       const double gl = gamma * lam, gl2 = gamma * p.cfg.lambda_value;
-      // next handed on by this thread's items (to the thread on its left)
-      handoff h{};
-#pragma unroll
-      for (int k = K - 1; k >= 0; --k) {
-        if (k0 + k >= n) continue;
-        if (valid[k] || mode == gae_mask_mode::through) {
-          h.v = detail::gae_next_value(mode, valid[k], double(v[k]), h.v);
-          h.has = 1;
-        }
-      }
       handoff tot_h;
-      right_h = chunk_suffix_exclusive<NT, CPB>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), tot_h);
+      right_h = chunk_handoff_right<NT, CPB, K>(mode, valid, v, k0, n, sm, tot_h);
       if (tid == 0) sm.boundary_thread = -1;
       chunk_sync<CPB>();
       bool known = right_h.has != 0;
@@ -774,18 +782,8 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     step_pair mine{};
     if (gae) {
       const gae_mask_mode mode = p.cfg.mask;
-      handoff h{};
-#pragma unroll
-      for (int k = K - 1; k >= 0; --k) {
-        if (k0 + k >= n) continue;
-        if (valid[k] || mode == gae_mask_mode::through) {
-          h.v = detail::gae_next_value(mode, valid[k], double(v[k]), h.v);
-          h.has = 1;
-        }
-      }
       handoff tot_h;
-      const handoff right =
-          chunk_suffix_exclusive<NT, CPB>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), tot_h);
+      const handoff right = chunk_handoff_right<NT, CPB, K>(mode, valid, v, k0, n, sm, tot_h);
       nxt0 = right.has ? right.v : in.next;
       double nxt = nxt0;
 #pragma unroll
