@@ -836,6 +836,60 @@ TEST_CASE("cuda: gae on long rows and on many rows", "[gae][cuda][layout]") {
   }
 }
 
+// The returns' scans on rows of several 256-thread chunks (every thread's suffix stored by the
+// summary pass; leading chunks under left padding), and on rows of one such chunk: discounted
+// returns and ReMax against the float64 oracle in every mask mode and fill, packed == padded
+// bitwise, and REINFORCE++ (returns, then the whitening) against its oracle.
+TEST_CASE("cuda: returns, ReMax and REINFORCE++ on long rows", "[gae][cuda][returns]") {
+  using Bk = polo::cuda;
+  using S = device_space;
+  auto g = test::rng(9005);
+  for (auto [B, Tn, p] : {std::tuple<index_t, index_t, mask_pattern>{3, 9001, mask_pattern::left_pad},
+                          std::tuple<index_t, index_t, mask_pattern>{3, 9001, mask_pattern::interior_spans},
+                          std::tuple<index_t, index_t, mask_pattern>{4, 1500, mask_pattern::random}}) {
+    INFO("B " << B << " T " << Tn << " " << test::name(p));
+    auto b = make_batch<float>(g, B, Tn, p);
+    auto base = test::cast<float>(test::normal(g, B));
+    std::vector<double> based(base.begin(), base.end());
+    buffer<float, Bk> r(test::cast<float>(b.r)), bl(base);
+    buffer<std::uint8_t, Bk> m(b.m);
+    padded<std::uint8_t, S> L(m.cview2(b.B, b.Tn));
+    auto pk = test::pack(b.m, b.B, b.Tn);
+    buffer<float, Bk> pr(pk.take(test::cast<float>(b.r)));
+    buffer<std::uint8_t, Bk> pm(pk.mask);
+    buffer<std::int64_t, Bk> off(pk.offsets);
+    packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
+    for (auto fill : {masked_fill::zero, masked_fill::recursion})
+      for (auto mode : {returns_mask_mode::carry, returns_mask_mode::through, returns_mask_mode::reset})
+        for (double gamma : {0.99, 1.0}) {
+          INFO("gamma " << gamma << " fill " << int(fill) << " mode " << int(mode));
+          const returns_config c{gamma, fill, mode};
+          auto want = ref::returns(b.r, b.m, b.B, b.Tn, gamma, fill, mode, &based);
+          buffer<float, Bk> R(b.B * b.Tn, -7.f), A(b.B * b.Tn, -7.f), pR(pk.tokens(), -7.f);
+          auto st = discounted_returns(Bk{}, L, r.cview2(b.B, b.Tn), R.view2(b.B, b.Tn), c);
+          test::require_close(R.to_host(), want.ret, 2e-5, 1e-5);
+          long long n = 0;
+          for (auto x : b.m) n += x ? 1 : 0;
+          CHECK(st.tokens == n);
+          discounted_returns(Bk{}, P, pr.cview1(), pR.view1(), c);
+          CHECK(test::bitwise_equal(pR.to_host(), pk.take(R.to_host())));
+          R = buffer<float, Bk>(b.B * b.Tn, -7.f);
+          remax_advantages(Bk{}, L, r.cview2(b.B, b.Tn), bl.cview1(), A.view2(b.B, b.Tn), R.view2(b.B, b.Tn), c);
+          test::require_close(R.to_host(), want.ret, 2e-5, 1e-5);
+          test::require_close(A.to_host(), want.adv, 2e-5, 1e-5);
+        }
+    for (const reinforce_pp_config& c : {presets::verl::reinforce_pp, presets::openrlhf::reinforce_pp}) {
+      std::vector<double> wantR;
+      auto want = ref::reinforce_plus_plus(b.r, b.m, b.B, b.Tn, c, &wantR);
+      buffer<float, Bk> R(b.B * b.Tn, -7.f), A(b.B * b.Tn, -7.f);
+      auto st = reinforce_plus_plus(Bk{}, L, r.cview2(b.B, b.Tn), R.view2(b.B, b.Tn), A.view2(b.B, b.Tn), c);
+      test::require_close(R.to_host(), wantR, 2e-5, 1e-5);
+      test::require_close(A.to_host(), want.out, 1e-4, 1e-5);
+      CHECK(st.whiten.used.count == want.count);
+    }
+  }
+}
+
 // OPO with labelled groups on a batch large enough for the sorted group table (more than
 // 2048 sequences), against the float64 oracle.
 TEST_CASE("cuda: opo_advantages with many labelled groups", "[gae][cuda][opo]") {

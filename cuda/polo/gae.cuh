@@ -57,14 +57,17 @@ inline constexpr int scan_items_v = POLO_CUDA_SCAN_ITEMS;
 
 /// Chunk geometry for a layout: S = NT*K with NT the smallest of {32, 64, 256} whose chunk
 /// holds a typical row (padded: T; packed: N/B), 256 for long rows.
+template <TokenLayout L>
+index_t scan_typical_len(const L& layout) {
+  const index_t B = layout.num_seqs();
+  if constexpr (L::is_packed)
+    return B > 0 ? (layout.tokens + B - 1) / B : 0;
+  else
+    return layout.seq_len;
+}
 template <class T, TokenLayout L>
 int scan_threads(const L& layout) {
-  const index_t B = layout.num_seqs();
-  index_t typical = 0;
-  if constexpr (L::is_packed)
-    typical = B > 0 ? (layout.tokens + B - 1) / B : 0;
-  else
-    typical = layout.seq_len;
+  const index_t typical = scan_typical_len(layout);
   constexpr int K = scan_items_v<T>;
   if (typical <= 32 * K) return 32;
   if (typical <= 64 * K) return 64;
@@ -136,7 +139,7 @@ scan_regions take_scan_regions(scratch_plan& sp, const L& layout) {
   r.err = sp.take<unsigned long long>(1);
   r.result = sp.take<kernels::scan_result>(1);
   r.summ = sp.take<kernels::scan_chunk_summary>(bound);
-  const index_t slots = kernels::scan_stores_suffix(NT) ? bound * NT : 0;
+  const index_t slots = kernels::scan_stores_suffix(NT, scan_typical_len(layout)) ? bound * NT : 0;
   r.tmap = sp.take<affine_step>(slots);
   r.tmap2 = sp.take<affine_step>(slots);
   r.tnext = sp.take<T>(slots);
@@ -169,6 +172,37 @@ std::size_t scan_scratch_bytes(const L& layout) {
   scratch_plan sp;
   (void)take_scan_regions<T>(sp, layout);
   return sp.bytes();
+}
+
+/// The scans' chunk geometry (chunks of S = NT * K tokens, chunk_table) and the scratch regions
+/// of `r` in `p`; the caller sets the count gate (`valid`, `gate_min_count`).
+template <class T, class F, TokenLayout L>
+void bind_scan_regions(kernels::scan_params<T, L, F>& p, const scan_regions& r, int NT) {
+  const int S = NT * scan_items_v<T>;
+  p.chunks.rows = p.layout.num_seqs();
+  p.chunks.S = S;
+  p.chunks.S_shift = scan_shift(S);
+  p.chunks.bound = scan_anchored_bound(p.layout, S);
+  p.chunks.start = r.start;
+  p.chunks.first = r.first;
+  p.chunks.owner = r.owner;
+  if constexpr (!L::is_packed) p.chunks.per_row = p.layout.seq_len > 0 ? (p.layout.seq_len + S - 1) / S + 1 : 0;
+  p.partials = r.partials;
+  p.done = r.done;
+  p.lead = r.lead;
+  p.lead_n = r.lead_n;
+  p.summ = r.summ;
+  p.stored = kernels::scan_stores_suffix(NT, scan_typical_len(p.layout));
+  p.tmap = r.tmap;
+  p.tmap2 = p.two ? r.tmap2 : nullptr;
+  p.tnext = static_cast<T*>(r.tnext);
+  p.state = r.state;
+  p.exit_state = r.exit_state;
+  p.cstats = r.cstats;
+  p.rows = r.rows;
+  p.rstats = r.rstats;
+  p.err = r.err;
+  p.result = r.result;
 }
 
 /// Shape limits of the CUDA scans (see the file comment).
@@ -235,34 +269,12 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   constexpr int K = scan_items_v<T>;
   const int S = NT * K;
   check_packed_offsets_device(be, fn, p.layout, r.err);
-  p.chunks.rows = p.layout.num_seqs();
-  p.chunks.S = S;
-  p.chunks.S_shift = scan_shift(S);
-  p.chunks.bound = scan_anchored_bound(p.layout, S);
-  if (p.chunks.rows > 0)
+  if (p.layout.num_seqs() > 0)
     POLO_CUDA_TRY(kernels::launch_scan_chunk_table(p.layout, S, r.first, r.cnt, r.start, r.temp, r.temp_bytes, stream,
                                                    r.owner, r.err));
-  p.chunks.start = r.start;
-  p.chunks.first = r.first;
-  p.chunks.owner = r.owner;
-  if constexpr (!L::is_packed) p.chunks.per_row = p.layout.seq_len > 0 ? (p.layout.seq_len + S - 1) / S + 1 : 0;
-  p.partials = r.partials;
+  bind_scan_regions(p, r, NT);
   p.valid = gate_min_count > 0 ? r.valid : nullptr;
   p.gate_min_count = gate_min_count;
-  p.done = r.done;
-  p.lead = r.lead;
-  p.lead_n = r.lead_n;
-  p.summ = r.summ;
-  p.tmap = r.tmap;
-  p.tmap2 = p.two ? r.tmap2 : nullptr;
-  p.tnext = static_cast<T*>(r.tnext);
-  p.state = r.state;
-  p.exit_state = r.exit_state;
-  p.cstats = r.cstats;
-  p.rows = r.rows;
-  p.rstats = r.rstats;
-  p.err = r.err;
-  p.result = r.result;
   kernels::scan_result out;
   if (p.chunks.rows == 0) return out;
   // *p.err was set to no_error_key by the chunk table's anchor kernel
@@ -292,31 +304,9 @@ kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::sca
                                                        p.layout.num_seqs(), p.layout.tokens, r.off_key, stream));
     p.off_key = r.off_key;
   }
-  p.chunks.rows = p.layout.num_seqs();
-  p.chunks.S = S;
-  p.chunks.S_shift = scan_shift(S);
-  p.chunks.bound = scan_anchored_bound(p.layout, S);
-  p.chunks.start = r.start;
-  p.chunks.first = r.first;
-  p.chunks.owner = r.owner;
-  if constexpr (!L::is_packed) p.chunks.per_row = p.layout.seq_len > 0 ? (p.layout.seq_len + S - 1) / S + 1 : 0;
-  p.partials = r.partials;
+  bind_scan_regions(p, r, NT);
   p.valid = nullptr;
   p.gate_min_count = 0;
-  p.done = r.done;
-  p.lead = r.lead;
-  p.lead_n = r.lead_n;
-  p.summ = r.summ;
-  p.tmap = r.tmap;
-  p.tmap2 = p.two ? r.tmap2 : nullptr;
-  p.tnext = static_cast<T*>(r.tnext);
-  p.state = r.state;
-  p.exit_state = r.exit_state;
-  p.cstats = r.cstats;
-  p.rows = r.rows;
-  p.rstats = r.rstats;
-  p.err = r.err;
-  p.result = r.result;
   if (p.chunks.rows == 0) {
     kernels::scan_publish_empty_kernel<<<1, 1, 0, stream>>>(p);
     POLO_CUDA_TRY(cudaGetLastError());
@@ -640,7 +630,8 @@ namespace polo {
 /// (the size a caller-provided `polo::cuda::workspace` needs). Rows are cut into chunks of
 /// S = 8·NT tokens (NT = 32, 64 or 256 threads, from the typical row length), with room for
 /// B·(⌈T/S⌉ + 1) chunks (padded) or ⌈N/S⌉ + B (packed); each takes about 160 bytes, plus 36
-/// per thread for float (40 for double) at NT = 256: about 4.6 bytes per float token. Plus
+/// per thread for float (40 for double) at NT = 256 when rows span several chunks (T, or N/B
+/// packed, above 2048): about 4.6 bytes per float token. Plus
 /// about 130 bytes per sequence and cub's scan scratch. Host-only.
 template <class T, TokenLayout L>
 std::size_t gae_workspace_bytes(const cuda&, const L& layout) {

@@ -16,10 +16,10 @@
 ///     summary_kernel  one block per chunk: checks the inputs (non-finite values at valid
 ///                     positions -> a 64-bit error key, atomicMin on an integer: deterministic),
 ///                     counts valid tokens, and composes the chunk's map (thread-serial over
-///                     its K tokens, then a block suffix scan); in chunks of 256 threads
-///                     each thread stores the exclusive suffix of that scan (the maps of the
-///                     threads to its right in the chunk) and the `next` it receives, for
-///                     the apply pass (smaller chunks, one or two warps, scan again there)
+///                     its K tokens, then a block suffix scan); in chunks of 256 threads of
+///                     rows of several chunks, each thread stores the exclusive suffix of that
+///                     scan (the maps of the threads to its right in the chunk) and the `next`
+///                     it receives, for the apply pass (otherwise the apply pass scans again)
 ///     rows_kernel     one thread per row: λ_i (length-adaptive λ needs the row's count), the
 ///                     bootstrap / baseline checks, and the state entering each chunk from the
 ///                     right (the row's chunk maps applied right to left)
@@ -195,6 +195,7 @@ struct scan_params {
   /// [bound * NT] per thread of each chunk (slot c * NT + tid), written by the summary pass:
   /// the composition of the maps of the threads to its right in its chunk, without the
   /// chunk's boundary step (gae: threads left of the boundary thread; returns: every thread).
+  bool stored = false;  ///< scan_stores_suffix: the summary pass fills tmap / tmap2 / tnext
   detail::affine_step* tmap = nullptr;
   detail::affine_step* tmap2 = nullptr;  ///< the same with the returns' decay (two), or null
   T* tnext = nullptr;                    ///< [bound * NT] gae: `next` entering the thread (left of the boundary thread)
@@ -338,11 +339,16 @@ template <int NT>
 inline constexpr int scan_cpb = NT == 32 ? scan_warp_chunks : 1;
 
 /// Whether the summary pass stores each thread's suffix for the apply pass (chunks of 256
-/// threads), or the apply pass scans the chunk again (chunks of 32 or 64 threads: one or two
-/// warps, whose scans are shuffles that cost less than 20 bytes per thread through memory).
-constexpr bool scan_stores_suffix(int nt) { return nt >= 256; }
+/// threads, when rows span several chunks: `scan_params::stored`), or the apply pass scans the
+/// chunk again (chunks of 32 or 64 threads: one or two warps, whose scans are shuffles that cost
+/// less than 20 bytes per thread through memory; and rows of one chunk, whose summary pass
+/// would otherwise compose the maps only for the apply pass: the rows pass never uses the
+/// leftmost chunk's).
+constexpr bool scan_stores_suffix(int nt, index_t typical_len) {
+  return nt >= 256 && typical_len > index_t(nt) * POLO_CUDA_SCAN_ITEMS;
+}
 template <int NT>
-inline constexpr bool scan_stored = scan_stores_suffix(NT);
+inline constexpr bool scan_stored = NT >= 256;  ///< compiled in (taken when scan_params::stored)
 
 /// Shared memory of the per-chunk kernels: one scratch row of NT/32 elements reused by every
 /// block-level scan and reduction (each ends with a barrier), and the boundary thread.
@@ -358,6 +364,24 @@ struct chunk_smem {
     return reinterpret_cast<S*>(raw);
   }
 };
+
+/// GAE's `next` entering each thread from its right within the chunk (the nearest hand-off of
+/// the threads to its right: an exclusive suffix scan), from the `next` that this thread's
+/// items hand on to its left; `total` gets the chunk's own hand-off to the chunk on its left.
+template <int NT, int CPB, int K, class T>
+__device__ __forceinline__ handoff chunk_handoff_right(gae_mask_mode mode, const bool (&valid)[K], const T (&v)[K],
+                                                       index_t k0, index_t n, chunk_smem<NT>& sm, handoff& total) {
+  handoff h{};
+#pragma unroll
+  for (int k = K - 1; k >= 0; --k) {
+    if (k0 + k >= n) continue;
+    if (valid[k] || mode == gae_mask_mode::through) {
+      h.v = detail::gae_next_value(mode, valid[k], double(v[k]), h.v);
+      h.has = 1;
+    }
+  }
+  return chunk_suffix_exclusive<NT, CPB>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), total);
+}
 
 template <class F>
 __device__ __forceinline__ bool flag_set(const F* p, index_t stride, index_t i) {
@@ -437,7 +461,9 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
     key = ck.key;
     if (tid == 0 && key != no_error_key) atomicMin(p.err, key);
 
-    if (!scan_stored<NT> && j == 0) {  // the leftmost chunk's total is never used
+    bool stored = false;
+    if constexpr (scan_stored<NT>) stored = p.stored;
+    if (!stored && j == 0) {  // the leftmost chunk's total is never used
       if (tid == 0) p.summ[c].count = cnt;
       return;
     }
@@ -453,18 +479,8 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
       const gae_mask_mode mode = p.cfg.mask;
       const double lam = p.cfg.lambda_mode == gae_lambda_mode::fixed ? p.cfg.lambda : p.rows[i].lambda;
       const double gl = gamma * lam, gl2 = gamma * p.cfg.lambda_value;
-      // next handed on by this thread's items (to the thread on its left)
-      handoff h{};
-#pragma unroll
-      for (int k = K - 1; k >= 0; --k) {
-        if (k0 + k >= n) continue;
-        if (valid[k] || mode == gae_mask_mode::through) {
-          h.v = detail::gae_next_value(mode, valid[k], double(v[k]), h.v);
-          h.has = 1;
-        }
-      }
       handoff tot_h;
-      right_h = chunk_suffix_exclusive<NT, CPB>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), tot_h);
+      right_h = chunk_handoff_right<NT, CPB, K>(mode, valid, v, k0, n, sm, tot_h);
       if (tid == 0) sm.boundary_thread = -1;
       chunk_sync<CPB>();
       bool known = right_h.has != 0;
@@ -510,7 +526,7 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
     // A thread left of the boundary thread has a hand-off on its right (the boundary position)
     // and enters with right ∘ B (B: the boundary step, formed by the apply pass); at or right of
     // it, every step is the identity (skip) or there is none (through), and nothing is stored.
-    if (scan_stored<NT> && (!gae || int(tid) < bt)) {
+    if (stored && (!gae || int(tid) < bt)) {
       p.tmap[slot] = right.s1;
       if constexpr (Two) p.tmap2[slot] = right.s2;
       if (gae) p.tnext[slot] = T(right_h.v);  // a v of this chunk or 0 (through, masked): exact in T
@@ -734,7 +750,9 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
   const double gamma = p.cfg.gamma;
 
   double nxt0 = in.next, g = in.g, g2 = in.g2;
-  if constexpr (scan_stored<NT>) {
+  bool stored = false;
+  if constexpr (scan_stored<NT>) stored = p.stored;
+  if (stored) {
     // The state entering this thread: the summary pass stored the composition of the maps to
     // its right within the chunk (without the boundary step) and the `next` it receives; the
     // boundary step B is formed here from the boundary position's raw inputs and the `next`
@@ -758,24 +776,14 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
       g = detail::affine_apply(p.tmap[slot], in.g);
     }
   } else {
-    // One or two warps: this thread's maps (pass 1) and the chunk's suffix scans of hand-offs
+    // Not stored: this thread's maps (pass 1) and the chunk's suffix scans of hand-offs
     // and maps; pass 2 re-forms the same steps (bitwise the same values: the same formulas on
     // the same inputs) while it applies them, so no per-token map is kept in registers.
     step_pair mine{};
     if (gae) {
       const gae_mask_mode mode = p.cfg.mask;
-      handoff h{};
-#pragma unroll
-      for (int k = K - 1; k >= 0; --k) {
-        if (k0 + k >= n) continue;
-        if (valid[k] || mode == gae_mask_mode::through) {
-          h.v = detail::gae_next_value(mode, valid[k], double(v[k]), h.v);
-          h.has = 1;
-        }
-      }
       handoff tot_h;
-      const handoff right =
-          chunk_suffix_exclusive<NT, CPB>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), tot_h);
+      const handoff right = chunk_handoff_right<NT, CPB, K>(mode, valid, v, k0, n, sm, tot_h);
       nxt0 = right.has ? right.v : in.next;
       double nxt = nxt0;
 #pragma unroll
