@@ -279,9 +279,14 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   if (p.chunks.rows == 0) return out;
   // *p.err was set to no_error_key by the chunk table's anchor kernel
   switch (NT) {
-    case 32: POLO_CUDA_TRY((kernels::launch_scan<32, K>(p, stream))); break;
-    case 64: POLO_CUDA_TRY((kernels::launch_scan<64, K>(p, stream))); break;
-    default: POLO_CUDA_TRY((kernels::launch_scan<256, K>(p, stream))); break;
+    case 32: POLO_CUDA_TRY((kernels::launch_scan<32, K, false>(p, stream))); break;
+    case 64: POLO_CUDA_TRY((kernels::launch_scan<64, K, false>(p, stream))); break;
+    default:
+      if (p.stored)
+        POLO_CUDA_TRY((kernels::launch_scan<256, K, true>(p, stream)));
+      else
+        POLO_CUDA_TRY((kernels::launch_scan<256, K, false>(p, stream)));
+      break;
   }
   read_back(be, &out, r.result, sizeof out);
   return out;
@@ -317,9 +322,14 @@ kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::sca
   // *p.err: no_error_key, or offsets_gate_key after bad offsets (then no chunk exists, the rows
   // pass returns at once and the final pass publishes the offsets error)
   switch (NT) {
-    case 32: POLO_CUDA_TRY((kernels::launch_scan<32, K>(p, stream))); break;
-    case 64: POLO_CUDA_TRY((kernels::launch_scan<64, K>(p, stream))); break;
-    default: POLO_CUDA_TRY((kernels::launch_scan<256, K>(p, stream))); break;
+    case 32: POLO_CUDA_TRY((kernels::launch_scan<32, K, false>(p, stream))); break;
+    case 64: POLO_CUDA_TRY((kernels::launch_scan<64, K, false>(p, stream))); break;
+    default:
+      if (p.stored)
+        POLO_CUDA_TRY((kernels::launch_scan<256, K, true>(p, stream)));
+      else
+        POLO_CUDA_TRY((kernels::launch_scan<256, K, false>(p, stream)));
+      break;
   }
   return kernels::scan_result{};
 }

@@ -195,7 +195,9 @@ struct scan_params {
   /// [bound * NT] per thread of each chunk (slot c * NT + tid), written by the summary pass:
   /// the composition of the maps of the threads to its right in its chunk, without the
   /// chunk's boundary step (gae: threads left of the boundary thread; returns: every thread).
-  bool stored = false;  ///< scan_stores_suffix: the summary pass fills tmap / tmap2 / tnext
+  /// scan_stores_suffix: the summary pass fills tmap / tmap2 / tnext (the host launches the
+  /// kernels with Stored = this flag)
+  bool stored = false;
   detail::affine_step* tmap = nullptr;
   detail::affine_step* tmap2 = nullptr;  ///< the same with the returns' decay (two), or null
   T* tnext = nullptr;                    ///< [bound * NT] gae: `next` entering the thread (left of the boundary thread)
@@ -347,8 +349,9 @@ inline constexpr int scan_cpb = NT == 32 ? scan_warp_chunks : 1;
 constexpr bool scan_stores_suffix(int nt, index_t typical_len) {
   return nt >= 256 && typical_len > index_t(nt) * POLO_CUDA_SCAN_ITEMS;
 }
-template <int NT>
-inline constexpr bool scan_stored = NT >= 256;  ///< compiled in (taken when scan_params::stored)
+/// The kernels take the choice as a template parameter (`Stored`, only ever true with NT = 256):
+/// a runtime flag compiled both paths into one kernel, whose apply pass then spilled 40 bytes
+/// to the stack and ran 6% slower on long rows (H100, 1024 x 8192).
 
 /// Shared memory of the per-chunk kernels: one scratch row of NT/32 elements reused by every
 /// block-level scan and reduction (each ends with a barrier), and the boundary thread.
@@ -390,7 +393,7 @@ __device__ __forceinline__ bool flag_set(const F* p, index_t stride, index_t i) 
 
 // ---- summary pass -------------------------------------------------------------------------------
 
-template <int NT, int K, bool HasMask, bool CountOnly, bool Two, class T, class L, class F>
+template <int NT, int K, bool HasMask, bool CountOnly, bool Two, bool Stored, class T, class L, class F>
 __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_kernel(scan_params<T, L, F> p) {
   constexpr int CPB = scan_cpb<NT>;
   __shared__ chunk_smem<NT> sm_all[CPB];
@@ -461,16 +464,15 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
     key = ck.key;
     if (tid == 0 && key != no_error_key) atomicMin(p.err, key);
 
-    bool stored = false;
-    if constexpr (scan_stored<NT>) stored = p.stored;
-    if (!stored && j == 0) {  // the leftmost chunk's total is never used
+    static_assert(!Stored || NT >= 256, "per-thread suffixes are stored only in chunks of 256 threads");
+    if (!Stored && j == 0) {  // the leftmost chunk's total is never used
       if (tid == 0) p.summ[c].count = cnt;
       return;
     }
     scan_chunk_summary s;
     s.count = cnt;
     // The chunk's maps: the rows pass uses their total (not the leftmost chunk's), the apply
-    // pass each thread's exclusive suffix when scan_stored (the leftmost chunk's included).
+    // pass each thread's exclusive suffix when Stored (the leftmost chunk's included).
     const double gamma = p.cfg.gamma;
     const index_t slot = c * NT + tid;
     step_pair mine{};
@@ -526,7 +528,7 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
     // A thread left of the boundary thread has a hand-off on its right (the boundary position)
     // and enters with right ∘ B (B: the boundary step, formed by the apply pass); at or right of
     // it, every step is the identity (skip) or there is none (through), and nothing is stored.
-    if (stored && (!gae || int(tid) < bt)) {
+    if (Stored && (!gae || int(tid) < bt)) {
       p.tmap[slot] = right.s1;
       if constexpr (Two) p.tmap2[slot] = right.s2;
       if (gae) p.tnext[slot] = T(right_h.v);  // a v of this chunk or 0 (through, masked): exact in T
@@ -715,7 +717,7 @@ __device__ __forceinline__ void merge_moments(moments& a, const moments& b) {
 /// the row's first valid position. Lead = true: a leading chunk, the rightmost of a row
 /// entering with that exact state (so the echo of masked_fill::recursion equals the first
 /// valid value bit for bit).
-template <int NT, int CPB, int K, bool HasMask, bool Two, bool Lead, class T, class L, class F>
+template <int NT, int CPB, int K, bool HasMask, bool Two, bool Lead, bool Stored, class T, class L, class F>
 __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, index_t c, int tid,
                                                  chunk_smem<NT>& sm) {
   using Mask = typename L::mask_type;
@@ -750,9 +752,7 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
   const double gamma = p.cfg.gamma;
 
   double nxt0 = in.next, g = in.g, g2 = in.g2;
-  bool stored = false;
-  if constexpr (scan_stored<NT>) stored = p.stored;
-  if (stored) {
+  if constexpr (Stored) {
     // The state entering this thread: the summary pass stored the composition of the maps to
     // its right within the chunk (without the boundary step) and the `next` it receives; the
     // boundary step B is formed here from the boundary position's raw inputs and the `next`
@@ -893,7 +893,7 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
 /// The apply pass. Lead = false: one chunk per warp (CPB > 1) or block, every chunk of the
 /// table. Lead = true (launched after, with at most POLO_CUDA_SCAN_LEAD_BLOCKS blocks): the
 /// leading chunks the first launch listed (none without left padding), strided over the grid.
-template <int NT, int K, bool HasMask, bool Two, bool Lead, class T, class L, class F>
+template <int NT, int K, bool HasMask, bool Two, bool Lead, bool Stored, class T, class L, class F>
 __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kernel(scan_params<T, L, F> p) {
   constexpr int CPB = scan_cpb<NT>;
   __shared__ chunk_smem<NT> sm_all[CPB];
@@ -903,9 +903,9 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
   if constexpr (Lead) {
     const index_t count = index_t(*p.lead_n);
     for (index_t q = index_t(blockIdx.x) * CPB + wic; q < count; q += index_t(gridDim.x) * CPB)
-      scan_apply_chunk<NT, CPB, K, HasMask, Two, true>(p, p.lead[q], tid, sm_all[wic]);
+      scan_apply_chunk<NT, CPB, K, HasMask, Two, true, Stored>(p, p.lead[q], tid, sm_all[wic]);
   } else {
-    scan_apply_chunk<NT, CPB, K, HasMask, Two, false>(p, index_t(blockIdx.x) * CPB + wic, tid, sm_all[wic]);
+    scan_apply_chunk<NT, CPB, K, HasMask, Two, false, Stored>(p, index_t(blockIdx.x) * CPB + wic, tid, sm_all[wic]);
   }
 }
 
@@ -1181,7 +1181,7 @@ cudaError_t launch_packed_chunk_table(const O* off, index_t stride, index_t B, i
 /// [count gate], apply (main chunks, then the leading chunks of masked layouts), and the row
 /// reduction, whose last block runs the final pass. `*p.err` must hold no_error_key (or an earlier error) before
 /// the call.
-template <int NT, int K, class T, class L, class F>
+template <int NT, int K, bool Stored, class T, class L, class F>
 cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
   constexpr int CPB = scan_cpb<NT>;
   const index_t grid = (p.chunks.bound + CPB - 1) / CPB;
@@ -1193,12 +1193,12 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
     constexpr bool Two = decltype(two)::value;
     if (grid > 0) {
       if (p.kind == scan_kind::gae && p.cfg.lambda_mode == gae_lambda_mode::length_adaptive) {
-        scan_summary_kernel<NT, K, HM, true, false><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
+        scan_summary_kernel<NT, K, HM, true, false, false><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
         POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
         scan_rows_kernel<0><<<row_grid, 256, 0, stream>>>(p);
         POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       }
-      scan_summary_kernel<NT, K, HM, false, Two><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
+      scan_summary_kernel<NT, K, HM, false, Two, Stored><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     if (p.chunks.rows > 0) {
@@ -1210,10 +1210,10 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     if (grid > 0) {
-      scan_apply_kernel<NT, K, HM, Two, false><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
+      scan_apply_kernel<NT, K, HM, Two, false, Stored><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
       if (HM) {
         const index_t lead_grid = grid < POLO_CUDA_SCAN_LEAD_BLOCKS ? grid : index_t(POLO_CUDA_SCAN_LEAD_BLOCKS);
-        scan_apply_kernel<NT, K, HM, Two, true><<<unsigned(lead_grid), NT * CPB, 0, stream>>>(p);
+        scan_apply_kernel<NT, K, HM, Two, true, Stored><<<unsigned(lead_grid), NT * CPB, 0, stream>>>(p);
       }
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
