@@ -91,6 +91,7 @@ struct pl_regions {
   result_slot<policy_loss_result>* slot = nullptr;
   kernels::pl_totals* totals = nullptr;
   kernels::pl_chunk_prep* prep = nullptr;
+  long long* ccount = nullptr;
   kernels::pl_stats* cstats = nullptr;
   kernels::pl_row* rows = nullptr;
   double* total = nullptr;
@@ -119,7 +120,8 @@ pl_regions take_pl_regions(scratch_plan& sp, const L& layout, const policy_loss_
   r.err = sp.take<unsigned long long>(3);
   r.slot = sp.take<result_slot<policy_loss_result>>(1);
   r.totals = sp.take<kernels::pl_totals>(1);
-  r.prep = sp.take<kernels::pl_chunk_prep>(bound);
+  r.prep = sp.take<kernels::pl_chunk_prep>(uses_ratio_level_sequence(c) || uses_sequence_kl(c) ? bound : 0);
+  r.ccount = sp.take<long long>(bound);
   r.rows = sp.take<kernels::pl_row>(B);
   if (with_grad) {
     r.cstats = sp.take<kernels::pl_stats>(bound);
@@ -175,6 +177,7 @@ void pl_prepare(const cuda& be, const char* fn, kernels::pl_params<LP, T, L>& p,
   p.target = make_result_target(be, r.slot, async);
   p.totals = r.totals;
   p.prep = r.prep;
+  p.ccount = r.ccount;
   p.rows = r.rows;
   p.cstats = r.cstats;
   p.total = r.total;
@@ -259,20 +262,9 @@ struct backend_impl<cuda, policy_loss_tag> {
     token_counts out;
     if (p.chunks.rows == 0) return out;
     const cudaStream_t stream = stream_of(be);
-    const int nt = pl_threads(layout);
-    const bool hm = !layout.mask.is_null();
-    POLO_CUDA_TRY(pl_dispatch_threads<256>(nt, [&](auto v) -> cudaError_t {
-      constexpr int NT = decltype(v)::value;
-      if (p.chunks.bound > 0) {
-        if (hm)
-          kernels::pl_count_kernel<NT, pl_items, true, false><<<unsigned(p.chunks.bound), NT, 0, stream>>>(p);
-        else
-          kernels::pl_count_kernel<NT, pl_items, false, false><<<unsigned(p.chunks.bound), NT, 0, stream>>>(p);
-        POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-      }
-      kernels::pl_plan_kernel<kernels::pl_plan_threads><<<1, kernels::pl_plan_threads, 0, stream>>>(p);
-      return cudaGetLastError();
-    }));
+    POLO_CUDA_TRY(kernels::launch_pl_count(p, stream));
+    kernels::pl_plan_kernel<kernels::pl_plan_threads><<<1, kernels::pl_plan_threads, 0, stream>>>(p);
+    POLO_CUDA_TRY(cudaGetLastError());
     kernels::pl_totals t;
     read_back(be, &t, r.totals, sizeof t);
     out.tokens = t.tokens;

@@ -17,9 +17,11 @@
 /// converts them. Sums of the statistics and of the loss are double in every case; the
 /// per-row and per-call plan (weights, GSPO ratio, sequence KL) is double.
 ///
-///     count_kernel   per chunk: valid tokens (the mask only). With a sequence-level ratio or
-///                    KL it also reads the inputs: non-finite checks and the per-chunk sums of
-///                    logp - logp_old and logp - logp_ref
+///     count_kernel   per chunk: valid tokens into `ccount` (the mask only; one warp per
+///                    chunk: pl_count_warp_kernel). With a sequence-level ratio or KL
+///                    (pl_prep_kernel, one block per chunk) it also reads the inputs:
+///                    non-finite checks and the per-chunk sums of logp - logp_old and
+///                    logp - logp_ref
 ///     plan_kernel    one block: n_i, the normalizers (N_tok, N_seq), each row's weights and
 ///                    sequence-level ratio and KL term
 ///     main_kernel    per chunk, one pass over every input: the loss terms, dL/dlogp (written
@@ -193,7 +195,8 @@ struct pl_params {
   bool gbuf_double = false;    ///< gbuf holds double (GSPO through_mean), else T
   void* gbuf = nullptr;        ///< [flat tokens] scratch gradient
   chunk_table chunks{};
-  pl_chunk_prep* prep = nullptr;  ///< [bound]
+  pl_chunk_prep* prep = nullptr;  ///< [bound] (the sequence-level prep pass only)
+  long long* ccount = nullptr;    ///< [bound] valid tokens of each chunk (count pass)
   pl_stats* cstats = nullptr;     ///< [bound]
   pl_row* rows = nullptr;         ///< [B]
   double* total = nullptr;        ///< [B] GSPO through_mean gradient totals
@@ -235,8 +238,10 @@ struct pl_smem {
 
 // ---- count / prep ------------------------------------------------------------------------------
 
-template <int NT, int K, bool HasMask, bool Prep, class LP, class T, class L>
-__global__ void __launch_bounds__(NT) pl_count_kernel(pl_params<LP, T, L> p) {
+/// The count pass with a sequence-level ratio or KL (one block per chunk): valid tokens, the
+/// non-finite checks, and the chunk's sums of logp - logp_old and logp - logp_ref.
+template <int NT, int K, bool HasMask, class LP, class T, class L>
+__global__ void __launch_bounds__(NT) pl_prep_kernel(pl_params<LP, T, L> p) {
   __shared__ pl_smem<NT> sm;
   using Mask = typename L::mask_type;
   if (pl_bad_offsets(p)) return;
@@ -260,7 +265,7 @@ __global__ void __launch_bounds__(NT) pl_count_kernel(pl_params<LP, T, L> p) {
   pl_chunk_prep mine{};
 #pragma unroll
   for (int k = 0; k < K; ++k) mine.count += valid[k] ? 1 : 0;
-  if constexpr (Prep) {
+  {
     LP x[K], xo[K], xr[K];
     T a[K];
     load_blocked<K>(p.layout.row_ptr(p.lp, i) + t0, k0, n, x, LP(0.0f));
@@ -300,27 +305,80 @@ __global__ void __launch_bounds__(NT) pl_count_kernel(pl_params<LP, T, L> p) {
         return u;
       },
       sm.template as<pl_chunk_prep>());
-  if (threadIdx.x == 0) p.prep[c] = mine;
+  if (threadIdx.x == 0) {
+    p.prep[c] = mine;
+    p.ccount[c] = mine.count;
+  }
+}
+
+/// Warps per block of the count-only pass.
+inline constexpr int pl_count_warps = 8;
+
+/// The count pass without the sequence-level prep: one warp per chunk reads its mask (16 bytes
+/// per lane and step for a byte mask) and writes the chunk's valid tokens to `ccount` (without a
+/// mask: the chunk's length, nothing read). Integer sums: the order does not matter.
+template <bool HasMask, class LP, class T, class L>
+__global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_params<LP, T, L> p) {
+  using Mask = typename L::mask_type;
+  if (pl_bad_offsets(p)) return;
+  const index_t c = index_t(blockIdx.x) * pl_count_warps + index_t(threadIdx.x >> 5);
+  const int lane = int(threadIdx.x & 31);
+  index_t i = 0, j = 0;
+  if (c >= p.chunks.bound || !locate_chunk(p.layout, p.chunks, c, i, j)) return;  // warp-uniform
+  const index_t len = p.layout.row_len(i);
+  const index_t t0 = j * p.chunks.S;
+  const index_t n = len - t0 < p.chunks.S ? len - t0 : p.chunks.S;
+  long long count = n;
+  if constexpr (HasMask) {
+    constexpr int KM = sizeof(Mask) >= 16 ? 1 : int(16 / sizeof(Mask));
+    const Mask* m = p.layout.mask_row(i) + t0;
+    int mine = 0;
+    for (index_t k0 = index_t(lane) * KM; k0 < n; k0 += index_t(32 * KM)) {
+      Mask v[KM];
+      load_blocked<KM>(m, k0, n, v, Mask(0));
+#pragma unroll
+      for (int k = 0; k < KM; ++k) mine += (k0 + k < n && detail::is_valid(v[k])) ? 1 : 0;
+    }
+#pragma unroll
+    for (int d = 16; d > 0; d >>= 1) mine += __shfl_down_sync(0xffffffffu, mine, d);
+    count = mine;
+  }
+  if (lane == 0) p.ccount[c] = count;
+}
+
+/// Enqueues the count-only pass over the p.chunks.bound chunk slots (none: nothing).
+template <class LP, class T, class L>
+cudaError_t launch_pl_count(const pl_params<LP, T, L>& p, cudaStream_t stream) {
+  if (p.chunks.bound <= 0) return cudaSuccess;
+  const auto grid = unsigned((p.chunks.bound + pl_count_warps - 1) / pl_count_warps);
+  if (!p.layout.mask.is_null())
+    pl_count_warp_kernel<true><<<grid, pl_count_warps * 32, 0, stream>>>(p);
+  else
+    pl_count_warp_kernel<false><<<grid, pl_count_warps * 32, 0, stream>>>(p);
+  return cudaGetLastError();
 }
 
 // ---- plan --------------------------------------------------------------------------------------
 
+/// Valid tokens of row i (its chunks' counts).
+template <class LP, class T, class L>
+__device__ __forceinline__ long long pl_row_count(const pl_params<LP, T, L>& p, index_t i) {
+  const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
+  long long n = 0;
+  for (index_t c = c0; c < c1; ++c) n += p.ccount[c];
+  return n;
+}
+
+/// Neighbouring threads take neighbouring rows (the integer totals do not depend on the
+/// order), and each row's plan is written once, whole: this single block is bound by its
+/// memory instructions, not by arithmetic.
 template <int NT, class LP, class T, class L>
 __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
   __shared__ long long s_a[NT / 32], s_b[NT / 32];
   const index_t B = pl_bad_offsets(p) ? 0 : p.chunks.rows;  // bad offsets: an empty plan, no row read
-  const index_t per = (B + NT - 1) / NT;
-  const index_t r0 = threadIdx.x * per, r1 = (threadIdx.x + 1) * per < B ? (threadIdx.x + 1) * per : B;
   long long tok = 0, seq = 0;
-  for (index_t i = r0; i < r1; ++i) {
-    const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
-    long long n = 0, bad = 0;
-    for (index_t c = c0; c < c1; ++c) {
-      n += p.prep[c].count;
-      bad += p.prep[c].nonfinite;
-    }
-    p.rows[i].n = n;
-    p.rows[i].bad = bad > 0 ? 1 : 0;
+  for (index_t i = threadIdx.x; i < B; i += NT) {
+    const long long n = pl_row_count(p, i);
     tok += n;
     seq += n > 0 ? 1 : 0;
   }
@@ -342,18 +400,22 @@ __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
   }
   __syncthreads();
   const pl_totals t = s_t;
-  for (index_t i = r0; i < r1; ++i) {
-    pl_row row = p.rows[i];
-    const long long ni = row.n;
+  for (index_t i = threadIdx.x; i < B; i += NT) {
+    pl_row row{};
+    const long long ni = pl_row_count(p, i);
+    row.n = ni;
     row.w = detail::aggregation_weight(c.agg, p.norm.scale, t.div, ni);
     row.wk = detail::aggregation_weight(kl_mode, p.norm.scale, kl_mode == c.agg ? t.div : t.div_tok, ni);
     if (p.seq_ratio || p.seq_kl) {
       index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
       double slr = 0.0, sd = 0.0;
+      long long bad = 0;
       for (index_t cc = c0; cc < c1; ++cc) {
+        bad += p.prep[cc].nonfinite;
         slr += p.prep[cc].slr;
         sd += p.prep[cc].sd;
       }
+      row.bad = bad > 0 ? 1 : 0;
       const double nd = ni > 0 ? double(ni) : 1.0;
       if (p.seq_ratio) {
         const detail::ratio_point rp = detail::ratio_from_log_ratio(c, slr / nd);
@@ -851,7 +913,7 @@ __global__ void __launch_bounds__(NT) pl_finish_kernel(pl_params<LP, T, L> p) {
 /// Threads of the single-block plan kernel.
 inline constexpr int pl_plan_threads = 1024;
 /// Threads per block of the final kernel.
-inline constexpr int pl_final_threads = 256;
+inline constexpr int pl_final_threads = 64;
 
 /// Enqueues count, plan, main, final and (when the gradient goes through scratch) finish.
 /// `*p.err` and `*p.done` must be ~0 (one 16-byte memset of 0xff).
@@ -897,11 +959,12 @@ cudaError_t launch_policy_loss(const pl_params<LP, T, L>& p, cudaStream_t stream
     constexpr bool HM = decltype(hm)::value;
     constexpr bool RR = decltype(rr)::value;
     if (grid > 0) {
-      if (prep)
-        pl_count_kernel<NT, K, HM, true><<<unsigned(grid), NT, 0, stream>>>(p);
-      else
-        pl_count_kernel<NT, K, HM, false><<<unsigned(grid), NT, 0, stream>>>(p);
-      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      if (prep) {
+        pl_prep_kernel<NT, K, HM><<<unsigned(grid), NT, 0, stream>>>(p);
+        POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      } else {
+        POLO_CUDA_RETURN_IF_ERROR(launch_pl_count(p, stream));
+      }
     }
     pl_plan_kernel<pl_plan_threads><<<1, pl_plan_threads, 0, stream>>>(p);
     POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
