@@ -503,9 +503,21 @@ __device__ __forceinline__ const detail::basic_token_consts<F>& pl_consts(const 
     return p.dc;
 }
 
+/// Whether a call takes the main kernel's specialization for the common configuration
+/// (`Common`): token-level ratio and KL, the clipped objective, and no KL term or the k3
+/// estimator without a ratio weight or straight-through gradient (GRPO and PPO as DeepSeek-R1,
+/// verl and TRL run them by default). Its switches then fold at compile time and the per-token
+/// body is straight-line code the compiler can interleave across a thread's K tokens; the
+/// formulas and their order are those of the general kernel.
+inline bool pl_common_config(const policy_loss_config& c, bool seq_ratio, bool seq_kl, bool use_kl) {
+  if (seq_ratio || seq_kl || c.objective != policy_objective::clip) return false;
+  return !use_kl || (c.kl.estimator == kl_estimator::k3 && c.kl.weight == kl_weight::none && !c.kl.straight_through);
+}
+
 /// F: the scalar of the per-token formulas (float for float/bf16/half inputs under
-/// pl_float_math_ok, else double); G: the element type of the gradient written.
-template <int NT, int K, bool HasMask, bool ReadRef, class G, class F, class LP, class T, class L>
+/// pl_float_math_ok, else double); G: the element type of the gradient written; Common: the
+/// call's options satisfy pl_common_config (only instantiated with F = float).
+template <int NT, int K, bool HasMask, bool ReadRef, class G, class F, bool Common, class LP, class T, class L>
 __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MIN_BLOCKS_F32 : POLO_CUDA_PL_MIN_BLOCKS)
     pl_main_kernel(pl_params<LP, T, L> p) {
   __shared__ pl_smem<NT> sm;
@@ -519,7 +531,14 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
   const index_t n = len - t0 < p.chunks.S ? len - t0 : p.chunks.S;
   const index_t k0 = index_t(threadIdx.x) * K;
   const policy_loss_config& cfg = p.cfg;
-  const detail::basic_token_consts<F>& tc = pl_consts<F>(p);
+  detail::basic_token_consts<F> tcl = pl_consts<F>(p);
+  if constexpr (Common) {  // known here: the switches below fold
+    tcl.objective = policy_objective::clip;
+    tcl.kl.estimator = kl_estimator::k3;
+    tcl.kl.weight = kl_weight::none;
+    tcl.kl.straight_through = false;
+  }
+  const detail::basic_token_consts<F>& tc = tcl;
   bool valid[K];
   if constexpr (HasMask) {
     Mask m[K];
@@ -537,14 +556,15 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
   if constexpr (ReadRef) load_blocked<K>(p.layout.row_ptr(p.lr, i) + t0, k0, n, xr, LP(0.0f));
   load_blocked<K>(p.layout.row_ptr(p.adv, i) + t0, k0, n, a, T(0));
   const pl_row& row = p.rows[i];
-  const bool seq_mode = p.seq_ratio || p.seq_kl;
+  const bool seq_ratio = !Common && p.seq_ratio, seq_kl = !Common && p.seq_kl;
+  const bool seq_mode = seq_ratio || seq_kl;
   const bool row_skipped = seq_mode && row.bad && p.skip;
-  const bool token_kl = p.use_kl && !p.seq_kl;
-  const bool through = p.seq_ratio && cfg.sequence_gradient == sequence_ratio_gradient::through_mean;
+  const bool token_kl = p.use_kl && !seq_kl;
+  const bool through = seq_ratio && cfg.sequence_gradient == sequence_ratio_gradient::through_mean;
   const F w = F(row.w), bwk = F(cfg.kl_coef * row.wk);
   const F seq_kl_d = F(row.seq_kl_d);
   detail::basic_ratio_point<F> srp;
-  if (p.seq_ratio) {
+  if (seq_ratio) {
     srp.ratio = F(row.ratio);
     srp.d_log_ratio = F(row.d_log_ratio);
     srp.clamped = row.ratio_clamped != 0;
@@ -570,7 +590,7 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
     }
     const F xf = to_compute<F>(x[k]), xof = to_compute<F>(xo[k]), A = to_compute<F>(a[k]);
     const F tok_lr = xf - xof;
-    const detail::basic_ratio_point<F> rp = p.seq_ratio ? srp : detail::ratio_from_log_ratio<F>(tc, tok_lr);
+    const detail::basic_ratio_point<F> rp = seq_ratio ? srp : detail::ratio_from_log_ratio<F>(tc, tok_lr);
     const detail::basic_surrogate_point<F> sp = detail::surrogate<F>(tc, rp.ratio, A, xf);
     st.s_pol += double(sp.loss);
     F dlogp = w * sp.d_logp;
@@ -584,7 +604,7 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
       sens += bwk * kp.d_ratio;
       st.kl_clamped += kp.clamped ? 1 : 0;
     }
-    if (p.seq_kl) dlogp += seq_kl_d;
+    if (seq_kl) dlogp += seq_kl_d;
     if (through) {
       g[k] = G(dlogp);
       st.sens += double(sens);
@@ -972,9 +992,11 @@ cudaError_t launch_policy_loss(const pl_params<LP, T, L>& p, cudaStream_t stream
       auto main = [&](auto f) {
         using F = decltype(f);
         if (p.gbuf_double)
-          pl_main_kernel<NT, K, HM, RR, double, F><<<unsigned(grid), NT, 0, stream>>>(p);
+          pl_main_kernel<NT, K, HM, RR, double, F, false><<<unsigned(grid), NT, 0, stream>>>(p);
+        else if (std::is_same_v<F, float> && pl_common_config(p.cfg, p.seq_ratio, p.seq_kl, p.use_kl))
+          pl_main_kernel<NT, K, HM, RR, T, F, std::is_same_v<F, float>><<<unsigned(grid), NT, 0, stream>>>(p);
         else
-          pl_main_kernel<NT, K, HM, RR, T, F><<<unsigned(grid), NT, 0, stream>>>(p);
+          pl_main_kernel<NT, K, HM, RR, T, F, false><<<unsigned(grid), NT, 0, stream>>>(p);
       };
       if constexpr (narrow) {
         if (use_float)
