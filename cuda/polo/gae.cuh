@@ -205,6 +205,19 @@ void bind_scan_regions(kernels::scan_params<T, L, F>& p, const scan_regions& r, 
   p.result = r.result;
 }
 
+/// Enqueues the scan with chunks of NT threads (32, 64 or 256), 256-thread chunks storing
+/// per-thread suffixes when `p.stored` (bind_scan_regions sets it).
+template <class T, class F, TokenLayout L>
+cudaError_t launch_scan_nt(const kernels::scan_params<T, L, F>& p, int NT, cudaStream_t stream) {
+  constexpr int K = scan_items_v<T>;
+  switch (NT) {
+    case 32: return kernels::launch_scan<32, K, false>(p, stream);
+    case 64: return kernels::launch_scan<64, K, false>(p, stream);
+    default:
+      return p.stored ? kernels::launch_scan<256, K, true>(p, stream) : kernels::launch_scan<256, K, false>(p, stream);
+  }
+}
+
 /// Shape limits of the CUDA scans (see the file comment).
 template <TokenLayout L>
 void check_scan_limits(const char* fn, const L& layout) {
@@ -278,16 +291,7 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   kernels::scan_result out;
   if (p.chunks.rows == 0) return out;
   // *p.err was set to no_error_key by the chunk table's anchor kernel
-  switch (NT) {
-    case 32: POLO_CUDA_TRY((kernels::launch_scan<32, K, false>(p, stream))); break;
-    case 64: POLO_CUDA_TRY((kernels::launch_scan<64, K, false>(p, stream))); break;
-    default:
-      if (p.stored)
-        POLO_CUDA_TRY((kernels::launch_scan<256, K, true>(p, stream)));
-      else
-        POLO_CUDA_TRY((kernels::launch_scan<256, K, false>(p, stream)));
-      break;
-  }
+  POLO_CUDA_TRY(launch_scan_nt(p, NT, stream));
   read_back(be, &out, r.result, sizeof out);
   return out;
 }
@@ -321,16 +325,7 @@ kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::sca
                                                  r.owner, r.err, p.off_key));
   // *p.err: no_error_key, or offsets_gate_key after bad offsets (then no chunk exists, the rows
   // pass returns at once and the final pass publishes the offsets error)
-  switch (NT) {
-    case 32: POLO_CUDA_TRY((kernels::launch_scan<32, K, false>(p, stream))); break;
-    case 64: POLO_CUDA_TRY((kernels::launch_scan<64, K, false>(p, stream))); break;
-    default:
-      if (p.stored)
-        POLO_CUDA_TRY((kernels::launch_scan<256, K, true>(p, stream)));
-      else
-        POLO_CUDA_TRY((kernels::launch_scan<256, K, false>(p, stream)));
-      break;
-  }
+  POLO_CUDA_TRY(launch_scan_nt(p, NT, stream));
   return kernels::scan_result{};
 }
 

@@ -991,10 +991,11 @@ cudaError_t launch_policy_loss(const pl_params<LP, T, L>& p, cudaStream_t stream
     if (grid > 0) {
       auto main = [&](auto f) {
         using F = decltype(f);
+        constexpr bool float_math = std::is_same_v<F, float>;  // the specialization's only scalar
         if (p.gbuf_double)
           pl_main_kernel<NT, K, HM, RR, double, F, false><<<unsigned(grid), NT, 0, stream>>>(p);
-        else if (std::is_same_v<F, float> && pl_common_config(p.cfg, p.seq_ratio, p.seq_kl, p.use_kl))
-          pl_main_kernel<NT, K, HM, RR, T, F, std::is_same_v<F, float>><<<unsigned(grid), NT, 0, stream>>>(p);
+        else if (float_math && pl_common_config(p.cfg, p.seq_ratio, p.seq_kl, p.use_kl))
+          pl_main_kernel<NT, K, HM, RR, T, F, float_math><<<unsigned(grid), NT, 0, stream>>>(p);
         else
           pl_main_kernel<NT, K, HM, RR, T, F, false><<<unsigned(grid), NT, 0, stream>>>(p);
       };
