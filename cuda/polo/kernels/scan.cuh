@@ -201,9 +201,11 @@ __device__ __forceinline__ void load_blocked(const T* __restrict__ p, index_t k0
 }
 
 /// Stores the first `min(K, n - k0)` of `K` consecutive elements at `p + k0` (vector stores
-/// when the whole run is in range and aligned).
-template <int K, class T>
-__device__ __forceinline__ void store_blocked(T* __restrict__ p, index_t k0, index_t n, const T (&in)[K]) {
+/// when the whole run is in range and aligned). Stream = true marks the vector stores
+/// evict-first (`st.global.cs`): outputs that no later pass of the call reads should not push
+/// out of L2 the inputs a later pass will read again.
+template <int K, bool Stream, class T>
+__device__ __forceinline__ void store_blocked_as(T* __restrict__ p, index_t k0, index_t n, const T (&in)[K]) {
   constexpr int VB = vector_bytes_v<K, T>;
   T* q = p + k0;
   if constexpr (VB > 0) {
@@ -217,7 +219,10 @@ __device__ __forceinline__ void store_blocked(T* __restrict__ p, index_t k0, ind
         for (int j = 0; j < per; ++j) tmp[j] = in[v * per + j];
         W u;
         std::memcpy(&u, tmp, VB);
-        reinterpret_cast<W*>(q)[v] = u;
+        if constexpr (Stream)
+          __stcs(reinterpret_cast<W*>(q) + v, u);
+        else
+          reinterpret_cast<W*>(q)[v] = u;
       }
       return;
     }
@@ -225,6 +230,11 @@ __device__ __forceinline__ void store_blocked(T* __restrict__ p, index_t k0, ind
 #pragma unroll
   for (int k = 0; k < K; ++k)
     if (k0 + k < n) q[k] = in[k];
+}
+
+template <int K, class T>
+__device__ __forceinline__ void store_blocked(T* __restrict__ p, index_t k0, index_t n, const T (&in)[K]) {
+  store_blocked_as<K, false>(p, k0, n, in);
 }
 
 }  // namespace polo::kernels
