@@ -89,11 +89,13 @@ namespace polo::kernels {
 
 /// L2 reuse between the two passes over the inputs: the apply pass takes its chunks in the
 /// reverse of the summary pass's order (the inputs the summary pass read last, some still in
-/// L2, are read again first) and stores its outputs evict-first, so they do not push those
-/// inputs out. H100, GAE 1024 x 8192 asynchronous: 170 -> 165-167 us (synchronous 184 ->
-/// 179 us); either change alone gained nothing (bench/results/nvidia-h100-80gb-hbm3/
-/// kernel_breakdown.md). The order changes no result: every chunk is independent.
+/// L2, are read again first), loads them evict-first (its read is the call's last) and stores
+/// its outputs evict-first, so neither pushes out the inputs still to be read. H100, GAE 1024
+/// x 8192 asynchronous: 170 -> 163 us (synchronous 184 -> 176 us); the order or the stores
+/// alone gained nothing (bench/results/nvidia-h100-80gb-hbm3/kernel_breakdown.md). The order
+/// changes no result: every chunk is independent.
 inline constexpr bool scan_stream_stores = true;
+inline constexpr bool scan_apply_last_loads = true;
 
 /// A key that closes the apply pass's gate without being a data error (set before the scan
 /// when the caller must throw something else, e.g. a degenerate whitening, if the data is clean).
@@ -745,7 +747,7 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
   bool valid[K];
   if constexpr (HasMask) {
     Mask m[K];
-    load_blocked<K>(p.layout.mask_row(i) + t0, k0, n, m, Mask(0));
+    load_blocked_as<K, scan_apply_last_loads>(p.layout.mask_row(i) + t0, k0, n, m, Mask(0));
 #pragma unroll
     for (int k = 0; k < K; ++k) valid[k] = k0 + k < n && detail::is_valid(m[k]);
   } else {
@@ -753,8 +755,8 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     for (int k = 0; k < K; ++k) valid[k] = k0 + k < n;
   }
   T r[K], v[K];
-  load_blocked<K>(p.layout.row_ptr(p.r, i) + t0, k0, n, r, T(0));
-  if (gae) load_blocked<K>(p.layout.row_ptr(p.v, i) + t0, k0, n, v, T(0));
+  load_blocked_as<K, scan_apply_last_loads>(p.layout.row_ptr(p.r, i) + t0, k0, n, r, T(0));
+  if (gae) load_blocked_as<K, scan_apply_last_loads>(p.layout.row_ptr(p.v, i) + t0, k0, n, v, T(0));
   const scan_state in = (Lead && j == nlead - 1) ? p.exit_state[i] : p.state[c];
   const scan_row row = p.rows[i];
   const double gamma = p.cfg.gamma;

@@ -176,9 +176,10 @@ struct vector_word<4> { using type = unsigned; };
 
 /// Loads `K` consecutive elements starting at `p + k0` (blocked: thread-owned, contiguous)
 /// with a bound `n`; out-of-range items get `fill`. Uses the widest vector loads (16, 8 or 4
-/// bytes) that the run's length and `p + k0`'s alignment allow, scalar loads otherwise.
-template <int K, class T>
-__device__ __forceinline__ void load_blocked(const T* __restrict__ p, index_t k0, index_t n, T (&out)[K], T fill) {
+/// bytes) that the run's length and `p + k0`'s alignment allow, scalar loads otherwise. Last =
+/// true marks the vector loads evict-first (`ld.global.cs`): the call's last read of them.
+template <int K, bool Last, class T>
+__device__ __forceinline__ void load_blocked_as(const T* __restrict__ p, index_t k0, index_t n, T (&out)[K], T fill) {
   constexpr int VB = vector_bytes_v<K, T>;
   const T* q = p + k0;
   if constexpr (VB > 0) {
@@ -187,7 +188,11 @@ __device__ __forceinline__ void load_blocked(const T* __restrict__ p, index_t k0
       constexpr int per = VB / sizeof(T);
 #pragma unroll
       for (int v = 0; v < K / per; ++v) {
-        W u = __ldg(reinterpret_cast<const W*>(q) + v);
+        W u;
+        if constexpr (Last)
+          u = __ldcs(reinterpret_cast<const W*>(q) + v);
+        else
+          u = __ldg(reinterpret_cast<const W*>(q) + v);
         T tmp[per];
         std::memcpy(tmp, &u, VB);
 #pragma unroll
@@ -198,6 +203,11 @@ __device__ __forceinline__ void load_blocked(const T* __restrict__ p, index_t k0
   }
 #pragma unroll
   for (int k = 0; k < K; ++k) out[k] = (k0 + k < n) ? q[k] : fill;
+}
+
+template <int K, class T>
+__device__ __forceinline__ void load_blocked(const T* __restrict__ p, index_t k0, index_t n, T (&out)[K], T fill) {
+  load_blocked_as<K, false>(p, k0, n, out, fill);
 }
 
 /// Stores the first `min(K, n - k0)` of `K` consecutive elements at `p + k0` (vector stores
