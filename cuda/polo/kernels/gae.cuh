@@ -94,8 +94,7 @@ namespace polo::kernels {
 /// x 8192 asynchronous: 170 -> 163 us (synchronous 184 -> 176 us); the order or the stores
 /// alone gained nothing (bench/results/nvidia-h100-80gb-hbm3/kernel_breakdown.md). The order
 /// changes no result: every chunk is independent.
-inline constexpr bool scan_stream_stores = true;
-inline constexpr bool scan_apply_last_loads = true;
+inline constexpr bool scan_apply_evict_first = true;
 
 /// A key that closes the apply pass's gate without being a data error (set before the scan
 /// when the caller must throw something else, e.g. a degenerate whitening, if the data is clean).
@@ -747,7 +746,7 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
   bool valid[K];
   if constexpr (HasMask) {
     Mask m[K];
-    load_blocked_as<K, scan_apply_last_loads>(p.layout.mask_row(i) + t0, k0, n, m, Mask(0));
+    load_blocked_as<K, scan_apply_evict_first>(p.layout.mask_row(i) + t0, k0, n, m, Mask(0));
 #pragma unroll
     for (int k = 0; k < K; ++k) valid[k] = k0 + k < n && detail::is_valid(m[k]);
   } else {
@@ -755,8 +754,8 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     for (int k = 0; k < K; ++k) valid[k] = k0 + k < n;
   }
   T r[K], v[K];
-  load_blocked_as<K, scan_apply_last_loads>(p.layout.row_ptr(p.r, i) + t0, k0, n, r, T(0));
-  if (gae) load_blocked_as<K, scan_apply_last_loads>(p.layout.row_ptr(p.v, i) + t0, k0, n, v, T(0));
+  load_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.r, i) + t0, k0, n, r, T(0));
+  if (gae) load_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.v, i) + t0, k0, n, v, T(0));
   const scan_state in = (Lead && j == nlead - 1) ? p.exit_state[i] : p.state[c];
   const scan_row row = p.rows[i];
   const double gamma = p.cfg.gamma;
@@ -845,8 +844,8 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
       out_a[k] = T(o.advantage);
       out_r[k] = T(o.ret);
     }
-    store_blocked_as<K, scan_stream_stores>(p.layout.row_ptr(p.A, i) + t0, k0, n, out_a);
-    store_blocked_as<K, scan_stream_stores>(p.layout.row_ptr(p.R, i) + t0, k0, n, out_r);
+    store_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.A, i) + t0, k0, n, out_a);
+    store_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.R, i) + t0, k0, n, out_r);
     if (!Lead && j == nlead && nlead > 0 && tid == 0) p.exit_state[i] = scan_state{nxt, g, g2, 0.0};
   } else {
     const masked_fill fill = p.cfg.fill;
@@ -858,8 +857,8 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
       out_r[k] = T(o.ret);
       out_a[k] = T(o.advantage);
     }
-    store_blocked_as<K, scan_stream_stores>(p.layout.row_ptr(p.R, i) + t0, k0, n, out_r);
-    if (p.base != nullptr) store_blocked_as<K, scan_stream_stores>(p.layout.row_ptr(p.A, i) + t0, k0, n, out_a);
+    store_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.R, i) + t0, k0, n, out_r);
+    if (p.base != nullptr) store_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.A, i) + t0, k0, n, out_a);
     if (!Lead && j == nlead && nlead > 0 && tid == 0) p.exit_state[i] = scan_state{0.0, g, 0.0, 0.0};
   }
   // Statistics of the chunk: each thread's valid outputs in position order, two passes over
@@ -915,7 +914,7 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
     for (index_t q = index_t(blockIdx.x) * CPB + wic; q < count; q += index_t(gridDim.x) * CPB)
       scan_apply_chunk<NT, CPB, K, HasMask, Two, true, Stored>(p, p.lead[q], tid, sm_all[wic]);
   } else {
-    const index_t b = index_t(gridDim.x) - 1 - index_t(blockIdx.x);  // the reverse order (scan_stream_stores)
+    const index_t b = index_t(gridDim.x) - 1 - index_t(blockIdx.x);  // the summary pass's order reversed (see scan_apply_evict_first)
     scan_apply_chunk<NT, CPB, K, HasMask, Two, false, Stored>(p, b * CPB + wic, tid, sm_all[wic]);
   }
 }

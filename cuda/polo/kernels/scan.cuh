@@ -176,9 +176,10 @@ struct vector_word<4> { using type = unsigned; };
 
 /// Loads `K` consecutive elements starting at `p + k0` (blocked: thread-owned, contiguous)
 /// with a bound `n`; out-of-range items get `fill`. Uses the widest vector loads (16, 8 or 4
-/// bytes) that the run's length and `p + k0`'s alignment allow, scalar loads otherwise. Last =
-/// true marks the vector loads evict-first (`ld.global.cs`): the call's last read of them.
-template <int K, bool Last, class T>
+/// bytes) that the run's length and `p + k0`'s alignment allow, scalar loads otherwise.
+/// EvictFirst = true marks the vector loads evict-first (`ld.global.cs`): for the call's last
+/// read of them.
+template <int K, bool EvictFirst, class T>
 __device__ __forceinline__ void load_blocked_as(const T* __restrict__ p, index_t k0, index_t n, T (&out)[K], T fill) {
   constexpr int VB = vector_bytes_v<K, T>;
   const T* q = p + k0;
@@ -189,7 +190,7 @@ __device__ __forceinline__ void load_blocked_as(const T* __restrict__ p, index_t
 #pragma unroll
       for (int v = 0; v < K / per; ++v) {
         W u;
-        if constexpr (Last)
+        if constexpr (EvictFirst)
           u = __ldcs(reinterpret_cast<const W*>(q) + v);
         else
           u = __ldg(reinterpret_cast<const W*>(q) + v);
@@ -211,10 +212,10 @@ __device__ __forceinline__ void load_blocked(const T* __restrict__ p, index_t k0
 }
 
 /// Stores the first `min(K, n - k0)` of `K` consecutive elements at `p + k0` (vector stores
-/// when the whole run is in range and aligned). Stream = true marks the vector stores
+/// when the whole run is in range and aligned). EvictFirst = true marks the vector stores
 /// evict-first (`st.global.cs`): outputs that no later pass of the call reads should not push
 /// out of L2 the inputs a later pass will read again.
-template <int K, bool Stream, class T>
+template <int K, bool EvictFirst, class T>
 __device__ __forceinline__ void store_blocked_as(T* __restrict__ p, index_t k0, index_t n, const T (&in)[K]) {
   constexpr int VB = vector_bytes_v<K, T>;
   T* q = p + k0;
@@ -229,7 +230,7 @@ __device__ __forceinline__ void store_blocked_as(T* __restrict__ p, index_t k0, 
         for (int j = 0; j < per; ++j) tmp[j] = in[v * per + j];
         W u;
         std::memcpy(&u, tmp, VB);
-        if constexpr (Stream)
+        if constexpr (EvictFirst)
           __stcs(reinterpret_cast<W*>(q) + v, u);
         else
           reinterpret_cast<W*>(q)[v] = u;
