@@ -115,8 +115,8 @@ struct scan_chunk_summary {
   double r_p = 0.0, v_p = 0.0;  ///< raw inputs of the boundary position
   double hand = 0.0;            ///< `next` handed to the chunk on the left (has_hand)
   long long count = 0;          ///< valid tokens
-  int has_p = 0, valid_p = 0, has_hand = 0;
-  int bt = -1;  ///< the thread holding the boundary position (gae), or -1
+  int valid_p = 0, has_hand = 0;
+  int bt = -1;  ///< the thread holding the boundary position (gae; r_p, v_p, valid_p set), or -1
 };
 
 /// State entering a chunk (or a thread) from the right.
@@ -354,13 +354,12 @@ inline constexpr int scan_cpb = NT == 32 ? scan_warp_chunks : 1;
 /// chunk again (chunks of 32 or 64 threads: one or two warps, whose scans are shuffles that cost
 /// less than 20 bytes per thread through memory; and rows of one chunk, whose summary pass
 /// would otherwise compose the maps only for the apply pass: the rows pass never uses the
-/// leftmost chunk's).
+/// leftmost chunk's). The kernels take the choice as a template parameter (`Stored`, only ever
+/// true with NT = 256): a runtime flag compiled both paths into one kernel, whose apply pass
+/// then spilled 40 bytes to the stack and ran 6% slower on long rows (H100, 1024 x 8192).
 constexpr bool scan_stores_suffix(int nt, index_t typical_len) {
   return nt >= 256 && typical_len > index_t(nt) * POLO_CUDA_SCAN_ITEMS;
 }
-/// The kernels take the choice as a template parameter (`Stored`, only ever true with NT = 256):
-/// a runtime flag compiled both paths into one kernel, whose apply pass then spilled 40 bytes
-/// to the stack and ran 6% slower on long rows (H100, 1024 x 8192).
 
 /// Shared memory of the per-chunk kernels: one scratch row of NT/32 elements reused by every
 /// block-level scan and reduction (each ends with a barrier), and the boundary thread.
@@ -553,7 +552,6 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
       o.f2 = tot.s2;
       o.hand = s.hand;
       o.has_hand = s.has_hand;
-      o.has_p = bt >= 0 ? 1 : 0;
       o.bt = bt;
       o.count = cnt;
     }
@@ -610,8 +608,7 @@ __global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) 
     return;
   } else {
     const index_t len = p.layout.row_len(i);
-    const index_t nlead =
-        lead_chunks(p.chunks, i);
+    const index_t nlead = lead_chunks(p.chunks, i);
     const index_t cm = c0 + nlead;  // first main chunk
     scan_row_stats rs{};
     double cnext = 0.0, cg = 0.0, cg2 = 0.0;  // carried in from the right
@@ -675,7 +672,7 @@ __global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) 
       if (body) {
         m1 = s.f;
         m2 = s.f2;
-        if (gae && s.has_p) {
+        if (gae && s.bt >= 0) {
           m1 = detail::affine_compose(s.f, detail::gae_step(mode, s.valid_p != 0, s.r_p, s.v_p, next_in, gamma, gl));
           m2 = detail::affine_compose(s.f2, detail::gae_step(mode, s.valid_p != 0, s.r_p, s.v_p, next_in, gamma, glv));
         }
@@ -990,8 +987,7 @@ __global__ void __launch_bounds__(32 * scan_reduce_rows) scan_reduce_kernel(scan
     scan_partial x{};
     if (i < p.chunks.rows) {
       const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
-      const index_t nlead =
-          lead_chunks(p.chunks, i);
+      const index_t nlead = lead_chunks(p.chunks, i);
       for (index_t c = c0 + nlead + lane; c < c1; c += 32) {
         const scan_chunk_stats& o = p.cstats[c];
         x.m += o.m;
