@@ -943,6 +943,66 @@ TEMPLATE_LIST_TEST_CASE("cuda: many rows of several chunks match the CPU backend
   }
 }
 
+// The fused mode (no sequence-level term: no plan kernel; the count kernel tallies the valid
+// tokens with integer atomics and its last block plans every row) on a packed batch of 520
+// rows, rows 256..511 empty (their tallies never move), mostly short rows (32-thread blocks of
+// 256-token chunks) and one row of 9000 tokens (36 chunks adding to one row's tally). GSPO (the
+// plan kernel) on the same batch. Against the CPU backend on the padded batch (the packed
+// layout's masked count is its own), and bitwise run to run. Then more rows than the count
+// kernel's last block plans (pl_fused_plan_rows): token-level options take the plan kernel.
+TEMPLATE_LIST_TEST_CASE("cuda: the fused plan (tallies, empty rows, a row of many chunks) matches the CPU",
+                        "[policy_loss][cuda][large]", backends) {
+  using B = TestType;
+  INFO("seed " << test::base_seed());
+  auto g = test::rng(9004);
+  const index_t Bn = 520, T = 9000, longest = 515;
+  auto b = random_batch(g, Bn, T, test::mask_pattern::all_valid);
+  for (auto* v : {&b.lp, &b.lo, &b.lref, &b.adv})
+    for (double& x : *v) x = double(float(x));
+  const double kinks[] = {std::log(0.8), std::log(1.2), std::log(1.28), std::log(3.0)};
+  for (index_t k = 0; k < Bn * T; ++k)
+    for (double kink : kinks)
+      if (std::abs((b.lp[k] - b.lo[k]) - kink) < 2e-5) b.lo[k] = double(float(b.lo[k] - 1e-4));
+  std::uniform_int_distribution<index_t> len(1, 40);
+  std::bernoulli_distribution hole(0.2);
+  for (index_t i = 0; i < Bn; ++i) {
+    const index_t n = i == longest ? T : (i >= 256 && i < 512 ? 0 : len(g));
+    for (index_t t = 0; t < T; ++t) b.mask[i * T + t] = t < n && !(t > 0 && t + 1 < n && hole(g)) ? 1 : 0;
+  }
+  const auto p = test::pack(b.mask, Bn, T);
+  index_t valid = 0;
+  for (auto m : p.mask) valid += m ? 1 : 0;
+  REQUIRE(p.offsets[512] == p.offsets[256]);
+  REQUIRE(p.offsets[longest + 1] - p.offsets[longest] == T);
+  const policy_loss_config cfgs[] = {{.eps_high = 0.28, .dual_clip = 3.0, .kl_coef = 0.01},
+                                     presets::verl::grpo_loss,
+                                     {.agg = aggregation::seq_mean_token_mean, .kl_coef = 0.02},
+                                     presets::trl::gspo_loss};
+  for (const auto& c : cfgs) {
+    INFO(describe(c));
+    auto want = run_cpu(b, c);
+    want.r.stats.masked_tokens = p.tokens() - valid;
+    check_against_cpu(run_packed<B, double>(b, c), want, 1e-10, 1e-12);
+    const auto x = run_packed<B, float>(b, c), y = run_packed<B, float>(b, c);
+    check_against_cpu(x, want, 2e-5, 5e-6);
+    CHECK(std::memcmp(&x.r.loss, &y.r.loss, sizeof(double)) == 0);
+    CHECK(std::memcmp(&x.r.stats.ratio.total.sum, &y.r.stats.ratio.total.sum, sizeof(double)) == 0);
+    CHECK(std::memcmp(&x.r.stats.approx_kl_k3.sum, &y.r.stats.approx_kl_k3.sum, sizeof(double)) == 0);
+    CHECK(test::bitwise_equal(x.grad, y.grad));
+  }
+  SECTION("more rows than the fused plan takes") {
+    const index_t Bm = 4200, Tm = 6;
+    auto m = random_batch(g, Bm, Tm, test::mask_pattern::with_empty_rows);
+    for (auto* v : {&m.lp, &m.lo, &m.lref, &m.adv})
+      for (double& x : *v) x = double(float(x));
+    for (const auto& c : {cfgs[0], cfgs[2]}) {
+      INFO(describe(c));
+      const auto want = run_cpu(m, c);
+      check_against_cpu(run<B, double>(m, c), want, 1e-10, 1e-12);
+    }
+  }
+}
+
 // Determinism of the CUDA policy loss: the loss, its parts, every statistic and the gradient,
 // run twice on the same inputs, agree bitwise (token level with a KL term, and GSPO's
 // sequence-level ratio through the mean).

@@ -84,9 +84,15 @@ index_t pl_flat_extent(const L& layout) {
     return layout.batch * layout.seq_len;
 }
 
+/// Words of the counters that start at ~0: the error key, the done count, the fused mode's
+/// tallies (3 + B).
+inline index_t pl_reset_words(index_t B) { return 2 + (3 + B); }
+
 struct pl_regions {
-  /// [3]: the error key, final_kernel's done count, the packed offsets' key (asynchronous mode)
+  /// [pl_reset_words(B) + 1]: the counters set to ~0 by one memset (pl_reset_words), then the
+  /// packed offsets' key (asynchronous mode; written by its check before that memset)
   unsigned long long* err = nullptr;
+  index_t reset_words = 0;
   kernels::pl_final_partial* fpart = nullptr;
   result_slot<policy_loss_result>* slot = nullptr;
   kernels::pl_totals* totals = nullptr;
@@ -117,7 +123,8 @@ pl_regions take_pl_regions(scratch_plan& sp, const L& layout, const policy_loss_
   const index_t B = layout.num_seqs();
   const index_t bound = scan_chunk_bound(layout, S);
   pl_regions r;
-  r.err = sp.take<unsigned long long>(3);
+  r.reset_words = pl_reset_words(B);
+  r.err = sp.take<unsigned long long>(r.reset_words + 1);
   r.slot = sp.take<result_slot<policy_loss_result>>(1);
   r.totals = sp.take<kernels::pl_totals>(1);
   r.prep = sp.take<kernels::pl_chunk_prep>(uses_ratio_level_sequence(c) || uses_sequence_kl(c) ? bound : 0);
@@ -156,8 +163,9 @@ void pl_prepare(const cuda& be, const char* fn, kernels::pl_params<LP, T, L>& p,
     check_packed_offsets_device(be, fn, p.layout, r.err);
   } else if constexpr (L::is_packed) {
     POLO_CUDA_TRY(kernels::launch_packed_offsets_check(p.layout.offsets.data, p.layout.offsets.stride,
-                                                       p.layout.num_seqs(), p.layout.tokens, r.err + 2, stream_of(be)));
-    p.off_key = r.err + 2;
+                                                       p.layout.num_seqs(), p.layout.tokens, r.err + r.reset_words,
+                                                       stream_of(be)));
+    p.off_key = r.err + r.reset_words;
   }
   const int S = pl_threads(p.layout) * pl_items;
   p.chunks.rows = p.layout.num_seqs();
@@ -173,6 +181,7 @@ void pl_prepare(const cuda& be, const char* fn, kernels::pl_params<LP, T, L>& p,
   }
   p.err = r.err;
   p.done = r.err + 1;
+  p.tally = r.err + 2;
   p.fpart = r.fpart;
   p.target = make_result_target(be, r.slot, async);
   p.totals = r.totals;
@@ -182,7 +191,9 @@ void pl_prepare(const cuda& be, const char* fn, kernels::pl_params<LP, T, L>& p,
   p.cstats = r.cstats;
   p.total = r.total;
   p.gbuf = r.gbuf;
-  POLO_CUDA_TRY(cudaMemsetAsync(r.err, 0xff, 2 * sizeof(unsigned long long), stream_of(be)));
+  const index_t words = p.fused ? r.reset_words : 2;  // the tallies only where the count kernel adds to them
+  POLO_CUDA_TRY(cudaMemsetAsync(r.err, 0xff, static_cast<std::size_t>(words) * sizeof(unsigned long long),
+                                stream_of(be)));
 }
 
 template <int NT, class F>
@@ -227,6 +238,7 @@ policy_loss_result cuda_policy_loss(const cuda& be, const L& layout, view<const 
   const std::size_t ge = pl_gbuf_elem<T>(c);
   p.direct = ge == 0;
   p.gbuf_double = ge == sizeof(double) && p.seq_ratio;
+  p.fused = kernels::pl_fused_plan_ok(p.seq_ratio, p.seq_kl, layout.num_seqs());
 
   scratch ws(be, pl_scratch_bytes<T>(layout, c, true), fn);
   scratch_plan sp(ws.data());

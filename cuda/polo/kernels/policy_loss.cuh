@@ -40,16 +40,23 @@
 ///                    a flat 16-byte copy (pl_finish_flat_kernel) when the scratch is the
 ///                    output's exact image (contiguous rows, no GSPO through_mean totals)
 ///
+/// Fused mode (pl_fused_plan_ok: no sequence-level ratio or KL term, and at most
+/// pl_fused_plan_rows rows): no plan kernel. The count kernel adds the valid tokens to integer
+/// tallies (each row's, the batch's, and the non-empty rows), and its last block to finish
+/// writes the plan from them: four kernels instead of five, and one launch and one
+/// single-block wait fewer on the critical path.
+///
 /// Asynchronous mode with a packed layout: `off_key` holds the device check of the offsets;
 /// when it found an error every kernel returns before it reads a row (the plan and final
-/// kernels see an empty batch) and the final kernel publishes the offsets' error.
+/// kernels see an empty batch; the fused count kernel does not plan) and the final kernel
+/// publishes the offsets' error.
 ///
-/// No floating-point atomics: the atomics are an integer min on the error key and an integer
-/// count of finished blocks, so results are bitwise identical run to run. Token level, float,
-/// uint8 mask: the mask is read twice (count, main), the four inputs once, the gradient written
-/// once (21 + 1 bytes per token); under token_nonfinite_policy::error the gradient goes through
-/// scratch (+2*sizeof(T) bytes per token) so that a non-finite input can still throw with
-/// nothing written.
+/// No floating-point atomics: the atomics are an integer min on the error key, integer counts
+/// of finished blocks and the fused mode's integer tallies, so results are bitwise identical
+/// run to run. Token level, float, uint8 mask: the mask is read twice (count, main), the four
+/// inputs once, the gradient written once (21 + 1 bytes per token); under
+/// token_nonfinite_policy::error the gradient goes through scratch (+2*sizeof(T) bytes per
+/// token) so that a non-finite input can still throw with nothing written.
 
 #include <cuda_runtime.h>
 
@@ -204,6 +211,12 @@ struct pl_params {
   unsigned long long* err = nullptr;
   unsigned long long* done = nullptr;        ///< [1] blocks of final_kernel done (starts at ~0)
   pl_final_partial* fpart = nullptr;  ///< [final blocks]
+  /// Fused mode (pl_fused_plan_ok): no plan kernel; the count kernel tallies the valid
+  /// tokens and its last block writes `totals` and `rows`. Each tally starts at ~0 (all bits
+  /// set), so a count n reads n - 1.
+  bool fused = false;
+  /// [3 + B]: valid tokens, non-empty rows, count blocks done (the ticket), each row's valid tokens
+  unsigned long long* tally = nullptr;
   detail::result_target<policy_loss_result> target{};  ///< the scratch slot (+ be.result, deferred)
   /// Asynchronous mode, packed layout: the device check's key of the offsets (no_error_key:
   /// none); null otherwise (the synchronous mode checked them on the host before any launch).
@@ -311,39 +324,140 @@ __global__ void __launch_bounds__(NT) pl_prep_kernel(pl_params<LP, T, L> p) {
   }
 }
 
+/// Counts one arrival at a counter that starts at ~0 (thread 0 of a block, after that block's
+/// writes): true for the last of `expected` arrivals (the one that finds expected - 2 there,
+/// mod 2^64). Its block then reads what every earlier arrival wrote, after a __threadfence
+/// and through L2 (load_cg_struct). No result's order depends on which block arrives last.
+__device__ __forceinline__ bool pl_arrive(unsigned long long* counter, index_t expected) {
+  __threadfence();
+  const unsigned long long before = atomicAdd(counter, 1ull);
+  return before + 2ull == static_cast<unsigned long long>(expected);
+}
+
+/// The call's normalizers from its valid tokens and non-empty rows (plan_kernel, and the
+/// fused mode's count kernel).
+__device__ __forceinline__ pl_totals pl_make_totals(const policy_loss_config& c, const normalizers& norm,
+                                                    long long tok, long long seq) {
+  pl_totals t;
+  t.tokens = tok;
+  t.sequences = seq;
+  t.div = detail::aggregation_divisor(c.agg, norm, tok, seq);
+  t.div_tok = detail::aggregation_divisor(aggregation::token_mean, norm, tok, seq);
+  t.div_seq = detail::aggregation_divisor(aggregation::seq_mean_token_sum, norm, tok, seq);
+  return t;
+}
+
+/// Weights of a row with ni valid tokens: w of its objective terms, wk of its token-level KL
+/// terms (before kl_coef).
+struct pl_weights {
+  double w = 0.0, wk = 0.0;
+};
+__device__ __forceinline__ pl_weights pl_row_weights(const policy_loss_config& c, const normalizers& norm,
+                                                     const pl_totals& t, long long ni) {
+  const aggregation kl_mode = c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
+  pl_weights r;
+  r.w = detail::aggregation_weight(c.agg, norm.scale, t.div, ni);
+  r.wk = detail::aggregation_weight(kl_mode, norm.scale, kl_mode == c.agg ? t.div : t.div_tok, ni);
+  return r;
+}
+
+/// Valid tokens counted by tally k of the fused mode (each starts at ~0; read through L2).
+template <class LP, class T, class L>
+__device__ __forceinline__ long long pl_tally(const pl_params<LP, T, L>& p, index_t k) {
+  return static_cast<long long>(__ldcg(p.tally + k) + 1ull);
+}
+
 /// Warps per block of the count-only pass.
 inline constexpr int pl_count_warps = 8;
 
+/// Most rows the fused mode plans in the count kernel's last block (256 threads, so at most
+/// 16 rows per thread); more rows take the plan kernel's 1024 threads.
+inline constexpr index_t pl_fused_plan_rows = 4096;
+
+/// Whether a call takes the fused mode: no per-row sequence-level sums to plan, and few
+/// enough rows for one block of the count kernel.
+inline bool pl_fused_plan_ok(bool seq_ratio, bool seq_kl, index_t rows) {
+  return !seq_ratio && !seq_kl && rows <= pl_fused_plan_rows;
+}
+
 /// The count pass without the sequence-level prep: one warp per chunk reads its mask (16 bytes
-/// per lane and step for a byte mask) and writes the chunk's valid tokens to `ccount` (without a
-/// mask: the chunk's length, nothing read). Integer sums: the order does not matter.
+/// per lane and step for a byte mask; without a mask the chunk's length, nothing read). It
+/// writes the chunk's valid tokens to `ccount`, or in the fused mode adds them to the tallies
+/// (the row's count; the add that takes a row from 0 to a positive count also counts a
+/// non-empty row; once per block, the batch's tokens and non-empty rows) and the last block
+/// to finish (an integer ticket) does the plan kernel's work for calls without sequence-level
+/// terms: the normalizers, then each row's n, w and wk. Integer sums: the order does not
+/// matter, so the tallies and the plan are exact and deterministic.
 template <bool HasMask, class LP, class T, class L>
 __global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_params<LP, T, L> p) {
   using Mask = typename L::mask_type;
-  if (pl_bad_offsets(p)) return;
+  __shared__ unsigned long long s_tok[pl_count_warps], s_seq[pl_count_warps];
+  __shared__ bool s_last;
+  if (pl_bad_offsets(p)) return;  // block-uniform: no block plans, and no later kernel reads a row
   const index_t c = index_t(blockIdx.x) * pl_count_warps + index_t(threadIdx.x >> 5);
-  const int lane = int(threadIdx.x & 31);
+  const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
   index_t i = 0, j = 0;
-  if (c >= p.chunks.bound || !locate_chunk(p.layout, p.chunks, c, i, j)) return;  // warp-uniform
-  const index_t len = p.layout.row_len(i);
-  const index_t t0 = j * p.chunks.S;
-  const index_t n = len - t0 < p.chunks.S ? len - t0 : p.chunks.S;
-  long long count = n;
-  if constexpr (HasMask) {
-    constexpr int KM = sizeof(Mask) >= 16 ? 1 : int(16 / sizeof(Mask));
-    const Mask* m = p.layout.mask_row(i) + t0;
-    int mine = 0;
-    for (index_t k0 = index_t(lane) * KM; k0 < n; k0 += index_t(32 * KM)) {
-      Mask v[KM];
-      load_blocked<KM>(m, k0, n, v, Mask(0));
+  const bool has = c < p.chunks.bound && locate_chunk(p.layout, p.chunks, c, i, j);  // warp-uniform
+  long long count = 0;
+  if (has) {
+    const index_t len = p.layout.row_len(i);
+    const index_t t0 = j * p.chunks.S;
+    const index_t n = len - t0 < p.chunks.S ? len - t0 : p.chunks.S;
+    count = n;
+    if constexpr (HasMask) {
+      constexpr int KM = sizeof(Mask) >= 16 ? 1 : int(16 / sizeof(Mask));
+      const Mask* m = p.layout.mask_row(i) + t0;
+      int mine = 0;
+      for (index_t k0 = index_t(lane) * KM; k0 < n; k0 += index_t(32 * KM)) {
+        Mask v[KM];
+        load_blocked<KM>(m, k0, n, v, Mask(0));
 #pragma unroll
-      for (int k = 0; k < KM; ++k) mine += (k0 + k < n && detail::is_valid(v[k])) ? 1 : 0;
+        for (int k = 0; k < KM; ++k) mine += (k0 + k < n && detail::is_valid(v[k])) ? 1 : 0;
+      }
+#pragma unroll
+      for (int d = 16; d > 0; d >>= 1) mine += __shfl_down_sync(0xffffffffu, mine, d);
+      count = mine;
     }
-#pragma unroll
-    for (int d = 16; d > 0; d >>= 1) mine += __shfl_down_sync(0xffffffffu, mine, d);
-    count = mine;
   }
-  if (lane == 0) p.ccount[c] = count;
+  if (!p.fused) {
+    if (has && lane == 0) p.ccount[c] = count;
+    return;
+  }
+  if (lane == 0) {
+    unsigned long long seq = 0;
+    if (has && count > 0) {
+      const unsigned long long before = atomicAdd(p.tally + 3 + i, static_cast<unsigned long long>(count));
+      seq = before == ~0ull ? 1 : 0;  // the row had no valid token before this chunk's
+    }
+    s_tok[warp] = static_cast<unsigned long long>(count);
+    s_seq[warp] = seq;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    unsigned long long tok = 0, seq = 0;
+#pragma unroll
+    for (int w = 0; w < pl_count_warps; ++w) {
+      tok += s_tok[w];
+      seq += s_seq[w];
+    }
+    if (tok > 0) atomicAdd(p.tally, tok);
+    if (seq > 0) atomicAdd(p.tally + 1, seq);
+    s_last = pl_arrive(p.tally + 2, index_t(gridDim.x));
+  }
+  __syncthreads();
+  if (!s_last) return;
+  // the last block: the plan (without sequence-level terms) from the tallies
+  __threadfence();
+  const pl_totals t = pl_make_totals(p.cfg, p.norm, pl_tally(p, 0), pl_tally(p, 1));
+  if (threadIdx.x == 0) *p.totals = t;
+  for (index_t r = threadIdx.x; r < p.chunks.rows; r += pl_count_warps * 32) {
+    pl_row row{};
+    row.n = pl_tally(p, 3 + r);
+    const pl_weights wt = pl_row_weights(p.cfg, p.norm, t, row.n);
+    row.w = wt.w;
+    row.wk = wt.wk;
+    p.rows[r] = row;
+  }
 }
 
 /// Enqueues the count-only pass over the p.chunks.bound chunk slots (none: nothing).
@@ -387,14 +501,8 @@ __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
   seq = block_reduce_fixed<NT>(seq, add, s_b);
   __shared__ pl_totals s_t;
   const policy_loss_config& c = p.cfg;
-  const aggregation kl_mode = c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
   if (threadIdx.x == 0) {
-    pl_totals t;
-    t.tokens = tok;
-    t.sequences = seq;
-    t.div = detail::aggregation_divisor(c.agg, p.norm, tok, seq);
-    t.div_tok = detail::aggregation_divisor(aggregation::token_mean, p.norm, tok, seq);
-    t.div_seq = detail::aggregation_divisor(aggregation::seq_mean_token_sum, p.norm, tok, seq);
+    const pl_totals t = pl_make_totals(c, p.norm, tok, seq);
     s_t = t;
     *p.totals = t;
   }
@@ -404,8 +512,9 @@ __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
     pl_row row{};
     const long long ni = pl_row_count(p, i);
     row.n = ni;
-    row.w = detail::aggregation_weight(c.agg, p.norm.scale, t.div, ni);
-    row.wk = detail::aggregation_weight(kl_mode, p.norm.scale, kl_mode == c.agg ? t.div : t.div_tok, ni);
+    const pl_weights wt = pl_row_weights(c, p.norm, t, ni);
+    row.w = wt.w;
+    row.wk = wt.wk;
     if (p.seq_ratio || p.seq_kl) {
       index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
       double slr = 0.0, sd = 0.0;
@@ -761,6 +870,74 @@ __device__ void pl_publish(const pl_params<LP, T, L>& p, const pl_result& o, boo
   detail::publish(p.target, s, v);
 }
 
+/// Row i's terms of the loss and of its parts into lp, from `rs`, the row's chunk statistics
+/// merged, and its plan `row` (n, w, wk; the sequence KL's value); GSPO's through_mean
+/// gradient total into p.total[i]. Not for a row skipped whole (a non-finite input under
+/// ::skip with sequence-level terms).
+template <class LP, class T, class L>
+__device__ __forceinline__ void pl_row_terms(const pl_params<LP, T, L>& p, index_t i, const pl_row& row,
+                                             const pl_totals& tt, const pl_stats& rs, pl_loss_partial& lp) {
+  const policy_loss_config& cfg = p.cfg;
+  const aggregation kl_mode = cfg.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : cfg.agg;
+  const long long ni = row.n;
+  const double S = rs.s_pol;
+  lp.loss_pol += row.w * S;
+  if (ni > 0) lp.parts_pol += cfg.agg == aggregation::seq_mean_token_mean ? S / double(ni) : S;
+  if (p.use_kl && !p.seq_kl) {
+    const double Kv = rs.s_kl;
+    lp.loss_kl += row.wk * Kv;
+    if (ni > 0) lp.parts_kl += kl_mode == aggregation::seq_mean_token_mean ? Kv / double(ni) : Kv;
+  }
+  if (p.seq_kl && ni > 0) {
+    const double wseq = detail::aggregation_weight(aggregation::seq_mean_token_sum, p.norm.scale, tt.div_seq, ni);
+    lp.loss_kl += wseq * row.kl_value;
+    lp.parts_kl += row.kl_value;
+    lp.klsum += row.kl_value;
+    ++lp.kl_count;
+    lp.kl_clamped += row.kl_clamped;
+  }
+  if (p.seq_ratio && cfg.sequence_gradient == sequence_ratio_gradient::through_mean) {
+    const double nd = ni > 0 ? double(ni) : 1.0;
+    p.total[i] = detail::times_sensitivity(rs.sens, row.d_log_ratio / nd);
+  }
+}
+
+/// One thread, once every row is merged: `st` and `lp` over the whole call, the first error
+/// (read from L2: in the fused mode this runs in the kernel whose blocks raised it), built
+/// into the result and published (pl_publish).
+template <class LP, class T, class L>
+__device__ void pl_conclude(const pl_params<LP, T, L>& p, pl_stats st, const pl_loss_partial& lp, const pl_totals& tt,
+                            bool bad_offsets) {
+  pl_result out;
+  out.loss_pol = lp.loss_pol;
+  out.loss_kl = lp.loss_kl;
+  out.parts_pol = lp.parts_pol;
+  out.parts_kl = lp.parts_kl;
+  out.tokens = tt.tokens;
+  out.sequences = tt.sequences;
+  out.masked = lp.masked;
+  out.skipped = lp.skipped + st.skipped;
+  st.kl_count += lp.kl_count;
+  st.kl_clamped += lp.kl_clamped;
+  st.klsum += lp.klsum;
+  out.st = st;
+  const unsigned long long key = __ldcg(p.err);
+  out.err_key = key;
+  if (key != no_error_key) {
+    const index_t ei = static_cast<index_t>(key >> 34);
+    const index_t t = static_cast<index_t>((key >> 2) & 0xffffffffull);
+    const int kind = static_cast<int>(key & 3u);
+    double v = 0.0;
+    if (kind == 0) v = to_double(p.layout.row_ptr(p.lp, ei)[t]);
+    else if (kind == 1) v = to_double(p.layout.row_ptr(p.lo, ei)[t]);
+    else if (kind == 2) v = to_double(p.layout.row_ptr(p.lr, ei)[t]);
+    else v = double(p.layout.row_ptr(p.adv, ei)[t]);
+    out.err_value = v;
+    out.err_flat = detail::flat_index(p.layout, ei, t);
+  }
+  pl_publish(p, out, bad_offsets);
+}
+
 /// Blocks of final_kernel: one row per thread.
 template <int NT>
 inline index_t pl_final_blocks(index_t rows) {
@@ -780,7 +957,6 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
   const bool bad_offsets = pl_bad_offsets(p);
   const index_t B = bad_offsets ? 0 : p.chunks.rows;  // bad offsets: no row is read
   const pl_totals tt = *p.totals;
-  const aggregation kl_mode = cfg.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : cfg.agg;
   const bool seq_mode = p.seq_ratio || p.seq_kl;
   const bool through = p.seq_ratio && cfg.sequence_gradient == sequence_ratio_gradient::through_mean;
   pl_stats st{};
@@ -803,27 +979,7 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
       } else {
         pl_stats rs{};
         for (index_t c = c0; c < c1; ++c) rs = pl_stats_op{}(rs, p.cstats[c]);
-        const double S = rs.s_pol;
-        lp.loss_pol += row.w * S;
-        if (ni > 0) lp.parts_pol += cfg.agg == aggregation::seq_mean_token_mean ? S / double(ni) : S;
-        if (p.use_kl && !p.seq_kl) {
-          const double Kv = rs.s_kl;
-          lp.loss_kl += row.wk * Kv;
-          if (ni > 0) lp.parts_kl += kl_mode == aggregation::seq_mean_token_mean ? Kv / double(ni) : Kv;
-        }
-        if (p.seq_kl && ni > 0) {
-          const double wseq =
-              detail::aggregation_weight(aggregation::seq_mean_token_sum, p.norm.scale, tt.div_seq, ni);
-          lp.loss_kl += wseq * row.kl_value;
-          lp.parts_kl += row.kl_value;
-          lp.klsum += row.kl_value;
-          ++lp.kl_count;
-          lp.kl_clamped += row.kl_clamped;
-        }
-        if (through) {
-          const double nd = ni > 0 ? double(ni) : 1.0;
-          p.total[i] = detail::times_sensitivity(rs.sens, row.d_log_ratio / nd);
-        }
+        pl_row_terms(p, i, row, tt, rs, lp);
         st = pl_stats_op{}(st, rs);
       }
     } else if (through) {
@@ -834,10 +990,7 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
   lp = block_reduce_fixed<NT>(lp, pl_loss_partial_op{}, &s_lp[0]);
   if (threadIdx.x == 0) {
     p.fpart[blockIdx.x] = pl_final_partial{st, lp};
-    __threadfence();
-    // *p.done starts at ~0: the last of gridDim.x arrivals sees gridDim.x - 2 (mod 2^64)
-    const unsigned long long old = atomicAdd(p.done, 1ull);
-    s_last = old + 2ull == static_cast<unsigned long long>(gridDim.x);
+    s_last = pl_arrive(p.done, index_t(gridDim.x));
   }
   __syncthreads();
   if (!s_last) return;
@@ -851,35 +1004,7 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
   }
   st = block_reduce_fixed<NT>(st, pl_stats_op{}, &s_st[0]);
   lp = block_reduce_fixed<NT>(lp, pl_loss_partial_op{}, &s_lp[0]);
-  if (threadIdx.x != 0) return;
-  pl_result out;
-  out.loss_pol = lp.loss_pol;
-  out.loss_kl = lp.loss_kl;
-  out.parts_pol = lp.parts_pol;
-  out.parts_kl = lp.parts_kl;
-  out.tokens = tt.tokens;
-  out.sequences = tt.sequences;
-  out.masked = lp.masked;
-  out.skipped = lp.skipped + st.skipped;
-  st.kl_count += lp.kl_count;
-  st.kl_clamped += lp.kl_clamped;
-  st.klsum += lp.klsum;
-  out.st = st;
-  const unsigned long long key = *p.err;
-  out.err_key = key;
-  if (key != no_error_key) {
-    const index_t ei = static_cast<index_t>(key >> 34);
-    const index_t t = static_cast<index_t>((key >> 2) & 0xffffffffull);
-    const int kind = static_cast<int>(key & 3u);
-    double v = 0.0;
-    if (kind == 0) v = to_double(p.layout.row_ptr(p.lp, ei)[t]);
-    else if (kind == 1) v = to_double(p.layout.row_ptr(p.lo, ei)[t]);
-    else if (kind == 2) v = to_double(p.layout.row_ptr(p.lr, ei)[t]);
-    else v = double(p.layout.row_ptr(p.adv, ei)[t]);
-    out.err_value = v;
-    out.err_flat = detail::flat_index(p.layout, ei, t);
-  }
-  pl_publish(p, out, bad_offsets);
+  if (threadIdx.x == 0) pl_conclude(p, st, lp, tt, bad_offsets);
 }
 
 /// Asynchronous mode, empty batch (no other kernel runs): publishes the default result, or
@@ -935,8 +1060,9 @@ inline constexpr int pl_plan_threads = 1024;
 /// Threads per block of the final kernel.
 inline constexpr int pl_final_threads = 64;
 
-/// Enqueues count, plan, main, final and (when the gradient goes through scratch) finish.
-/// `*p.err` and `*p.done` must be ~0 (one 16-byte memset of 0xff).
+/// Enqueues count, plan (not in the fused mode), main, final and (when the gradient goes
+/// through scratch) finish. `*p.err`, `*p.done` and, in the fused mode, every tally must be
+/// ~0 (one memset of 0xff).
 /// finish, flat form: when the scratch gradient is the output's exact image (T elements, no
 /// through_mean totals, and an output whose rows are contiguous: a padded one of row stride
 /// T, a packed one of stride 1), one grid-strided 16-byte copy of the flat extent instead of
@@ -986,8 +1112,10 @@ cudaError_t launch_policy_loss(const pl_params<LP, T, L>& p, cudaStream_t stream
         POLO_CUDA_RETURN_IF_ERROR(launch_pl_count(p, stream));
       }
     }
-    pl_plan_kernel<pl_plan_threads><<<1, pl_plan_threads, 0, stream>>>(p);
-    POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    if (!p.fused || grid == 0) {  // fused: the count kernel's last block planned
+      pl_plan_kernel<pl_plan_threads><<<1, pl_plan_threads, 0, stream>>>(p);
+      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    }
     if (grid > 0) {
       auto main = [&](auto f) {
         using F = decltype(f);
