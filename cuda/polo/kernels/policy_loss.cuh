@@ -902,9 +902,8 @@ __device__ __forceinline__ void pl_row_terms(const pl_params<LP, T, L>& p, index
   }
 }
 
-/// One thread, once every row is merged: `st` and `lp` over the whole call, the first error
-/// (read from L2: in the fused mode this runs in the kernel whose blocks raised it), built
-/// into the result and published (pl_publish).
+/// One thread of final_kernel's last block: `st` and `lp` over the whole call and the first
+/// error (read through L2), built into the result and published (pl_publish).
 template <class LP, class T, class L>
 __device__ void pl_conclude(const pl_params<LP, T, L>& p, pl_stats st, const pl_loss_partial& lp, const pl_totals& tt,
                             bool bad_offsets) {
