@@ -327,7 +327,7 @@ __global__ void __launch_bounds__(NT) pl_prep_kernel(pl_params<LP, T, L> p) {
 /// Counts one arrival at a counter that starts at ~0 (thread 0 of a block, after that block's
 /// writes): true for the last of `expected` arrivals (the one that finds expected - 2 there,
 /// mod 2^64). Its block then reads what every earlier arrival wrote, after a __threadfence
-/// and through L2 (load_cg_struct). No result's order depends on which block arrives last.
+/// and through L2 (load_cg_struct, __ldcg). No result's order depends on which block arrives last.
 __device__ __forceinline__ bool pl_arrive(unsigned long long* counter, index_t expected) {
   __threadfence();
   const unsigned long long before = atomicAdd(counter, 1ull);
@@ -347,18 +347,17 @@ __device__ __forceinline__ pl_totals pl_make_totals(const policy_loss_config& c,
   return t;
 }
 
-/// Weights of a row with ni valid tokens: w of its objective terms, wk of its token-level KL
-/// terms (before kl_coef).
-struct pl_weights {
-  double w = 0.0, wk = 0.0;
-};
-__device__ __forceinline__ pl_weights pl_row_weights(const policy_loss_config& c, const normalizers& norm,
-                                                     const pl_totals& t, long long ni) {
+/// The plan of a row with ni valid tokens as far as token-level terms need it: n, w (the
+/// weight of its objective terms) and wk (of its token-level KL terms, before kl_coef); the
+/// sequence-level fields keep their defaults.
+__device__ __forceinline__ pl_row pl_token_row(const policy_loss_config& c, const normalizers& norm,
+                                               const pl_totals& t, long long ni) {
   const aggregation kl_mode = c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
-  pl_weights r;
-  r.w = detail::aggregation_weight(c.agg, norm.scale, t.div, ni);
-  r.wk = detail::aggregation_weight(kl_mode, norm.scale, kl_mode == c.agg ? t.div : t.div_tok, ni);
-  return r;
+  pl_row row{};
+  row.n = ni;
+  row.w = detail::aggregation_weight(c.agg, norm.scale, t.div, ni);
+  row.wk = detail::aggregation_weight(kl_mode, norm.scale, kl_mode == c.agg ? t.div : t.div_tok, ni);
+  return row;
 }
 
 /// Valid tokens counted by tally k of the fused mode (each starts at ~0; read through L2).
@@ -450,14 +449,8 @@ __global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_p
   __threadfence();
   const pl_totals t = pl_make_totals(p.cfg, p.norm, pl_tally(p, 0), pl_tally(p, 1));
   if (threadIdx.x == 0) *p.totals = t;
-  for (index_t r = threadIdx.x; r < p.chunks.rows; r += pl_count_warps * 32) {
-    pl_row row{};
-    row.n = pl_tally(p, 3 + r);
-    const pl_weights wt = pl_row_weights(p.cfg, p.norm, t, row.n);
-    row.w = wt.w;
-    row.wk = wt.wk;
-    p.rows[r] = row;
-  }
+  for (index_t r = threadIdx.x; r < p.chunks.rows; r += pl_count_warps * 32)
+    p.rows[r] = pl_token_row(p.cfg, p.norm, t, pl_tally(p, 3 + r));
 }
 
 /// Enqueues the count-only pass over the p.chunks.bound chunk slots (none: nothing).
@@ -509,12 +502,8 @@ __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
   __syncthreads();
   const pl_totals t = s_t;
   for (index_t i = threadIdx.x; i < B; i += NT) {
-    pl_row row{};
     const long long ni = pl_row_count(p, i);
-    row.n = ni;
-    const pl_weights wt = pl_row_weights(c, p.norm, t, ni);
-    row.w = wt.w;
-    row.wk = wt.wk;
+    pl_row row = pl_token_row(c, p.norm, t, ni);
     if (p.seq_ratio || p.seq_kl) {
       index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
       double slr = 0.0, sd = 0.0;
@@ -870,73 +859,6 @@ __device__ void pl_publish(const pl_params<LP, T, L>& p, const pl_result& o, boo
   detail::publish(p.target, s, v);
 }
 
-/// Row i's terms of the loss and of its parts into lp, from `rs`, the row's chunk statistics
-/// merged, and its plan `row` (n, w, wk; the sequence KL's value); GSPO's through_mean
-/// gradient total into p.total[i]. Not for a row skipped whole (a non-finite input under
-/// ::skip with sequence-level terms).
-template <class LP, class T, class L>
-__device__ __forceinline__ void pl_row_terms(const pl_params<LP, T, L>& p, index_t i, const pl_row& row,
-                                             const pl_totals& tt, const pl_stats& rs, pl_loss_partial& lp) {
-  const policy_loss_config& cfg = p.cfg;
-  const aggregation kl_mode = cfg.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : cfg.agg;
-  const long long ni = row.n;
-  const double S = rs.s_pol;
-  lp.loss_pol += row.w * S;
-  if (ni > 0) lp.parts_pol += cfg.agg == aggregation::seq_mean_token_mean ? S / double(ni) : S;
-  if (p.use_kl && !p.seq_kl) {
-    const double Kv = rs.s_kl;
-    lp.loss_kl += row.wk * Kv;
-    if (ni > 0) lp.parts_kl += kl_mode == aggregation::seq_mean_token_mean ? Kv / double(ni) : Kv;
-  }
-  if (p.seq_kl && ni > 0) {
-    const double wseq = detail::aggregation_weight(aggregation::seq_mean_token_sum, p.norm.scale, tt.div_seq, ni);
-    lp.loss_kl += wseq * row.kl_value;
-    lp.parts_kl += row.kl_value;
-    lp.klsum += row.kl_value;
-    ++lp.kl_count;
-    lp.kl_clamped += row.kl_clamped;
-  }
-  if (p.seq_ratio && cfg.sequence_gradient == sequence_ratio_gradient::through_mean) {
-    const double nd = ni > 0 ? double(ni) : 1.0;
-    p.total[i] = detail::times_sensitivity(rs.sens, row.d_log_ratio / nd);
-  }
-}
-
-/// One thread of final_kernel's last block: `st` and `lp` over the whole call and the first
-/// error (read through L2), built into the result and published (pl_publish).
-template <class LP, class T, class L>
-__device__ void pl_conclude(const pl_params<LP, T, L>& p, pl_stats st, const pl_loss_partial& lp, const pl_totals& tt,
-                            bool bad_offsets) {
-  pl_result out;
-  out.loss_pol = lp.loss_pol;
-  out.loss_kl = lp.loss_kl;
-  out.parts_pol = lp.parts_pol;
-  out.parts_kl = lp.parts_kl;
-  out.tokens = tt.tokens;
-  out.sequences = tt.sequences;
-  out.masked = lp.masked;
-  out.skipped = lp.skipped + st.skipped;
-  st.kl_count += lp.kl_count;
-  st.kl_clamped += lp.kl_clamped;
-  st.klsum += lp.klsum;
-  out.st = st;
-  const unsigned long long key = __ldcg(p.err);
-  out.err_key = key;
-  if (key != no_error_key) {
-    const index_t ei = static_cast<index_t>(key >> 34);
-    const index_t t = static_cast<index_t>((key >> 2) & 0xffffffffull);
-    const int kind = static_cast<int>(key & 3u);
-    double v = 0.0;
-    if (kind == 0) v = to_double(p.layout.row_ptr(p.lp, ei)[t]);
-    else if (kind == 1) v = to_double(p.layout.row_ptr(p.lo, ei)[t]);
-    else if (kind == 2) v = to_double(p.layout.row_ptr(p.lr, ei)[t]);
-    else v = double(p.layout.row_ptr(p.adv, ei)[t]);
-    out.err_value = v;
-    out.err_flat = detail::flat_index(p.layout, ei, t);
-  }
-  pl_publish(p, out, bad_offsets);
-}
-
 /// Blocks of final_kernel: one row per thread.
 template <int NT>
 inline index_t pl_final_blocks(index_t rows) {
@@ -956,6 +878,7 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
   const bool bad_offsets = pl_bad_offsets(p);
   const index_t B = bad_offsets ? 0 : p.chunks.rows;  // bad offsets: no row is read
   const pl_totals tt = *p.totals;
+  const aggregation kl_mode = cfg.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : cfg.agg;
   const bool seq_mode = p.seq_ratio || p.seq_kl;
   const bool through = p.seq_ratio && cfg.sequence_gradient == sequence_ratio_gradient::through_mean;
   pl_stats st{};
@@ -978,7 +901,27 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
       } else {
         pl_stats rs{};
         for (index_t c = c0; c < c1; ++c) rs = pl_stats_op{}(rs, p.cstats[c]);
-        pl_row_terms(p, i, row, tt, rs, lp);
+        const double S = rs.s_pol;
+        lp.loss_pol += row.w * S;
+        if (ni > 0) lp.parts_pol += cfg.agg == aggregation::seq_mean_token_mean ? S / double(ni) : S;
+        if (p.use_kl && !p.seq_kl) {
+          const double Kv = rs.s_kl;
+          lp.loss_kl += row.wk * Kv;
+          if (ni > 0) lp.parts_kl += kl_mode == aggregation::seq_mean_token_mean ? Kv / double(ni) : Kv;
+        }
+        if (p.seq_kl && ni > 0) {
+          const double wseq =
+              detail::aggregation_weight(aggregation::seq_mean_token_sum, p.norm.scale, tt.div_seq, ni);
+          lp.loss_kl += wseq * row.kl_value;
+          lp.parts_kl += row.kl_value;
+          lp.klsum += row.kl_value;
+          ++lp.kl_count;
+          lp.kl_clamped += row.kl_clamped;
+        }
+        if (through) {
+          const double nd = ni > 0 ? double(ni) : 1.0;
+          p.total[i] = detail::times_sensitivity(rs.sens, row.d_log_ratio / nd);
+        }
         st = pl_stats_op{}(st, rs);
       }
     } else if (through) {
@@ -1003,7 +946,35 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
   }
   st = block_reduce_fixed<NT>(st, pl_stats_op{}, &s_st[0]);
   lp = block_reduce_fixed<NT>(lp, pl_loss_partial_op{}, &s_lp[0]);
-  if (threadIdx.x == 0) pl_conclude(p, st, lp, tt, bad_offsets);
+  if (threadIdx.x != 0) return;
+  pl_result out;
+  out.loss_pol = lp.loss_pol;
+  out.loss_kl = lp.loss_kl;
+  out.parts_pol = lp.parts_pol;
+  out.parts_kl = lp.parts_kl;
+  out.tokens = tt.tokens;
+  out.sequences = tt.sequences;
+  out.masked = lp.masked;
+  out.skipped = lp.skipped + st.skipped;
+  st.kl_count += lp.kl_count;
+  st.kl_clamped += lp.kl_clamped;
+  st.klsum += lp.klsum;
+  out.st = st;
+  const unsigned long long key = *p.err;
+  out.err_key = key;
+  if (key != no_error_key) {
+    const index_t ei = static_cast<index_t>(key >> 34);
+    const index_t t = static_cast<index_t>((key >> 2) & 0xffffffffull);
+    const int kind = static_cast<int>(key & 3u);
+    double v = 0.0;
+    if (kind == 0) v = to_double(p.layout.row_ptr(p.lp, ei)[t]);
+    else if (kind == 1) v = to_double(p.layout.row_ptr(p.lo, ei)[t]);
+    else if (kind == 2) v = to_double(p.layout.row_ptr(p.lr, ei)[t]);
+    else v = double(p.layout.row_ptr(p.adv, ei)[t]);
+    out.err_value = v;
+    out.err_flat = detail::flat_index(p.layout, ei, t);
+  }
+  pl_publish(p, out, bad_offsets);
 }
 
 /// Asynchronous mode, empty batch (no other kernel runs): publishes the default result, or
