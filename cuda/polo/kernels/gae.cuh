@@ -381,17 +381,62 @@ struct chunk_smem {
 /// items hand on to its left; `total` gets the chunk's own hand-off to the chunk on its left.
 template <int NT, int CPB, int K, class T>
 __device__ __forceinline__ handoff chunk_handoff_right(gae_mask_mode mode, const bool (&valid)[K], const T (&v)[K],
-                                                       index_t k0, index_t n, chunk_smem<NT>& sm, handoff& total) {
+                                                       int nk, chunk_smem<NT>& sm, handoff& total) {
   handoff h{};
+  const bool through = mode == gae_mask_mode::through;
 #pragma unroll
   for (int k = K - 1; k >= 0; --k) {
-    if (k0 + k >= n) continue;
-    if (valid[k] || mode == gae_mask_mode::through) {
-      h.v = detail::gae_next_value(mode, valid[k], double(v[k]), h.v);
-      h.has = 1;
-    }
+    // a skipped (masked) position hands on what it received: gae_next_value leaves h.v as it is
+    h.v = k < nk ? detail::gae_next_value(mode, valid[k], double(v[k]), h.v) : h.v;
+    h.has |= (valid[k] || (through && k < nk)) ? 1 : 0;
   }
   return chunk_suffix_exclusive<NT, CPB>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), total);
+}
+
+// ---- per-token code of the summary and apply passes ------------------------------------------
+//
+// The per-token loops below are straight-line code: a thread's K positions are checked
+// against `nk` (its in-range count, an int compared with the unrolled, compile-time k, not a
+// 64-bit position against the chunk length), and the masked-position cases of the public
+// formulas are selected rather than branched on. Under skip (the default) and zero fill, the
+// step and the write are formed at every position and selected; the other modes keep the
+// formulas of <polo/gae.hpp> as they are (a branch on a kernel parameter, uniform), and the
+// two-scan form (gae_returns::value_lambda) keeps its branches (selecting both scans held too
+// many registers). The values are the formulas' own, operation for operation. One thing the
+// compiler still chooses per kernel: which product of γ·next + γλ·g it fuses into an FMA at a
+// masked position under `through`, so that mode's outputs may move in the last bit from one
+// build of these kernels to another (within a build they are fixed: deterministic, and packed
+// == padded). H100 (bench/results/nvidia-h100-80gb-hbm3/kernel_breakdown.md): outputs and
+// statistics of 49 of 50 GAE / returns cases bitwise as before (the 50th: through with
+// recursion fill and interior masked spans); GAE 1024 x 8192 165 -> 161 us, 65,536 x 128
+// 493 -> 460 us, discounted returns 1024 x 8192 139 -> 131 us.
+
+/// Items of a thread in range: min(max(n - k0, 0), K).
+template <int K>
+__device__ __forceinline__ int items_in_range(index_t k0, index_t n) {
+  const index_t left = n - k0;
+  return left >= index_t(K) ? K : left > 0 ? int(left) : 0;
+}
+
+/// detail::gae_step's value: under skip both cases formed and selected (a masked position's
+/// inputs are selected away, never multiplied by 0).
+__device__ __forceinline__ detail::affine_step gae_step_sel(gae_mask_mode mode, bool valid, double r, double v,
+                                                            double next, double gamma, double gl) {
+  if (mode == gae_mask_mode::skip) {
+    const double d = detail::gae_delta(r, v, next, gamma);
+    return {valid ? gl : 1.0, valid ? d : 0.0};
+  }
+  return detail::gae_step(mode, valid, r, v, next, gamma, gl);
+}
+
+/// detail::gae_write's value: under zero fill both cases formed and selected.
+__device__ __forceinline__ detail::gae_output gae_write_sel(gae_mask_mode mode, masked_fill fill, bool valid, double g,
+                                                            double g_value, double v) {
+  if (fill == masked_fill::zero) {
+    const double ret = g_value + v;
+    return {valid ? g : 0.0, valid ? ret : 0.0};
+  }
+  return detail::gae_write(mode, fill, valid, g, g_value, v);
 }
 
 template <class F>
@@ -426,21 +471,22 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
     }
   }
 
+  const int nk = items_in_range<K>(k0, n);
   bool valid[K];
   if constexpr (HasMask) {
     Mask m[K];
     load_blocked<K>(p.layout.mask_row(i) + t0, k0, n, m, Mask(0));
 #pragma unroll
-    for (int k = 0; k < K; ++k) valid[k] = k0 + k < n && detail::is_valid(m[k]);
+    for (int k = 0; k < K; ++k) valid[k] = k < nk && detail::is_valid(m[k]);
   } else {
 #pragma unroll
-    for (int k = 0; k < K; ++k) valid[k] = k0 + k < n;
+    for (int k = 0; k < K; ++k) valid[k] = k < nk;
   }
-  long long cnt = 0;
+  int cnt = 0;  // at most S per chunk
 #pragma unroll
   for (int k = 0; k < K; ++k) cnt += valid[k] ? 1 : 0;
   if constexpr (CountOnly) {
-    cnt = chunk_reduce_fixed<NT, CPB>(cnt, [](long long a, long long b) { return a + b; }, sm.template as<long long>());
+    cnt = chunk_reduce_fixed<NT, CPB>(cnt, [](int a, int b) { return a + b; }, sm.template as<int>());
     if (tid == 0) p.summ[c].count = cnt;
     return;
   } else {
@@ -449,28 +495,30 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
     T r[K], v[K];
     load_blocked<K>(p.layout.row_ptr(p.r, i) + t0, k0, n, r, T(0));
     if (gae) load_blocked<K>(p.layout.row_ptr(p.v, i) + t0, k0, n, v, T(0));
-    unsigned long long key = no_error_key;
+    // The chunk's first error as a 32-bit code, argument (r: 0, v: 1) above the position in
+    // the chunk (below S <= 2^30), so its minimum orders errors as error_key does; thread 0
+    // forms the key (row, argument, position in the row).
+    int kr = K, kv = K;  // this thread's first non-finite r, v at a valid position, or K
 #pragma unroll
     for (int k = K - 1; k >= 0; --k) {
-      if (!valid[k]) continue;
-      if (gae && !detail::is_finite(v[k])) key = error_key(i, 1, t0 + k0 + k);
+      if (valid[k] && !detail::is_finite(r[k])) kr = k;
+      if (gae && valid[k] && !detail::is_finite(v[k])) kv = k;
     }
-#pragma unroll
-    for (int k = K - 1; k >= 0; --k) {
-      if (valid[k] && !detail::is_finite(r[k])) key = error_key(i, 0, t0 + k0 + k);
-    }
+    const unsigned code = kr < K   ? unsigned(k0) + unsigned(kr)
+                          : kv < K ? (1u << 30) | (unsigned(k0) + unsigned(kv))
+                                   : ~0u;
     // the count and the first error in one tree (valid in thread 0)
-    struct count_key {
-      long long count;
-      unsigned long long key;
+    struct count_code {
+      int count;
+      unsigned code;
     };
-    const count_key ck = chunk_reduce_fixed<NT, CPB>(
-        count_key{cnt, key},
-        [](count_key a, const count_key& b) { return count_key{a.count + b.count, a.key < b.key ? a.key : b.key}; },
-        sm.template as<count_key>());
-    cnt = ck.count;
-    key = ck.key;
-    if (tid == 0 && key != no_error_key) atomicMin(p.err, key);
+    const count_code cc = chunk_reduce_fixed<NT, CPB>(
+        count_code{cnt, code},
+        [](count_code a, const count_code& b) { return count_code{a.count + b.count, a.code < b.code ? a.code : b.code}; },
+        sm.template as<count_code>());
+    cnt = cc.count;
+    if (tid == 0 && cc.code != ~0u)
+      atomicMin(p.err, error_key(i, int(cc.code >> 30), t0 + index_t(cc.code & ((1u << 30) - 1u))));
 
     static_assert(!Stored || NT >= 256, "per-thread suffixes are stored only in chunks of 256 threads");
     if (!Stored && j == 0) {  // the leftmost chunk's total is never used
@@ -490,37 +538,43 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
       const double lam = p.cfg.lambda_mode == gae_lambda_mode::fixed ? p.cfg.lambda : p.rows[i].lambda;
       const double gl = gamma * lam, gl2 = gamma * p.cfg.lambda_value;
       handoff tot_h;
-      right_h = chunk_handoff_right<NT, CPB, K>(mode, valid, v, k0, n, sm, tot_h);
+      right_h = chunk_handoff_right<NT, CPB, K>(mode, valid, v, nk, sm, tot_h);
       if (tid == 0) sm.boundary_thread = -1;
       chunk_sync<CPB>();
+      const bool through = mode == gae_mask_mode::through;
       bool known = right_h.has != 0;
       double nxt = right_h.v;
 #pragma unroll
       for (int k = K - 1; k >= 0; --k) {
-        if (k0 + k >= n) continue;
-        const bool needs = valid[k] || mode == gae_mask_mode::through;
-        if (!needs) continue;  // skip mode, masked: the identity
-        if (!known) {
-          sm.boundary_thread = int(tid);  // exactly one thread finds it
-          s.r_p = double(r[k]);
-          s.v_p = double(v[k]);
+        // skip mode, masked: the identity, composed by no one (needs is false)
+        const bool needs = valid[k] || (through && k < nk);
+        const double rk = double(r[k]), vk = double(v[k]);
+        if (needs && !known) {  // the boundary position: exactly one thread of the chunk finds it
+          sm.boundary_thread = int(tid);
+          s.r_p = rk;
+          s.v_p = vk;
           s.valid_p = valid[k] ? 1 : 0;
-        } else {
-          mine.s1 = detail::affine_compose(
-              detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, gl), mine.s1);
-          if constexpr (Two)
-            mine.s2 = detail::affine_compose(
-                detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, gl2), mine.s2);
         }
-        nxt = detail::gae_next_value(mode, valid[k], double(v[k]), nxt);
-        known = true;
+        const bool step = needs && known;
+        if constexpr (Two) {  // two scans: branched (as in the apply pass)
+          if (step) {
+            mine.s1 = detail::affine_compose(detail::gae_step(mode, valid[k], rk, vk, nxt, gamma, gl), mine.s1);
+            mine.s2 = detail::affine_compose(detail::gae_step(mode, valid[k], rk, vk, nxt, gamma, gl2), mine.s2);
+          }
+        } else {
+          const detail::affine_step c1 =
+              detail::affine_compose(gae_step_sel(mode, valid[k], rk, vk, nxt, gamma, gl), mine.s1);
+          mine.s1 = step ? c1 : mine.s1;
+        }
+        nxt = k < nk ? detail::gae_next_value(mode, valid[k], vk, nxt) : nxt;
+        known = known || needs;
       }
       s.hand = tot_h.v;
       s.has_hand = tot_h.has;
     } else {
 #pragma unroll
       for (int k = K - 1; k >= 0; --k) {
-        if (k0 + k >= n) continue;
+        if (k >= nk) continue;
         mine.s1 = detail::affine_compose(detail::returns_step(p.rmask, valid[k], double(r[k]), gamma), mine.s1);
       }
     }
@@ -738,6 +792,7 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
   index_t t0 = 0, n = 0;
   chunk_span(p.chunks, i, j, len, t0, n);
   const index_t k0 = index_t(tid) * K;
+  const int nk = items_in_range<K>(k0, n);
   const bool gae = p.kind == scan_kind::gae;
 
   bool valid[K];
@@ -745,10 +800,10 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     Mask m[K];
     load_blocked_as<K, scan_apply_evict_first>(p.layout.mask_row(i) + t0, k0, n, m, Mask(0));
 #pragma unroll
-    for (int k = 0; k < K; ++k) valid[k] = k0 + k < n && detail::is_valid(m[k]);
+    for (int k = 0; k < K; ++k) valid[k] = k < nk && detail::is_valid(m[k]);
   } else {
 #pragma unroll
-    for (int k = 0; k < K; ++k) valid[k] = k0 + k < n;
+    for (int k = 0; k < K; ++k) valid[k] = k < nk;
   }
   T r[K], v[K];
   load_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.r, i) + t0, k0, n, r, T(0));
@@ -789,23 +844,29 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     if (gae) {
       const gae_mask_mode mode = p.cfg.mask;
       handoff tot_h;
-      const handoff right = chunk_handoff_right<NT, CPB, K>(mode, valid, v, k0, n, sm, tot_h);
+      const handoff right = chunk_handoff_right<NT, CPB, K>(mode, valid, v, nk, sm, tot_h);
       nxt0 = right.has ? right.v : in.next;
       double nxt = nxt0;
 #pragma unroll
       for (int k = K - 1; k >= 0; --k) {
-        if (k0 + k >= n) continue;
-        mine.s1 = detail::affine_compose(
-            detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, row.gl), mine.s1);
-        if constexpr (Two)
-          mine.s2 = detail::affine_compose(
-              detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, row.gl2), mine.s2);
-        nxt = detail::gae_next_value(mode, valid[k], double(v[k]), nxt);
+        const bool on = k < nk;
+        const double rk = double(r[k]), vk = double(v[k]);
+        if constexpr (Two) {  // two scans: branched (as in the write loop)
+          if (on) {
+            mine.s1 = detail::affine_compose(detail::gae_step(mode, valid[k], rk, vk, nxt, gamma, row.gl), mine.s1);
+            mine.s2 = detail::affine_compose(detail::gae_step(mode, valid[k], rk, vk, nxt, gamma, row.gl2), mine.s2);
+          }
+        } else {
+          const detail::affine_step c1 =
+              detail::affine_compose(gae_step_sel(mode, valid[k], rk, vk, nxt, gamma, row.gl), mine.s1);
+          mine.s1 = on ? c1 : mine.s1;
+        }
+        nxt = on ? detail::gae_next_value(mode, valid[k], vk, nxt) : nxt;
       }
     } else {
 #pragma unroll
       for (int k = K - 1; k >= 0; --k)
-        if (k0 + k < n)
+        if (k < nk)
           mine.s1 = detail::affine_compose(detail::returns_step(p.rmask, valid[k], double(r[k]), gamma), mine.s1);
     }
     if constexpr (Two) {
@@ -830,14 +891,20 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     double nxt = nxt0;
 #pragma unroll
     for (int k = K - 1; k >= 0; --k) {
-      if (k0 + k < n) {
-        g = detail::affine_apply(detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, row.gl), g);
-        if constexpr (Two)
-          g2 = detail::affine_apply(detail::gae_step(mode, valid[k], double(r[k]), double(v[k]), nxt, gamma, row.gl2),
-                                    g2);
-        nxt = detail::gae_next_value(mode, valid[k], double(v[k]), nxt);
+      const bool on = k < nk;
+      const double rk = double(r[k]), vk = double(v[k]);
+      if constexpr (Two) {  // two scans: branched (selecting both held too many registers)
+        if (on) {
+          g = detail::affine_apply(detail::gae_step(mode, valid[k], rk, vk, nxt, gamma, row.gl), g);
+          g2 = detail::affine_apply(detail::gae_step(mode, valid[k], rk, vk, nxt, gamma, row.gl2), g2);
+          nxt = detail::gae_next_value(mode, valid[k], vk, nxt);
+        }
+      } else {
+        const double gn = detail::affine_apply(gae_step_sel(mode, valid[k], rk, vk, nxt, gamma, row.gl), g);
+        g = on ? gn : g;
+        nxt = on ? detail::gae_next_value(mode, valid[k], vk, nxt) : nxt;
       }
-      const detail::gae_output o = detail::gae_write(mode, fill, valid[k], g, Two ? g2 : g, double(v[k]));
+      const detail::gae_output o = gae_write_sel(mode, fill, valid[k], g, Two ? g2 : g, vk);
       out_a[k] = T(o.advantage);
       out_r[k] = T(o.ret);
     }
@@ -849,7 +916,7 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     const double b = p.base != nullptr ? double(p.base[i * p.base_stride]) : 0.0;
 #pragma unroll
     for (int k = K - 1; k >= 0; --k) {
-      if (k0 + k < n) g = detail::affine_apply(detail::returns_step(p.rmask, valid[k], double(r[k]), gamma), g);
+      if (k < nk) g = detail::affine_apply(detail::returns_step(p.rmask, valid[k], double(r[k]), gamma), g);
       const detail::returns_output o = detail::returns_write(fill, valid[k], g, b);
       out_r[k] = T(o.ret);
       out_a[k] = T(o.advantage);
@@ -862,24 +929,25 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
   // its K values in registers (one division per thread), then the fixed tree. Chunks are cut
   // at the row's first valid position, so a padded row and the same row packed put every
   // token on the same thread and reduce identically.
+  // (Selected, not branched on: adding +0.0 leaves these sums bitwise as they are, since a
+  // sum that starts at +0.0 is never -0.0 in round-to-nearest.)
   {
-    long long cnt = 0;
+    int cnt = 0;
     double sum = 0.0, rsum = 0.0;
 #pragma unroll
-    for (int k = 0; k < K; ++k)
-      if (valid[k]) {
-        ++cnt;
-        sum += double(gae ? out_a[k] : out_r[k]);
-        if (gae) rsum += double(out_r[k]);
-      }
+    for (int k = 0; k < K; ++k) {
+      cnt += valid[k] ? 1 : 0;
+      const double x = double(gae ? out_a[k] : out_r[k]);
+      sum += valid[k] ? x : 0.0;
+      if (gae) rsum += valid[k] ? double(out_r[k]) : 0.0;
+    }
     const double mean = cnt > 0 ? sum / double(cnt) : 0.0;
     double m2 = 0.0;
 #pragma unroll
-    for (int k = 0; k < K; ++k)
-      if (valid[k]) {
-        const double d = double(gae ? out_a[k] : out_r[k]) - mean;
-        m2 += d * d;
-      }
+    for (int k = 0; k < K; ++k) {
+      const double d = valid[k] ? double(gae ? out_a[k] : out_r[k]) - mean : 0.0;
+      m2 += d * d;
+    }
     cs.m.count = cnt;
     cs.m.mean = mean;
     cs.m.m2 = m2;

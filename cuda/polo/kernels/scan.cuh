@@ -34,8 +34,9 @@ __device__ __forceinline__ S shfl_down_struct(const S& s, int delta) {
 /// Exclusive suffix scan over the threads of a block (NT threads, a multiple of 32): thread i
 /// gets op(x_{i+1}, op(x_{i+2}, ... x_{NT-1})) -- the combination of every thread to its right,
 /// nearest first -- or `identity` for the last thread; `total` gets the combination of all
-/// threads. `op(near, far)` must be associative. `smem` holds NT/32 elements. Contains
-/// __syncthreads (call from every thread of the block).
+/// threads in the first warp (thread 0 is the one that uses it; elsewhere it is unspecified).
+/// `op(near, far)` must be associative. `smem` holds NT/32 elements. Contains __syncthreads
+/// (call from every thread of the block).
 template <int NT, class S, class Op>
 __device__ __forceinline__ S block_suffix_exclusive(S x, const S& identity, Op op, S* smem, S& total) {
   constexpr int warps = NT / 32;
@@ -54,10 +55,9 @@ __device__ __forceinline__ S block_suffix_exclusive(S x, const S& identity, Op o
 #pragma unroll
   for (int w = warps - 1; w > 0; --w)
     if (w > warp) far = op(smem[w], far);
-  S all = identity;
-#pragma unroll
-  for (int w = warps - 1; w >= 0; --w) all = op(smem[w], all);
-  total = all;
+  // In the first warp, `far` combines warps 1.. in the order a fold over every warp would, so
+  // this is that fold's value (each thread used to form it: 2 x NT/32 more steps per thread).
+  total = op(smem[0], far);
   __syncthreads();
   return op(excl, far);
 }
