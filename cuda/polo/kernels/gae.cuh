@@ -406,10 +406,11 @@ __device__ __forceinline__ handoff chunk_handoff_right(gae_mask_mode mode, const
 // compiler still chooses per kernel: which product of γ·next + γλ·g it fuses into an FMA at a
 // masked position under `through`, so that mode's outputs may move in the last bit from one
 // build of these kernels to another (within a build they are fixed: deterministic, and packed
-// == padded). H100 (bench/results/nvidia-h100-80gb-hbm3/kernel_breakdown.md): outputs and
-// statistics of 49 of 50 GAE / returns cases bitwise as before (the 50th: through with
-// recursion fill and interior masked spans); GAE 1024 x 8192 165 -> 161 us, 65,536 x 128
-// 493 -> 460 us, discounted returns 1024 x 8192 139 -> 131 us.
+// == padded). H100 (bench/results/nvidia-h100-80gb-hbm3/kernel_breakdown.md): the outputs of
+// 49 of 50 hashed GAE / returns cases bitwise those of the branchy form (the 50th: through
+// with recursion fill and interior masked spans); GAE 1024 x 8192 165 -> 161 us, 65,536 x 128
+// 493 -> 460 us, discounted returns 1024 x 8192 139 -> 131 us (then 154, 438, 122 us with the
+// apply pass's statistics tree below).
 
 /// Items of a thread in range: min(max(n - k0, 0), K).
 template <int K>
