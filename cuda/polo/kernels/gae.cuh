@@ -936,29 +936,26 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
   // division and a 32-byte shuffle each: about 300 of the apply pass's 1,100 instructions per
   // thread (H100, 1024 x 8192).
   {
-    const int lane = int(threadIdx.x & 31);
-    int cnt = 0;
-    double sum = 0.0, rsum = 0.0;
+    struct count_sums {
+      double sum, rsum;
+      int count, pad_;
+    };
+    count_sums t{0.0, 0.0, 0, 0};
 #pragma unroll
     for (int k = 0; k < K; ++k) {
-      cnt += valid[k] ? 1 : 0;
+      t.count += valid[k] ? 1 : 0;
       const double x = double(gae ? out_a[k] : out_r[k]);
-      sum += valid[k] ? x : 0.0;
-      if (gae) rsum += valid[k] ? double(out_r[k]) : 0.0;
+      t.sum += valid[k] ? x : 0.0;
+      if (gae) t.rsum += valid[k] ? double(out_r[k]) : 0.0;
     }
-#pragma unroll
-    for (int d = 16; d > 0; d >>= 1) {  // the tree of block_reduce_fixed's warp stage
-      const int yc = __shfl_down_sync(0xffffffffu, cnt, d);
-      const double ys = __shfl_down_sync(0xffffffffu, sum, d);
-      const double yr = __shfl_down_sync(0xffffffffu, rsum, d);
-      if (lane + d < 32) {
-        cnt += yc;
-        sum += ys;
-        rsum += yr;
-      }
-    }
-    const int wcnt = __shfl_sync(0xffffffffu, cnt, 0);
-    const double wsum = __shfl_sync(0xffffffffu, sum, 0);
+    t = warp_reduce_fixed(t, [](count_sums a, const count_sums& b) {
+      a.count += b.count;
+      a.sum += b.sum;
+      a.rsum += b.rsum;
+      return a;
+    });
+    const int wcnt = __shfl_sync(0xffffffffu, t.count, 0);
+    const double wsum = __shfl_sync(0xffffffffu, t.sum, 0);
     const double mean = wcnt > 0 ? wsum / double(wcnt) : 0.0;
     double m2 = 0.0;
 #pragma unroll
@@ -966,31 +963,21 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
       const double d = valid[k] ? double(gae ? out_a[k] : out_r[k]) - mean : 0.0;
       m2 += d * d;
     }
-#pragma unroll
-    for (int d = 16; d > 0; d >>= 1) {
-      const double y = __shfl_down_sync(0xffffffffu, m2, d);
-      if (lane + d < 32) m2 += y;
-    }
-    cs.m.count = wcnt;
+    m2 = warp_reduce_fixed(m2, [](double a, double b) { return a + b; });
+    cs.m.count = wcnt;  // (lane 0's values are the warp's)
     cs.m.mean = mean;
     cs.m.m2 = m2;
-    cs.rsum = rsum;  // (lane 0's values are the warp's)
+    cs.rsum = t.rsum;
   }
-  if constexpr (CPB == 1 && NT > 32) {
-    constexpr int warps = NT / 32;
-    scan_chunk_stats* row = sm.template as<scan_chunk_stats>();
-    if ((threadIdx.x & 31) == 0) row[threadIdx.x >> 5] = cs;
-    __syncthreads();
-    if (threadIdx.x == 0) {
-#pragma unroll
-      for (int w = 1; w < warps; ++w) {
-        const scan_chunk_stats b = row[w];
-        merge_moments(cs.m, b.m);
-        cs.rsum += b.rsum;
-      }
-    }
-    __syncthreads();  // the row is reused by the next chunk (the leading chunks' launch)
-  }
+  if constexpr (CPB == 1)
+    cs = block_fold_warps<NT>(
+        cs,
+        [](scan_chunk_stats a, const scan_chunk_stats& b) {
+          merge_moments(a.m, b.m);
+          a.rsum += b.rsum;
+          return a;
+        },
+        sm.template as<scan_chunk_stats>());
   if (tid == 0) p.cstats[c] = cs;
 }
 

@@ -62,19 +62,26 @@ __device__ __forceinline__ S block_suffix_exclusive(S x, const S& identity, Op o
   return op(excl, far);
 }
 
-/// Reduction over the threads of a block in a fixed tree (lanes, then warps in order);
-/// `op(left, right)` combines neighbours. The result is valid in thread 0 only. `smem` holds
-/// NT/32 elements. Contains __syncthreads.
-template <int NT, class S, class Op>
-__device__ __forceinline__ S block_reduce_fixed(S x, Op op, S* smem) {
-  constexpr int warps = NT / 32;
-  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+/// The lane stage of the fixed trees: for d = 16, 8, .., 1 lane i combines its value with lane
+/// i + d's (`op(left, right)`); the warp's result is valid in lane 0.
+template <class S, class Op>
+__device__ __forceinline__ S warp_reduce_fixed(S x, Op op) {
+  const int lane = threadIdx.x & 31;
 #pragma unroll
   for (int d = 16; d > 0; d >>= 1) {
     S y = shfl_down_struct(x, d);
     if (lane + d < 32) x = op(x, y);
   }
-  if (lane == 0) smem[warp] = x;
+  return x;
+}
+
+/// The warp stage of the fixed trees: lane 0 of each warp holds its warp's value, and thread 0
+/// combines them in warp order (`op(left, right)`); the result is valid in thread 0 only.
+/// `smem` holds NT/32 elements. Contains __syncthreads (the last one frees `smem`).
+template <int NT, class S, class Op>
+__device__ __forceinline__ S block_fold_warps(const S& x, Op op, S* smem) {
+  constexpr int warps = NT / 32;
+  if ((threadIdx.x & 31) == 0) smem[threadIdx.x >> 5] = x;
   __syncthreads();
   S r = smem[0];
   if (threadIdx.x == 0) {
@@ -83,6 +90,14 @@ __device__ __forceinline__ S block_reduce_fixed(S x, Op op, S* smem) {
   }
   __syncthreads();
   return r;
+}
+
+/// Reduction over the threads of a block in a fixed tree (lanes, then warps in order);
+/// `op(left, right)` combines neighbours. The result is valid in thread 0 only. `smem` holds
+/// NT/32 elements. Contains __syncthreads.
+template <int NT, class S, class Op>
+__device__ __forceinline__ S block_reduce_fixed(S x, Op op, S* smem) {
+  return block_fold_warps<NT>(warp_reduce_fixed(x, op), op, smem);
 }
 
 /// Chunk-level forms of the two trees above for kernels that run CPB chunks per block: CPB = 1
@@ -138,12 +153,7 @@ __device__ __forceinline__ S chunk_reduce_fixed(S x, Op op, S* smem) {
     return block_reduce_fixed<NT>(x, op, smem);
   } else {
     static_assert(NT == 32, "chunk_reduce_fixed: several chunks per block need one warp per chunk");
-    const int lane = threadIdx.x & 31;
-#pragma unroll
-    for (int d = 16; d > 0; d >>= 1) {
-      S y = shfl_down_struct(x, d);
-      if (lane + d < 32) x = op(x, y);
-    }
+    x = warp_reduce_fixed(x, op);
     __syncwarp();
     return shfl_idx_struct(x, 0);
   }
