@@ -854,6 +854,77 @@ TEMPLATE_LIST_TEST_CASE("policy_loss presets reproduce the peers' formulas", "[p
   }
 }
 
+// detail::exp_expm1_f32 (the float kernels' shared e^x and e^x - 1 of the clamped log-ratio)
+// against double exp / expm1 at every 1009th float of [-80, 80] in both signs, every float
+// around the k = 0 / 1 boundary (|x| ~ ln2 / 2, its worst case), and exact points; in ulps of
+// the float nearest the double result. On the host here; the CUDA build also checks that the
+// device's bits are the host's.
+namespace {
+std::vector<float> exp_expm1_points() {
+  std::vector<float> xs;
+  auto from_bits = [](std::uint32_t u) {
+    float f;
+    std::memcpy(&f, &u, sizeof f);
+    return f;
+  };
+  for (std::uint32_t u = 0; u <= 0x42A00000u; u += 1009) xs.insert(xs.end(), {from_bits(u), -from_bits(u)});
+  for (float x = 0.33f; x < 0.36f; x = std::nextafter(x, 1.0f)) xs.insert(xs.end(), {x, -x});
+  xs.insert(xs.end(), {0.0f, -0.0f, 80.0f, -80.0f, 1e-30f, -1e-30f, 1.17549435e-38f, 0.5f, -0.5f, 1.0f, -1.0f});
+  return xs;
+}
+}  // namespace
+
+#if !defined(__CUDACC__)
+static double ulps_from(float got, double want) {
+  const float wf = static_cast<float>(want);
+  if (wf == 0.0f) return got == 0.0f ? 0.0 : 1e30;
+  int ex = 0;
+  std::frexp(wf, &ex);
+  return std::abs(double(got) - want) / std::ldexp(1.0, ex - 24);
+}
+TEST_CASE("exp_expm1_f32 is within 1.06 / 1.65 ulp of double exp / expm1 on [-80, 80]", "[policy_loss][math]") {
+  const auto xs = exp_expm1_points();
+  double worst_e = 0.0, worst_em = 0.0;
+  float at_e = 0.0f, at_em = 0.0f;
+  for (float x : xs) {
+    float e = 0.0f, em = 0.0f;
+    detail::exp_expm1_f32(x, e, em);
+    const double ue = ulps_from(e, std::exp(double(x))), um = ulps_from(em, std::expm1(double(x)));
+    if (ue > worst_e) worst_e = ue, at_e = x;
+    if (um > worst_em) worst_em = um, at_em = x;
+  }
+  INFO(xs.size() << " points; e worst " << worst_e << " ulp at " << at_e << ", em worst " << worst_em << " ulp at "
+                 << at_em);
+  CHECK(worst_e <= 1.06);  // the bounds over every float of the range (header comment)
+  CHECK(worst_em <= 1.65);
+  CHECK(worst_em > 1.0);  // the sweep reaches the boundary's worst case (the documented bound is tight)
+  float e = 1.0f, em = 1.0f;
+  detail::exp_expm1_f32(0.0f, e, em);
+  CHECK((e == 1.0f && em == 0.0f));
+  detail::exp_expm1_f32(1e-30f, e, em);
+  CHECK((e == 1.0f && em == 1e-30f));  // tiny x: e^x - 1 = x exactly, no cancellation
+  detail::exp_expm1_f32(std::numeric_limits<float>::quiet_NaN(), e, em);
+  CHECK((std::isnan(e) && std::isnan(em)));
+}
+#else
+static __global__ void exp_expm1_kernel(const float* x, float* e, float* em, index_t n) {
+  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  if (i < n) detail::exp_expm1_f32(x[i], e[i], em[i]);
+}
+TEST_CASE("cuda: exp_expm1_f32 gives the host's bits on the device", "[policy_loss][math][cuda]") {
+  const auto xs = exp_expm1_points();
+  const index_t n = index_t(xs.size());
+  buffer<float, polo::cuda> xb(xs), eb(n, 0.0f), emb(n, 0.0f);
+  exp_expm1_kernel<<<unsigned((n + 255) / 256), 256>>>(xb.cview1().data, eb.view1().data, emb.view1().data, n);
+  test::require_cuda(cudaGetLastError(), "exp_expm1_kernel launch");
+  const auto e = eb.to_host(), em = emb.to_host();
+  std::vector<float> he(xs.size()), hem(xs.size());
+  for (std::size_t k = 0; k < xs.size(); ++k) detail::exp_expm1_f32(xs[k], he[k], hem[k]);
+  CHECK(test::bitwise_equal(e, he));
+  CHECK(test::bitwise_equal(em, hem));
+}
+#endif
+
 #if defined(__CUDACC__)
 // Many rows of several chunks each: the CUDA final reduction runs in several blocks (256 rows
 // each) and the last block combines them; the per-token math runs in float for float inputs.
@@ -915,17 +986,37 @@ TEMPLATE_LIST_TEST_CASE("cuda: many rows of several chunks match the CPU backend
   auto b = random_batch(g, 300, 2500, test::mask_pattern::random);
   for (auto* v : {&b.lp, &b.lo, &b.lref, &b.adv})
     for (double& x : *v) x = double(float(x));
-  const double kinks[] = {std::log(0.8), std::log(1.2), std::log(1.28), std::log(3.0)};
-  for (index_t k = 0; k < b.B * b.T; ++k)
+  // Kinks of the configs below in log-ratio (clip bounds, dual clip, delta, the log-ratio
+  // clamp) and in logp - logp_ref (the KL input clamp), kept 2e-5 away.
+  const double kinks[] = {std::log(0.8), std::log(1.2), std::log(1.28), std::log(3.0),
+                          std::log(1.8), std::log(2.0), -0.9, 0.9};
+  for (index_t k = 0; k < b.B * b.T; ++k) {
     for (double kink : kinks)
       if (std::abs((b.lp[k] - b.lo[k]) - kink) < 2e-5) b.lo[k] = double(float(b.lo[k] - 1e-4));
+    if (std::abs(std::abs(b.lp[k] - b.lref[k]) - 1.2) < 2e-5) b.lref[k] = double(float(b.lref[k] - 1e-4));
+  }
+  // `every_count` makes each of the main kernel's eight packed counts nonzero (clip upper and
+  // lower, dual clip, delta cap, clamped log-ratio, clamped KL; valid tokens; non-finite in
+  // the section below), all in the float path (its clamp lies within +-80).
+  const policy_loss_config every_count{.eps_high = 0.28, .dual_clip = 1.8, .delta = 2.0, .log_ratio_min = -0.9,
+                                       .log_ratio_max = 0.9, .kl_coef = 0.01, .kl = {.input_clamp = 1.2}};
   const policy_loss_config cfgs[] = {{.eps_high = 0.28, .dual_clip = 3.0, .kl_coef = 0.01},
+                                     every_count,
                                      presets::verl::grpo_loss, presets::trl::gspo_loss,
                                      {.objective = policy_objective::sapo, .kl_coef = 0.05}};
   for (const auto& c : cfgs) {
     INFO(describe(c));
     const auto want = run_cpu(b, c);
     if (c.objective == policy_objective::clip) CHECK(want.r.stats.clip_upper.sum + want.r.stats.clip_lower.sum > 0.0);
+    if (&c == &cfgs[1]) {
+      const auto& s = want.r.stats;
+      CHECK(s.clip_upper.sum > 0.0);
+      CHECK(s.clip_lower.sum > 0.0);
+      CHECK(s.clip_dual.sum > 0.0);
+      CHECK(s.delta_capped.sum > 0.0);
+      CHECK(s.clamped_log_ratio.sum > 0.0);
+      CHECK(s.kl_clamped.sum > 0.0);
+    }
     check_against_cpu(run<B, double>(b, c), want, 1e-10, 1e-12);
     check_against_cpu(run<B, float>(b, c), want, 2e-5, 5e-6);
   }

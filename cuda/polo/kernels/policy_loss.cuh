@@ -104,12 +104,15 @@ __device__ __forceinline__ double to_double(T x) {
   else
     return double(static_cast<float>(x));
 }
+/// Whether a stored value is finite, as |x| <= the largest finite value: one compare (with
+/// the absolute value as an operand modifier) that chains into the next check's predicate,
+/// where detail::is_finite's x - x == x - x takes a subtraction and a compare. NaN fails.
 template <class T>
 __device__ __forceinline__ bool finite_of(T x) {
-  if constexpr (std::is_same_v<T, float> || std::is_same_v<T, double>)
-    return detail::is_finite(x);
+  if constexpr (std::is_same_v<T, double>)
+    return ::fabs(x) <= 1.7976931348623157e308;
   else
-    return detail::is_finite(static_cast<float>(x));
+    return ::fabsf(static_cast<float>(x)) <= 3.40282347e38f;
 }
 
 /// Per-chunk result of the count (and sequence-level prep) pass.
@@ -407,6 +410,9 @@ __global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_p
       constexpr int KM = sizeof(Mask) >= 16 ? 1 : int(16 / sizeof(Mask));
       const Mask* m = p.layout.mask_row(i) + t0;
       int mine = 0;
+      // unrolled so that a lane's loads (S / (32 KM) of them: 4 in a chunk of 2,048 bytes)
+      // are in flight together instead of one DRAM latency each
+#pragma unroll 4
       for (index_t k0 = index_t(lane) * KM; k0 < n; k0 += index_t(32 * KM)) {
         Mask v[KM];
         load_blocked<KM>(m, k0, n, v, Mask(0));
@@ -449,8 +455,18 @@ __global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_p
   __threadfence();
   const pl_totals t = pl_make_totals(p.cfg, p.norm, pl_tally(p, 0), pl_tally(p, 1));
   if (threadIdx.x == 0) *p.totals = t;
-  for (index_t r = threadIdx.x; r < p.chunks.rows; r += pl_count_warps * 32)
-    p.rows[r] = pl_token_row(p.cfg, p.norm, t, pl_tally(p, 3 + r));
+  // four rows per thread and step, their tallies loaded before any plan is stored (the
+  // stores could alias the loads as far as the compiler knows, which would serialize them)
+  constexpr int NTc = pl_count_warps * 32;
+  const index_t rows = p.chunks.rows;
+  for (index_t r0 = threadIdx.x; r0 < rows; r0 += 4 * NTc) {
+    long long nr[4];
+#pragma unroll
+    for (int u = 0; u < 4; ++u) nr[u] = r0 + u * NTc < rows ? pl_tally(p, 3 + r0 + u * NTc) : 0;
+#pragma unroll
+    for (int u = 0; u < 4; ++u)
+      if (r0 + u * NTc < rows) p.rows[r0 + u * NTc] = pl_token_row(p.cfg, p.norm, t, nr[u]);
+  }
 }
 
 /// Enqueues the count-only pass over the p.chunks.bound chunk slots (none: nothing).
@@ -536,30 +552,42 @@ __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
 
 // ---- main pass -----------------------------------------------------------------------------------
 
-/// Per-thread statistics of the main pass: counts as int (a thread sees at most K tokens, a
-/// block at most S), the ratio range in the compute scalar F, sums in double from the first
-/// term: float terms carry 24 significant bits, so their double sums are exact unless the
-/// magnitudes span ~2^29, which keeps packed == padded bitwise where the chunks cut a row
-/// differently (per-thread sums in float broke that on the GPU). Fewer live registers than
-/// pl_stats: `skipped` equals `nonfinite` here, `kl_count` equals `contrib`
-/// with a token-level KL term, and the KL sum equals `s_kl` (all three restored on the write).
+/// Per-thread statistics of the main pass, then the chunk's (merged in a fixed tree of
+/// shuffles: the struct's size is the tree's cost, 5 shuffles per 4 bytes). The eight counts
+/// are packed two to a 32-bit word, 16 bits each: a thread sees at most K tokens and a chunk at
+/// most S = NT x K < 2^16 (asserted by the kernel), so no half carries into the other. The
+/// ratio range is in the compute scalar F; the sums are in double from the first term: float
+/// terms carry 24 significant bits, so their double sums are exact unless the magnitudes span
+/// ~2^29, which keeps packed == padded bitwise where the chunks cut a row differently
+/// (per-thread sums in float broke that on the GPU). Fewer fields than pl_stats: `skipped`
+/// equals `nonfinite` here, `kl_count` equals `contrib` with a token-level KL term, and the KL
+/// sum equals `s_kl` (all three restored on the write); `sens` (the through-mean gradient's
+/// sum) exists only where a sequence-level ratio can need it (Sens).
 template <class F>
-struct pl_tstats {
-  int contrib = 0, up = 0, low = 0, dual = 0, delta = 0, clamped = 0, kl_clamped = 0, nonfinite = 0;
+struct pl_tstats_core {
+  unsigned contrib_up = 0;        ///< contrib | up << 16
+  unsigned low_dual = 0;          ///< low | dual << 16
+  unsigned delta_clamped = 0;     ///< delta | clamped << 16
+  unsigned klc_nonfinite = 0;     ///< kl_clamped | nonfinite << 16
   F rmin = F(unbounded), rmax = F(-unbounded);
-  double rsum = 0.0, k1 = 0.0, k3 = 0.0, s_pol = 0.0, s_kl = 0.0, sens = 0.0;
+  double rsum = 0.0, k1 = 0.0, k3 = 0.0, s_pol = 0.0, s_kl = 0.0;
 };
+template <class F, bool Sens>
+struct pl_tstats : pl_tstats_core<F> {
+  double sens = 0.0;
+};
+template <class F>
+struct pl_tstats<F, false> : pl_tstats_core<F> {};
+inline constexpr unsigned pl_high = 0x10000u;  ///< one count in the high half of a packed word
+__device__ __forceinline__ long long pl_lo16(unsigned w) { return static_cast<long long>(w & 0xffffu); }
+__device__ __forceinline__ long long pl_hi16(unsigned w) { return static_cast<long long>(w >> 16); }
 struct pl_tstats_op {
-  template <class F>
-  __device__ __forceinline__ pl_tstats<F> operator()(pl_tstats<F> a, const pl_tstats<F>& b) const {
-    a.contrib += b.contrib;
-    a.up += b.up;
-    a.low += b.low;
-    a.dual += b.dual;
-    a.delta += b.delta;
-    a.clamped += b.clamped;
-    a.kl_clamped += b.kl_clamped;
-    a.nonfinite += b.nonfinite;
+  template <class F, bool Sens>
+  __device__ __forceinline__ pl_tstats<F, Sens> operator()(pl_tstats<F, Sens> a, const pl_tstats<F, Sens>& b) const {
+    a.contrib_up += b.contrib_up;
+    a.low_dual += b.low_dual;
+    a.delta_clamped += b.delta_clamped;
+    a.klc_nonfinite += b.klc_nonfinite;
     a.rmin = b.rmin < a.rmin ? b.rmin : a.rmin;
     a.rmax = b.rmax > a.rmax ? b.rmax : a.rmax;
     a.rsum += b.rsum;
@@ -567,7 +595,7 @@ struct pl_tstats_op {
     a.k3 += b.k3;
     a.s_pol += b.s_pol;
     a.s_kl += b.s_kl;
-    a.sens += b.sens;
+    if constexpr (Sens) a.sens += b.sens;
     return a;
   }
 };
@@ -603,13 +631,16 @@ __device__ __forceinline__ const detail::basic_token_consts<F>& pl_consts(const 
 
 /// Whether a call takes the main kernel's specialization for the common configuration
 /// (`Common`): token-level ratio and KL, the clipped objective, and no KL term or the k3
-/// estimator without a ratio weight or straight-through gradient (GRPO and PPO as DeepSeek-R1,
-/// verl and TRL run them by default). Its switches then fold at compile time and the per-token
-/// body is straight-line code the compiler can interleave across a thread's K tokens; the
-/// formulas and their order are those of the general kernel.
+/// estimator with an input clamp within 80, without a ratio weight or straight-through
+/// gradient (GRPO and PPO as DeepSeek-R1, verl and TRL run them by default; polo's and verl's
+/// input clamp is 20). Its switches then fold at compile time, the KL's exponential takes the
+/// bounded form (kl_term<float, true>), and the per-token body is straight-line code the
+/// compiler can interleave across a thread's K tokens; the formulas and their order are those
+/// of the general kernel.
 inline bool pl_common_config(const policy_loss_config& c, bool seq_ratio, bool seq_kl, bool use_kl) {
   if (seq_ratio || seq_kl || c.objective != policy_objective::clip) return false;
-  return !use_kl || (c.kl.estimator == kl_estimator::k3 && c.kl.weight == kl_weight::none && !c.kl.straight_through);
+  return !use_kl || (c.kl.estimator == kl_estimator::k3 && c.kl.weight == kl_weight::none && !c.kl.straight_through &&
+                     c.kl.input_clamp <= 80.0);
 }
 
 /// F: the scalar of the per-token formulas (float for float/bf16/half inputs under
@@ -628,6 +659,8 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
   const index_t t0 = j * p.chunks.S;
   const index_t n = len - t0 < p.chunks.S ? len - t0 : p.chunks.S;
   const index_t k0 = index_t(threadIdx.x) * K;
+  static_assert(NT * K < 65536, "pl_main_kernel: the packed counts need chunks below 2^16 tokens");
+  constexpr bool Sens = !Common;  // the through-mean sum: sequence-level ratios only
   const policy_loss_config& cfg = p.cfg;
   detail::basic_token_consts<F> tcl = pl_consts<F>(p);
   if constexpr (Common) {  // known here: the switches below fold
@@ -667,7 +700,7 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
     srp.d_log_ratio = F(row.d_log_ratio);
     srp.clamped = row.ratio_clamped != 0;
   }
-  pl_tstats<F> st{};
+  pl_tstats<F, Sens> st{};
   unsigned long long key = no_error_key;
   G g[K];
 #pragma unroll
@@ -675,20 +708,35 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
     g[k] = G(0);
     if (!valid[k] || row_skipped) continue;
     if (!seq_mode) {
-      int bad = -1;
-      if (!finite_of(x[k])) bad = 0;
-      else if (!finite_of(xo[k])) bad = 1;
-      else if (ReadRef && !finite_of(xr[k])) bad = 2;
-      else if (!detail::is_finite(a[k])) bad = 3;
-      if (bad >= 0) {
+      // all four at once on the common path; which argument failed only where one did
+      if (!(finite_of(x[k]) && finite_of(xo[k]) && (!ReadRef || finite_of(xr[k])) && finite_of(a[k]))) {
+        const int bad = !finite_of(x[k]) ? 0 : !finite_of(xo[k]) ? 1 : (ReadRef && !finite_of(xr[k])) ? 2 : 3;
         if (key == no_error_key) key = pl_error_key(i, t0 + k0 + k, bad);
-        ++st.nonfinite;
+        st.klc_nonfinite += pl_high;
         continue;
       }
     }
     const F xf = to_compute<F>(x[k]), xof = to_compute<F>(xo[k]), A = to_compute<F>(a[k]);
     const F tok_lr = xf - xof;
-    const detail::basic_ratio_point<F> rp = seq_ratio ? srp : detail::ratio_from_log_ratio<F>(tc, tok_lr);
+    // The token's ratio and its k3 statistic, (r - 1) - log r, both from the clamped log-ratio:
+    // in float from one shared exponential (pl_float_math_ok bounds the clamp within +-80,
+    // exp_expm1_f32's range), in double from the public formulas.
+    detail::basic_ratio_point<F> rp;
+    F k3_tok;
+    if constexpr (std::is_same_v<F, float>) {
+      bool lr_clamped = false;
+      const float xc = detail::clamp_flag<float>(tok_lr, tc.log_ratio_min, tc.log_ratio_max, lr_clamped);
+      float e = 0.0f, em = 0.0f;
+      detail::exp_expm1_f32(xc, e, em);
+      rp.ratio = e;
+      rp.d_log_ratio = lr_clamped ? 0.0f : e;
+      rp.clamped = lr_clamped;
+      k3_tok = em - xc;
+    } else {
+      rp = detail::ratio_from_log_ratio<F>(tc, tok_lr);
+      k3_tok = detail::approx_kl_k3<F>(tc, tok_lr);
+    }
+    if (seq_ratio) rp = srp;
     const detail::basic_surrogate_point<F> sp = detail::surrogate<F>(tc, rp.ratio, A, xf);
     st.s_pol += double(sp.loss);
     F dlogp = w * sp.d_logp;
@@ -696,54 +744,53 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
     if (token_kl) {
       F xrf = F(0);
       if constexpr (ReadRef) xrf = to_compute<F>(xr[k]);
-      const detail::basic_kl_point<F> kp = detail::kl_term<F>(tc.kl, xf - xrf, rp.ratio);
+      const detail::basic_kl_point<F> kp = detail::kl_term<F, Common>(tc.kl, xf - xrf, rp.ratio);
       st.s_kl += double(kp.value);
       dlogp += bwk * kp.grad;
       sens += bwk * kp.d_ratio;
-      st.kl_clamped += kp.clamped ? 1 : 0;
+      st.klc_nonfinite += kp.clamped ? 1u : 0u;
     }
     if (seq_kl) dlogp += seq_kl_d;
     if (through) {
       g[k] = G(dlogp);
-      st.sens += double(sens);
+      if constexpr (Sens) st.sens += double(sens);
     } else {
       g[k] = G(dlogp + detail::times_sensitivity<F>(sens, rp.d_log_ratio));
     }
-    ++st.contrib;
-    st.up += (sp.flags & detail::surrogate_clip_upper) ? 1 : 0;
-    st.low += (sp.flags & detail::surrogate_clip_lower) ? 1 : 0;
-    st.dual += (sp.flags & detail::surrogate_clip_dual) ? 1 : 0;
-    st.delta += (sp.flags & detail::surrogate_delta_capped) ? 1 : 0;
+    st.contrib_up += 1u + ((sp.flags & detail::surrogate_clip_upper) ? pl_high : 0u);
+    st.low_dual += ((sp.flags & detail::surrogate_clip_lower) ? 1u : 0u) + ((sp.flags & detail::surrogate_clip_dual) ? pl_high : 0u);
+    st.delta_clamped += ((sp.flags & detail::surrogate_delta_capped) ? 1u : 0u) + (rp.clamped ? pl_high : 0u);
     st.rsum += double(rp.ratio);
     st.rmin = rp.ratio < st.rmin ? rp.ratio : st.rmin;
     st.rmax = rp.ratio > st.rmax ? rp.ratio : st.rmax;
-    st.clamped += rp.clamped ? 1 : 0;
     st.k1 -= double(tok_lr);
-    st.k3 += double(detail::approx_kl_k3<F>(tc, tok_lr));
+    st.k3 += double(k3_tok);
   }
   if (p.direct) {
     if constexpr (std::is_same_v<G, T>) store_blocked<K>(p.layout.row_ptr(p.grad, i) + t0, k0, n, g);
   } else {
     store_blocked<K>(static_cast<G*>(p.gbuf) + pl_flat(p.layout, i, t0), k0, n, g);
   }
-  if (!seq_mode && !p.skip) {
+  // The chunk's first error: the key tree runs only in a block that has one (the barrier's
+  // vote is the same in every thread, so the tree's barriers stay uniform).
+  if (!seq_mode && !p.skip && __syncthreads_or(key != no_error_key)) {
     key = block_reduce_fixed<NT>(key, [](unsigned long long u, unsigned long long v) { return u < v ? u : v; },
                                  sm.template as<unsigned long long>());
     if (threadIdx.x == 0 && key != no_error_key) atomicMin(p.err, key);
   }
-  st = block_reduce_fixed<NT>(st, pl_tstats_op{}, sm.template as<pl_tstats<F>>());
+  st = block_reduce_fixed<NT>(st, pl_tstats_op{}, sm.template as<pl_tstats<F, Sens>>());
   if (threadIdx.x == 0) {
     pl_stats o;
-    o.contrib = st.contrib;
-    o.up = st.up;
-    o.low = st.low;
-    o.dual = st.dual;
-    o.delta = st.delta;
-    o.clamped = st.clamped;
-    o.kl_count = token_kl ? st.contrib : 0;
-    o.kl_clamped = st.kl_clamped;
-    o.nonfinite = st.nonfinite;
-    o.skipped = st.nonfinite;
+    o.contrib = pl_lo16(st.contrib_up);
+    o.up = pl_hi16(st.contrib_up);
+    o.low = pl_lo16(st.low_dual);
+    o.dual = pl_hi16(st.low_dual);
+    o.delta = pl_lo16(st.delta_clamped);
+    o.clamped = pl_hi16(st.delta_clamped);
+    o.kl_count = token_kl ? o.contrib : 0;
+    o.kl_clamped = pl_lo16(st.klc_nonfinite);
+    o.nonfinite = pl_hi16(st.klc_nonfinite);
+    o.skipped = o.nonfinite;
     o.rsum = st.rsum;
     o.rmin = double(st.rmin);
     o.rmax = double(st.rmax);
@@ -752,7 +799,7 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
     o.klsum = st.s_kl;
     o.s_pol = st.s_pol;
     o.s_kl = st.s_kl;
-    o.sens = st.sens;
+    if constexpr (Sens) o.sens = st.sens;
     p.cstats[c] = o;
   }
 }
@@ -900,6 +947,8 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
         if (through) p.total[i] = 0.0;
       } else {
         pl_stats rs{};
+        // unrolled: a long row's chunk statistics are loaded together, not one latency each
+#pragma unroll 4
         for (index_t c = c0; c < c1; ++c) rs = pl_stats_op{}(rs, p.cstats[c]);
         const double S = rs.s_pol;
         lp.loss_pol += row.w * S;

@@ -63,15 +63,15 @@ __device__ __forceinline__ S block_suffix_exclusive(S x, const S& identity, Op o
 }
 
 /// The lane stage of the fixed trees: for d = 16, 8, .., 1 lane i combines its value with lane
-/// i + d's (`op(left, right)`); the warp's result is valid in lane 0.
+/// i + d's (`op(left, right)`); the warp's result is valid in lane 0. Lanes i >= 32 - d combine
+/// with their own value (shfl_down's result past the last lane) instead of keeping it: no lane
+/// that lane 0's result reads from is among them (lane 0 reads lanes d, 3d/2, ... < 32), so the
+/// result is the guarded tree's, without a select per word and step. `op` must be safe on any
+/// pair of its own results (it is never asked to trap).
 template <class S, class Op>
 __device__ __forceinline__ S warp_reduce_fixed(S x, Op op) {
-  const int lane = threadIdx.x & 31;
 #pragma unroll
-  for (int d = 16; d > 0; d >>= 1) {
-    S y = shfl_down_struct(x, d);
-    if (lane + d < 32) x = op(x, y);
-  }
+  for (int d = 16; d > 0; d >>= 1) x = op(x, shfl_down_struct(x, d));
   return x;
 }
 
