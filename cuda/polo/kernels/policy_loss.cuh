@@ -35,10 +35,11 @@
 ///                    `policy_loss_result` the call returns and publishes it with the first
 ///                    error (detail/async_result.cuh: into scratch, and in the asynchronous
 ///                    mode into `be.result` / `be.deferred_errors`)
-///     finish_kernel  (only when the gradient went to scratch) the gradient to the output;
-///                    enqueued before the host read-back and a no-op when an error was found;
-///                    a flat 16-byte copy (pl_finish_flat_kernel) when the scratch is the
-///                    output's exact image (contiguous rows, no GSPO through_mean totals)
+///     finish         (only when the gradient went to scratch) the gradient to the output;
+///                    enqueued before the host read-back and a no-op when an error was found:
+///                    a flat 16-byte copy (pl_flat_copy) in extra blocks of the final kernel
+///                    when the scratch is the output's exact image (contiguous rows, no GSPO
+///                    through_mean totals), else a kernel of its own (pl_finish_kernel)
 ///
 /// Fused mode (pl_fused_plan_ok: no sequence-level ratio or KL term, and at most
 /// pl_fused_plan_rows rows): no plan kernel. The count kernel adds the valid tokens to integer
@@ -239,9 +240,9 @@ __device__ __forceinline__ index_t pl_flat(const L& layout, index_t i, index_t t
   return detail::flat_index(layout, i, t);
 }
 
-/// Threads and most blocks of the flat finish copy.
-inline constexpr int pl_flat_threads = 256;
-inline constexpr index_t pl_flat_blocks = 2048;
+/// Most blocks of the flat finish copy (of the final kernel's 64 threads: up to 524,288
+/// threads, two 16-byte elements each at 1024 x 8192 floats, in about two waves).
+inline constexpr index_t pl_flat_blocks = 8192;
 
 template <int NT>
 struct pl_smem {
@@ -410,8 +411,9 @@ __global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_p
       constexpr int KM = sizeof(Mask) >= 16 ? 1 : int(16 / sizeof(Mask));
       const Mask* m = p.layout.mask_row(i) + t0;
       int mine = 0;
-      // unrolled so that a lane's loads (S / (32 KM) of them: 4 in a chunk of 2,048 bytes)
-      // are in flight together instead of one DRAM latency each
+      // (Measured and dropped, session of 2026-11-24: all of a lane's loads issued before any
+      // is counted, with a release / acquire fence in place of __threadfence at the ticket:
+      // 2.1M instead of 3.2M warp instructions, yet 23.2 us instead of 20.0 under ncu.)
 #pragma unroll 4
       for (index_t k0 = index_t(lane) * KM; k0 < n; k0 += index_t(32 * KM)) {
         Mask v[KM];
@@ -906,6 +908,30 @@ __device__ void pl_publish(const pl_params<LP, T, L>& p, const pl_result& o, boo
   detail::publish(p.target, s, v);
 }
 
+/// finish, flat form: when the scratch gradient is the output's exact image (T elements, no
+/// through_mean totals, and an output whose rows are contiguous: a padded one of row stride
+/// T, a packed one of stride 1), one grid-strided 16-byte copy of the flat extent instead of
+/// the per-chunk finish kernel, run by the final kernel's extra blocks (`block` of `blocks`,
+/// NT threads each; see pl_final_kernel). A no-op when an error was found: the main kernel,
+/// which finished before the final kernel started, wrote every block's first error.
+template <int NT, class LP, class T, class L>
+__device__ __forceinline__ void pl_flat_copy(const pl_params<LP, T, L>& p, index_t count, index_t block,
+                                             index_t blocks) {
+  if (*p.err != no_error_key || pl_bad_offsets(p)) return;
+  const T* __restrict__ src = static_cast<const T*>(p.gbuf);
+  T* __restrict__ dst = p.grad.data;
+  const index_t first = block * NT + threadIdx.x;
+  const index_t step = blocks * NT;
+  constexpr index_t per = index_t(16 / sizeof(T));
+  index_t tail = 0;
+  if ((reinterpret_cast<std::uintptr_t>(src) % 16) == 0 && (reinterpret_cast<std::uintptr_t>(dst) % 16) == 0) {
+    const index_t nv = count / per;
+    for (index_t q = first; q < nv; q += step) reinterpret_cast<uint4*>(dst)[q] = __ldg(reinterpret_cast<const uint4*>(src) + q);
+    tail = nv * per;
+  }
+  for (index_t e = tail + first; e < count; e += step) dst[e] = src[e];
+}
+
 /// Blocks of final_kernel: one row per thread.
 template <int NT>
 inline index_t pl_final_blocks(index_t rows) {
@@ -916,8 +942,16 @@ inline index_t pl_final_blocks(index_t rows) {
 /// -> one partial per block. Level 2: the last block to finish (an integer atomic count)
 /// combines the partials in block order with a fixed tree and writes the result. The order
 /// depends only on row and chunk indices, never on which block finishes last.
+/// The first `final_blocks` blocks do that; any blocks after them run the flat finish copy of
+/// `copy_count` gradient elements (pl_flat_copy): it needs only the main kernel's error key,
+/// so its bandwidth-bound copy overlaps the latency-bound reduction instead of following it
+/// as a fifth kernel.
 template <int NT, class LP, class T, class L>
-__global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
+__global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p, index_t final_blocks, index_t copy_count) {
+  if (index_t(blockIdx.x) >= final_blocks) {
+    pl_flat_copy<NT>(p, copy_count, index_t(blockIdx.x) - final_blocks, index_t(gridDim.x) - final_blocks);
+    return;
+  }
   __shared__ detail::shared_array<pl_stats, NT / 32> s_st;
   __shared__ detail::shared_array<pl_loss_partial, NT / 32> s_lp;
   __shared__ bool s_last;
@@ -981,14 +1015,14 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p) {
   lp = block_reduce_fixed<NT>(lp, pl_loss_partial_op{}, &s_lp[0]);
   if (threadIdx.x == 0) {
     p.fpart[blockIdx.x] = pl_final_partial{st, lp};
-    s_last = pl_arrive(p.done, index_t(gridDim.x));
+    s_last = pl_arrive(p.done, final_blocks);
   }
   __syncthreads();
   if (!s_last) return;
   __threadfence();
   st = pl_stats{};
   lp = pl_loss_partial{};
-  for (index_t b = threadIdx.x; b < index_t(gridDim.x); b += NT) {
+  for (index_t b = threadIdx.x; b < final_blocks; b += NT) {
     const pl_final_partial fp = load_cg_struct(p.fpart + b);
     st = pl_stats_op{}(st, fp.st);
     lp = pl_loss_partial_op{}(lp, fp.lp);
@@ -1082,28 +1116,7 @@ inline constexpr int pl_final_threads = 64;
 /// Enqueues count, plan (not in the fused mode), main, final and (when the gradient goes
 /// through scratch) finish. `*p.err`, `*p.done` and, in the fused mode, every tally must be
 /// ~0 (one memset of 0xff).
-/// finish, flat form: when the scratch gradient is the output's exact image (T elements, no
-/// through_mean totals, and an output whose rows are contiguous: a padded one of row stride
-/// T, a packed one of stride 1), one grid-strided 16-byte copy of the flat extent instead of
-/// the per-chunk kernel. A no-op when an error was found.
-template <class LP, class T, class L>
-__global__ void __launch_bounds__(pl_flat_threads) pl_finish_flat_kernel(pl_params<LP, T, L> p, index_t count) {
-  if (*p.err != no_error_key || pl_bad_offsets(p)) return;
-  const T* __restrict__ src = static_cast<const T*>(p.gbuf);
-  T* __restrict__ dst = p.grad.data;
-  const index_t first = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
-  const index_t step = index_t(gridDim.x) * blockDim.x;
-  constexpr index_t per = index_t(16 / sizeof(T));
-  index_t tail = 0;
-  if ((reinterpret_cast<std::uintptr_t>(src) % 16) == 0 && (reinterpret_cast<std::uintptr_t>(dst) % 16) == 0) {
-    const index_t nv = count / per;
-    for (index_t q = first; q < nv; q += step) reinterpret_cast<uint4*>(dst)[q] = __ldg(reinterpret_cast<const uint4*>(src) + q);
-    tail = nv * per;
-  }
-  for (index_t e = tail + first; e < count; e += step) dst[e] = src[e];
-}
-
-/// Whether a gradient waiting in scratch can take the flat finish (see pl_finish_flat_kernel).
+/// Whether a gradient waiting in scratch can take the flat finish (see pl_flat_copy).
 template <class LP, class T, class L>
 bool pl_flat_finish_ok(const pl_params<LP, T, L>& p) {
   if (p.gbuf_double) return false;  // GSPO through_mean: double scratch and per-row totals
@@ -1156,20 +1169,22 @@ cudaError_t launch_policy_loss(const pl_params<LP, T, L>& p, cudaStream_t stream
       }
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
-    pl_final_kernel<pl_final_threads>
-        <<<unsigned(pl_final_blocks<pl_final_threads>(p.chunks.rows)), pl_final_threads, 0, stream>>>(p);
-    POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    if (!p.direct && grid > 0 && pl_flat_finish_ok(p)) {
-      index_t count = 0;
+    // the final kernel, with the flat finish copy in extra blocks where it applies
+    const index_t fblocks = pl_final_blocks<pl_final_threads>(p.chunks.rows);
+    const bool flat = !p.direct && grid > 0 && pl_flat_finish_ok(p);
+    index_t count = 0, cblocks = 0;
+    if (flat) {
       if constexpr (L::is_packed)
         count = p.layout.tokens;
       else
         count = p.grad.rows * p.grad.cols;
-      const index_t blocks = (count / index_t(16 / sizeof(T)) + pl_flat_threads - 1) / pl_flat_threads;
-      const index_t fgrid = blocks < 1 ? 1 : (blocks > pl_flat_blocks ? pl_flat_blocks : blocks);
-      pl_finish_flat_kernel<<<unsigned(fgrid), pl_flat_threads, 0, stream>>>(p, count);
-      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-    } else if (!p.direct && grid > 0) {
+      const index_t want = (count / index_t(16 / sizeof(T)) + pl_final_threads - 1) / pl_final_threads;
+      cblocks = want < 1 ? 1 : (want > pl_flat_blocks ? pl_flat_blocks : want);
+    }
+    pl_final_kernel<pl_final_threads>
+        <<<unsigned(fblocks + cblocks), pl_final_threads, 0, stream>>>(p, fblocks, count);
+    POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+    if (!flat && !p.direct && grid > 0) {
       if (p.gbuf_double)
         pl_finish_kernel<NT, K, HM, double><<<unsigned(grid), NT, 0, stream>>>(p);
       else
