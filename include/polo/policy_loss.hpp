@@ -520,6 +520,25 @@ POLO_HD_INLINE F approx_kl_k3(const basic_token_consts<F>& c, F lr) {
   return expm1_hd(x) - x;
 }
 
+/// ratio_from_log_ratio and approx_kl_k3 of the same token log-ratio lr, together. Bounded =
+/// true is the caller's promise that the config's clamp lies within +-80 (log_ratio_min >= -80,
+/// log_ratio_max <= 80): in float both then come from one range reduction and polynomial
+/// (exp_expm1_f32, <polo/core/math.hpp>); otherwise, and in double, from the two formulas above.
+template <class F, bool Bounded = false>
+POLO_HD_INLINE void ratio_and_k3(const basic_token_consts<F>& c, F lr, basic_ratio_point<F>& rp, F& k3) {
+  if constexpr (Bounded && std::is_same_v<F, float>) {
+    const float x = clamp_flag<float>(lr, c.log_ratio_min, c.log_ratio_max, rp.clamped);
+    float e = 0.0f, em = 0.0f;
+    exp_expm1_f32(x, e, em);
+    rp.ratio = e;
+    rp.d_log_ratio = rp.clamped ? 0.0f : e;
+    k3 = em - x;
+  } else {
+    rp = ratio_from_log_ratio<F>(c, lr);
+    k3 = approx_kl_k3<F>(c, lr);
+  }
+}
+
 /// The per-token objective of the file comment at ratio r, advantage a and log-prob lp.
 template <class F>
 POLO_HD_INLINE basic_surrogate_point<F> surrogate(const basic_token_consts<F>& c, F r, std::type_identity_t<F> a,

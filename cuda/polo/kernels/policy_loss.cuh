@@ -414,7 +414,6 @@ __global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_p
       // (Measured and dropped, session of 2026-11-24: all of a lane's loads issued before any
       // is counted, with a release / acquire fence in place of __threadfence at the ticket:
       // 2.1M instead of 3.2M warp instructions, yet 23.2 us instead of 20.0 under ncu.)
-#pragma unroll 4
       for (index_t k0 = index_t(lane) * KM; k0 < n; k0 += index_t(32 * KM)) {
         Mask v[KM];
         load_blocked<KM>(m, k0, n, v, Mask(0));
@@ -457,18 +456,8 @@ __global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_p
   __threadfence();
   const pl_totals t = pl_make_totals(p.cfg, p.norm, pl_tally(p, 0), pl_tally(p, 1));
   if (threadIdx.x == 0) *p.totals = t;
-  // four rows per thread and step, their tallies loaded before any plan is stored (the
-  // stores could alias the loads as far as the compiler knows, which would serialize them)
-  constexpr int NTc = pl_count_warps * 32;
-  const index_t rows = p.chunks.rows;
-  for (index_t r0 = threadIdx.x; r0 < rows; r0 += 4 * NTc) {
-    long long nr[4];
-#pragma unroll
-    for (int u = 0; u < 4; ++u) nr[u] = r0 + u * NTc < rows ? pl_tally(p, 3 + r0 + u * NTc) : 0;
-#pragma unroll
-    for (int u = 0; u < 4; ++u)
-      if (r0 + u * NTc < rows) p.rows[r0 + u * NTc] = pl_token_row(p.cfg, p.norm, t, nr[u]);
-  }
+  for (index_t r = threadIdx.x; r < p.chunks.rows; r += pl_count_warps * 32)
+    p.rows[r] = pl_token_row(p.cfg, p.norm, t, pl_tally(p, 3 + r));
 }
 
 /// Enqueues the count-only pass over the p.chunks.bound chunk slots (none: nothing).
@@ -720,24 +709,11 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
     }
     const F xf = to_compute<F>(x[k]), xof = to_compute<F>(xo[k]), A = to_compute<F>(a[k]);
     const F tok_lr = xf - xof;
-    // The token's ratio and its k3 statistic, (r - 1) - log r, both from the clamped log-ratio:
-    // in float from one shared exponential (pl_float_math_ok bounds the clamp within +-80,
-    // exp_expm1_f32's range), in double from the public formulas.
+    // The token's ratio and its k3 statistic from one exponential in float: wherever F is
+    // float, pl_float_math_ok has bounded the log-ratio clamp within +-80 (Bounded).
     detail::basic_ratio_point<F> rp;
     F k3_tok;
-    if constexpr (std::is_same_v<F, float>) {
-      bool lr_clamped = false;
-      const float xc = detail::clamp_flag<float>(tok_lr, tc.log_ratio_min, tc.log_ratio_max, lr_clamped);
-      float e = 0.0f, em = 0.0f;
-      detail::exp_expm1_f32(xc, e, em);
-      rp.ratio = e;
-      rp.d_log_ratio = lr_clamped ? 0.0f : e;
-      rp.clamped = lr_clamped;
-      k3_tok = em - xc;
-    } else {
-      rp = detail::ratio_from_log_ratio<F>(tc, tok_lr);
-      k3_tok = detail::approx_kl_k3<F>(tc, tok_lr);
-    }
+    detail::ratio_and_k3<F, true>(tc, tok_lr, rp, k3_tok);
     if (seq_ratio) rp = srp;
     const detail::basic_surrogate_point<F> sp = detail::surrogate<F>(tc, rp.ratio, A, xf);
     st.s_pol += double(sp.loss);
