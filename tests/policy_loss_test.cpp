@@ -1035,12 +1035,15 @@ TEMPLATE_LIST_TEST_CASE("cuda: many rows of several chunks match the CPU backend
 }
 
 // The fused mode (no sequence-level term: no plan kernel; the count kernel tallies the valid
-// tokens with integer atomics and its last block plans every row) on a packed batch of 520
-// rows, rows 256..511 empty (their tallies never move), mostly short rows (32-thread blocks of
-// 256-token chunks) and one row of 9000 tokens (36 chunks adding to one row's tally). GSPO (the
-// plan kernel) on the same batch. Against the CPU backend on the padded batch (the packed
-// layout's masked count is its own), and bitwise run to run. Then more rows than the count
-// kernel's last block plans (pl_fused_plan_rows): token-level options take the plan kernel.
+// tokens with integer atomics, its last block writes the call's totals, and each row's weights
+// come from its tally) on a packed batch of 520 rows, rows 256..511 empty (their tallies never
+// move), mostly short rows (32-thread blocks of 256-token chunks) and one row of 9000 tokens (36
+// chunks adding to one row's tally). GSPO (the plan kernel) on the same batch. Against the CPU
+// backend on the padded batch (the packed layout's masked count is its own), and bitwise run to
+// run. Then 4200 rows of 6 tokens with empty rows (more rows than the count kernel's 256
+// threads, and than the 4096 the fused mode used to be limited to), token_mean and
+// seq_mean_token_mean, and a KL aggregated by token_mean under seq_mean_token_mean (the two
+// weights differ).
 TEMPLATE_LIST_TEST_CASE("cuda: the fused plan (tallies, empty rows, a row of many chunks) matches the CPU",
                         "[policy_loss][cuda][large]", backends) {
   using B = TestType;
@@ -1081,15 +1084,18 @@ TEMPLATE_LIST_TEST_CASE("cuda: the fused plan (tallies, empty rows, a row of man
     CHECK(std::memcmp(&x.r.stats.approx_kl_k3.sum, &y.r.stats.approx_kl_k3.sum, sizeof(double)) == 0);
     CHECK(test::bitwise_equal(x.grad, y.grad));
   }
-  SECTION("more rows than the fused plan takes") {
+  SECTION("many short rows") {
     const index_t Bm = 4200, Tm = 6;
     auto m = random_batch(g, Bm, Tm, test::mask_pattern::with_empty_rows);
     for (auto* v : {&m.lp, &m.lo, &m.lref, &m.adv})
       for (double& x : *v) x = double(float(x));
-    for (const auto& c : {cfgs[0], cfgs[2]}) {
+    const policy_loss_config kl_tok{
+        .agg = aggregation::seq_mean_token_mean, .kl_coef = 0.05, .kl_agg = kl_aggregation::token_mean};
+    for (const auto& c : {cfgs[0], cfgs[2], kl_tok}) {
       INFO(describe(c));
       const auto want = run_cpu(m, c);
       check_against_cpu(run<B, double>(m, c), want, 1e-10, 1e-12);
+      check_against_cpu(run<B, float>(m, c), want, 2e-5, 5e-6);
     }
   }
 }

@@ -238,7 +238,7 @@ policy_loss_result cuda_policy_loss(const cuda& be, const L& layout, view<const 
   const std::size_t ge = pl_gbuf_elem<T>(c);
   p.direct = ge == 0;
   p.gbuf_double = ge == sizeof(double) && p.seq_ratio;
-  p.fused = kernels::pl_fused_plan_ok(p.seq_ratio, p.seq_kl, layout.num_seqs());
+  p.fused = kernels::pl_fused_ok(p.seq_ratio, p.seq_kl);
 
   scratch ws(be, pl_scratch_bytes<T>(layout, c, true), fn);
   scratch_plan sp(ws.data());

@@ -132,14 +132,25 @@ POLO_HD_INLINE double aggregation_divisor(aggregation agg, const normalizers& n,
   return 1.0;
 }
 
+/// The part of aggregation_weight that every row shares: scale / D, or 0 when D is not > 0.
+POLO_HD_INLINE double aggregation_call_weight(double scale, double divisor) {
+  return divisor > 0.0 ? scale / divisor : 0.0;
+}
+
+/// A row's weight from the call's (aggregation_call_weight): 0 for a row without valid tokens
+/// (n_i <= 0), call_weight / n_i for seq_mean_token_mean, call_weight otherwise.
+POLO_HD_INLINE double aggregation_row_weight(aggregation agg, double call_weight, index_t n_i) {
+  if (n_i <= 0) return 0.0;
+  return agg == aggregation::seq_mean_token_mean ? call_weight / double(n_i) : call_weight;
+}
+
 /// Weight w_i of every valid token of a sequence with n_i valid tokens in the loss
 /// (loss = Σ_it w_i·L·m): scale / D, divided by n_i for seq_mean_token_mean; 0 when D (or n_i)
-/// is 0, so an empty batch has loss 0 and gradient 0.
+/// is 0, so an empty batch has loss 0 and gradient 0. The composition of
+/// aggregation_call_weight and aggregation_row_weight (the same operations in the same order,
+/// so a backend that forms the call's part once gets the same bits).
 POLO_HD_INLINE double aggregation_weight(aggregation agg, double scale, double divisor, index_t n_i) {
-  if (!(divisor > 0.0) || n_i <= 0) return 0.0;
-  double w = scale / divisor;
-  if (agg == aggregation::seq_mean_token_mean) w /= double(n_i);
-  return w;
+  return aggregation_row_weight(agg, aggregation_call_weight(scale, divisor), n_i);
 }
 
 }  // namespace detail

@@ -41,15 +41,16 @@
 ///                    when the scratch is the output's exact image (contiguous rows, no GSPO
 ///                    through_mean totals), else a kernel of its own (pl_finish_kernel)
 ///
-/// Fused mode (pl_fused_plan_ok: no sequence-level ratio or KL term, and at most
-/// pl_fused_plan_rows rows): no plan kernel. The count kernel adds the valid tokens to integer
-/// tallies (each row's, the batch's, and the non-empty rows), and its last block to finish
-/// writes the plan from them: four kernels instead of five, and one launch and one
-/// single-block wait fewer on the critical path.
+/// Fused mode (pl_fused_ok: no sequence-level ratio or KL term): no plan kernel and no per-row
+/// plan. The count kernel adds the valid tokens to integer tallies (each row's, the batch's,
+/// and the non-empty rows), and its last block to finish writes the call's normalizers and
+/// weights (`totals`) from them; the main and final kernels form a row's weights from its
+/// tally and those (pl_row_of, one division for seq_mean_token_mean, none otherwise): four
+/// kernels instead of five, and no single-block loop over the rows on the critical path.
 ///
 /// Asynchronous mode with a packed layout: `off_key` holds the device check of the offsets;
 /// when it found an error every kernel returns before it reads a row (the plan and final
-/// kernels see an empty batch; the fused count kernel does not plan) and the final kernel
+/// kernels see an empty batch; the fused count kernel writes no totals) and the final kernel
 /// publishes the offsets' error.
 ///
 /// No floating-point atomics: the atomics are an integer min on the error key, integer counts
@@ -133,10 +134,13 @@ struct pl_row {
   int bad = 0, ratio_clamped = 0, kl_clamped = 0, pad_ = 0;
 };
 
-/// Normalizers of the call (plan_kernel).
+/// Normalizers of the call (plan_kernel, or the fused count kernel's last block).
 struct pl_totals {
   long long tokens = 0, sequences = 0;
   double div = 0.0, div_tok = 0.0, div_seq = 0.0;
+  /// The call's part of the objective's and of the token-level KL's row weights
+  /// (detail::aggregation_call_weight; a row's: detail::aggregation_row_weight)
+  double w = 0.0, wk = 0.0;
 };
 
 /// Statistics of one chunk (main_kernel), merged in a fixed tree.
@@ -215,9 +219,9 @@ struct pl_params {
   unsigned long long* err = nullptr;
   unsigned long long* done = nullptr;        ///< [1] blocks of final_kernel done (starts at ~0)
   pl_final_partial* fpart = nullptr;  ///< [final blocks]
-  /// Fused mode (pl_fused_plan_ok): no plan kernel; the count kernel tallies the valid
-  /// tokens and its last block writes `totals` and `rows`. Each tally starts at ~0 (all bits
-  /// set), so a count n reads n - 1.
+  /// Fused mode (pl_fused_ok): no plan kernel and `rows` unused; the count kernel tallies the
+  /// valid tokens and its last block writes `totals`. Each tally starts at ~0 (all bits set),
+  /// so a count n reads n - 1.
   bool fused = false;
   /// [3 + B]: valid tokens, non-empty rows, count blocks done (the ticket), each row's valid tokens
   unsigned long long* tally = nullptr;
@@ -338,8 +342,14 @@ __device__ __forceinline__ bool pl_arrive(unsigned long long* counter, index_t e
   return before + 2ull == static_cast<unsigned long long>(expected);
 }
 
-/// The call's normalizers from its valid tokens and non-empty rows (plan_kernel, and the
-/// fused mode's count kernel).
+/// How the token-level KL terms aggregate: token_mean under kl_aggregation::token_mean, else
+/// as the objective.
+__device__ __forceinline__ aggregation pl_kl_mode(const policy_loss_config& c) {
+  return c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
+}
+
+/// The call's normalizers and weights from its valid tokens and non-empty rows (plan_kernel,
+/// and the fused mode's count kernel).
 __device__ __forceinline__ pl_totals pl_make_totals(const policy_loss_config& c, const normalizers& norm,
                                                     long long tok, long long seq) {
   pl_totals t;
@@ -348,19 +358,22 @@ __device__ __forceinline__ pl_totals pl_make_totals(const policy_loss_config& c,
   t.div = detail::aggregation_divisor(c.agg, norm, tok, seq);
   t.div_tok = detail::aggregation_divisor(aggregation::token_mean, norm, tok, seq);
   t.div_seq = detail::aggregation_divisor(aggregation::seq_mean_token_sum, norm, tok, seq);
+  const aggregation kl_mode = pl_kl_mode(c);
+  t.w = detail::aggregation_call_weight(norm.scale, t.div);
+  t.wk = kl_mode == c.agg ? t.w : detail::aggregation_call_weight(norm.scale, t.div_tok);
   return t;
 }
 
 /// The plan of a row with ni valid tokens as far as token-level terms need it: n, w (the
-/// weight of its objective terms) and wk (of its token-level KL terms, before kl_coef); the
-/// sequence-level fields keep their defaults.
-__device__ __forceinline__ pl_row pl_token_row(const policy_loss_config& c, const normalizers& norm,
-                                               const pl_totals& t, long long ni) {
-  const aggregation kl_mode = c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
+/// weight of its objective terms) and wk (of its token-level KL terms, before kl_coef), each
+/// detail::aggregation_weight's value (the call's part from `t`); the sequence-level fields
+/// keep their defaults.
+__device__ __forceinline__ pl_row pl_token_row(const policy_loss_config& c, const pl_totals& t, long long ni) {
+  const aggregation kl_mode = pl_kl_mode(c);
   pl_row row{};
   row.n = ni;
-  row.w = detail::aggregation_weight(c.agg, norm.scale, t.div, ni);
-  row.wk = detail::aggregation_weight(kl_mode, norm.scale, kl_mode == c.agg ? t.div : t.div_tok, ni);
+  row.w = detail::aggregation_row_weight(c.agg, t.w, ni);
+  row.wk = kl_mode == c.agg ? row.w : detail::aggregation_row_weight(kl_mode, t.wk, ni);
   return row;
 }
 
@@ -370,33 +383,45 @@ __device__ __forceinline__ long long pl_tally(const pl_params<LP, T, L>& p, inde
   return static_cast<long long>(__ldcg(p.tally + k) + 1ull);
 }
 
+/// Row i's plan: the plan kernel's (p.rows), or in the fused mode formed from the row's tally
+/// and the call's totals `t` (pl_token_row: what the plan kernel writes for such a row).
+template <class LP, class T, class L>
+__device__ __forceinline__ pl_row pl_row_of(const pl_params<LP, T, L>& p, const pl_totals& t, index_t i) {
+  return p.fused ? pl_token_row(p.cfg, t, pl_tally(p, 3 + i)) : p.rows[i];
+}
+
+/// Row i's plan as the main kernel uses it: on valid tokens only, so for rows with at least one.
+/// The plan kernel's (p.rows), or in the fused mode the call's weights from `t`, each divided by
+/// the row's valid tokens (its tally, read only then) where it aggregates by
+/// seq_mean_token_mean; `n` is not the row's count. Fused: the caller knows the call is in
+/// the fused mode (the main kernel's specialization).
+template <bool Fused, class LP, class T, class L>
+__device__ __forceinline__ pl_row pl_main_row(const pl_params<LP, T, L>& p, const pl_totals& t, index_t i) {
+  if (!Fused && !p.fused) return p.rows[i];
+  constexpr aggregation smtm = aggregation::seq_mean_token_mean;
+  const bool per_row = p.cfg.agg == smtm || pl_kl_mode(p.cfg) == smtm;
+  return pl_token_row(p.cfg, t, per_row ? pl_tally(p, 3 + i) : 1);  // any n >= 1 gives the call's weights
+}
+
 /// Warps per block of the count-only pass.
 inline constexpr int pl_count_warps = 8;
 
-/// Most rows the fused mode plans in the count kernel's last block (256 threads, so at most
-/// 16 rows per thread); more rows take the plan kernel's 1024 threads.
-inline constexpr index_t pl_fused_plan_rows = 4096;
-
-/// Whether a call takes the fused mode: no per-row sequence-level sums to plan, and few
-/// enough rows for one block of the count kernel.
-inline bool pl_fused_plan_ok(bool seq_ratio, bool seq_kl, index_t rows) {
-  return !seq_ratio && !seq_kl && rows <= pl_fused_plan_rows;
-}
+/// Whether a call takes the fused mode: no per-row sequence-level sums to plan.
+inline bool pl_fused_ok(bool seq_ratio, bool seq_kl) { return !seq_ratio && !seq_kl; }
 
 /// The count pass without the sequence-level prep: one warp per chunk reads its mask (16 bytes
 /// per lane and step for a byte mask; without a mask the chunk's length, nothing read). It
 /// writes the chunk's valid tokens to `ccount`, or in the fused mode adds them to the tallies
 /// (the row's count; the add that takes a row from 0 to a positive count also counts a
 /// non-empty row; once per block, the batch's tokens and non-empty rows) and the last block
-/// to finish (an integer ticket) does the plan kernel's work for calls without sequence-level
-/// terms: the normalizers, then each row's n, w and wk. Integer sums: the order does not
-/// matter, so the tallies and the plan are exact and deterministic.
+/// to finish (an integer ticket) writes the call's normalizers and weights (pl_totals; a row's
+/// weights are formed where they are used, pl_row_of). Integer sums: the order does not matter,
+/// so the tallies and the totals are exact and deterministic.
 template <bool HasMask, class LP, class T, class L>
 __global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_params<LP, T, L> p) {
   using Mask = typename L::mask_type;
   __shared__ unsigned long long s_tok[pl_count_warps], s_seq[pl_count_warps];
-  __shared__ bool s_last;
-  if (pl_bad_offsets(p)) return;  // block-uniform: no block plans, and no later kernel reads a row
+  if (pl_bad_offsets(p)) return;  // block-uniform: no totals, and no later kernel reads a row
   const index_t c = index_t(blockIdx.x) * pl_count_warps + index_t(threadIdx.x >> 5);
   const int lane = int(threadIdx.x & 31), warp = int(threadIdx.x >> 5);
   index_t i = 0, j = 0;
@@ -413,7 +438,9 @@ __global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_p
       int mine = 0;
       // (Measured and dropped, session of 2026-11-24: all of a lane's loads issued before any
       // is counted, with a release / acquire fence in place of __threadfence at the ticket:
-      // 2.1M instead of 3.2M warp instructions, yet 23.2 us instead of 20.0 under ncu.)
+      // 2.1M instead of 3.2M warp instructions, yet 23.2 us instead of 20.0 under ncu. Again
+      // once the last block no longer planned each row, four loads issued together and the same
+      // ticket: 102 registers instead of 38, 14.4 us instead of 10.9, the call 2-6 us slower.)
       for (index_t k0 = index_t(lane) * KM; k0 < n; k0 += index_t(32 * KM)) {
         Mask v[KM];
         load_blocked<KM>(m, k0, n, v, Mask(0));
@@ -448,16 +475,11 @@ __global__ void __launch_bounds__(pl_count_warps * 32) pl_count_warp_kernel(pl_p
     }
     if (tok > 0) atomicAdd(p.tally, tok);
     if (seq > 0) atomicAdd(p.tally + 1, seq);
-    s_last = pl_arrive(p.tally + 2, index_t(gridDim.x));
+    if (pl_arrive(p.tally + 2, index_t(gridDim.x))) {  // the last block: the call's totals
+      __threadfence();
+      *p.totals = pl_make_totals(p.cfg, p.norm, pl_tally(p, 0), pl_tally(p, 1));
+    }
   }
-  __syncthreads();
-  if (!s_last) return;
-  // the last block: the plan (without sequence-level terms) from the tallies
-  __threadfence();
-  const pl_totals t = pl_make_totals(p.cfg, p.norm, pl_tally(p, 0), pl_tally(p, 1));
-  if (threadIdx.x == 0) *p.totals = t;
-  for (index_t r = threadIdx.x; r < p.chunks.rows; r += pl_count_warps * 32)
-    p.rows[r] = pl_token_row(p.cfg, p.norm, t, pl_tally(p, 3 + r));
 }
 
 /// Enqueues the count-only pass over the p.chunks.bound chunk slots (none: nothing).
@@ -510,7 +532,7 @@ __global__ void __launch_bounds__(NT) pl_plan_kernel(pl_params<LP, T, L> p) {
   const pl_totals t = s_t;
   for (index_t i = threadIdx.x; i < B; i += NT) {
     const long long ni = pl_row_count(p, i);
-    pl_row row = pl_token_row(c, p.norm, t, ni);
+    pl_row row = pl_token_row(c, t, ni);
     if (p.seq_ratio || p.seq_kl) {
       index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
       double slr = 0.0, sd = 0.0;
@@ -636,7 +658,8 @@ inline bool pl_common_config(const policy_loss_config& c, bool seq_ratio, bool s
 
 /// F: the scalar of the per-token formulas (float for float/bf16/half inputs under
 /// pl_float_math_ok, else double); G: the element type of the gradient written; Common: the
-/// call's options satisfy pl_common_config (only instantiated with F = float).
+/// call's options satisfy pl_common_config and it runs in the fused mode (only instantiated
+/// with F = float).
 template <int NT, int K, bool HasMask, bool ReadRef, class G, class F, bool Common, class LP, class T, class L>
 __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MIN_BLOCKS_F32 : POLO_CUDA_PL_MIN_BLOCKS)
     pl_main_kernel(pl_params<LP, T, L> p) {
@@ -677,7 +700,7 @@ __global__ void __launch_bounds__(NT, std::is_same_v<F, float> ? POLO_CUDA_PL_MI
   load_blocked<K>(p.layout.row_ptr(p.lo, i) + t0, k0, n, xo, LP(0.0f));
   if constexpr (ReadRef) load_blocked<K>(p.layout.row_ptr(p.lr, i) + t0, k0, n, xr, LP(0.0f));
   load_blocked<K>(p.layout.row_ptr(p.adv, i) + t0, k0, n, a, T(0));
-  const pl_row& row = p.rows[i];
+  const pl_row row = pl_main_row<Common>(p, *p.totals, i);  // the specialization runs fused only
   const bool seq_ratio = !Common && p.seq_ratio, seq_kl = !Common && p.seq_kl;
   const bool seq_mode = seq_ratio || seq_kl;
   const bool row_skipped = seq_mode && row.bad && p.skip;
@@ -852,7 +875,7 @@ __device__ policy_loss_result pl_make_result(const pl_params<LP, T, L>& p, const
     st.kl_clamped = {double(s.kl_clamped), s.kl_count};
   }
   const bool per_seq_parts = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
-  const aggregation kl_mode = c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
+  const aggregation kl_mode = pl_kl_mode(c);
   const bool kl_per_seq_parts =
       kl_mode == aggregation::seq_mean_token_mean || kl_mode == aggregation::seq_mean_token_sum;
   res.policy_loss = o.loss_pol;
@@ -935,7 +958,7 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p, ind
   const bool bad_offsets = pl_bad_offsets(p);
   const index_t B = bad_offsets ? 0 : p.chunks.rows;  // bad offsets: no row is read
   const pl_totals tt = *p.totals;
-  const aggregation kl_mode = cfg.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : cfg.agg;
+  const aggregation kl_mode = pl_kl_mode(cfg);
   const bool seq_mode = p.seq_ratio || p.seq_kl;
   const bool through = p.seq_ratio && cfg.sequence_gradient == sequence_ratio_gradient::through_mean;
   pl_stats st{};
@@ -944,7 +967,7 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p, ind
   if (i < B) {
     const index_t len = p.layout.row_len(i);
     const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
-    const pl_row row = p.rows[i];
+    const pl_row row = pl_row_of(p, tt, i);
     const long long ni = row.n;
     if (len > 0) {
       lp.masked += len - ni;
@@ -1130,7 +1153,7 @@ cudaError_t launch_policy_loss(const pl_params<LP, T, L>& p, cudaStream_t stream
         constexpr bool float_math = std::is_same_v<F, float>;  // the specialization's only scalar
         if (p.gbuf_double)
           pl_main_kernel<NT, K, HM, RR, double, F, false><<<unsigned(grid), NT, 0, stream>>>(p);
-        else if (float_math && pl_common_config(p.cfg, p.seq_ratio, p.seq_kl, p.use_kl))
+        else if (float_math && p.fused && pl_common_config(p.cfg, p.seq_ratio, p.seq_kl, p.use_kl))
           pl_main_kernel<NT, K, HM, RR, T, F, float_math><<<unsigned(grid), NT, 0, stream>>>(p);
         else
           pl_main_kernel<NT, K, HM, RR, T, F, false><<<unsigned(grid), NT, 0, stream>>>(p);
