@@ -245,8 +245,11 @@ __device__ __forceinline__ index_t pl_flat(const L& layout, index_t i, index_t t
 }
 
 /// Most blocks of the flat finish copy (of the final kernel's 64 threads: up to 524,288
-/// threads, two 16-byte elements each at 1024 x 8192 floats, in about two waves).
+/// threads; at 1024 x 8192 floats, four 16-byte elements each, loaded together).
 inline constexpr index_t pl_flat_blocks = 8192;
+
+/// 16-byte loads a thread of the flat finish copy issues before it stores them.
+inline constexpr int pl_flat_loads = 4;
 
 template <int NT>
 struct pl_smem {
@@ -925,7 +928,20 @@ __device__ __forceinline__ void pl_flat_copy(const pl_params<LP, T, L>& p, index
   index_t tail = 0;
   if ((reinterpret_cast<std::uintptr_t>(src) % 16) == 0 && (reinterpret_cast<std::uintptr_t>(dst) % 16) == 0) {
     const index_t nv = count / per;
-    for (index_t q = first; q < nv; q += step) reinterpret_cast<uint4*>(dst)[q] = __ldg(reinterpret_cast<const uint4*>(src) + q);
+    const uint4* __restrict__ s4 = reinterpret_cast<const uint4*>(src);
+    uint4* __restrict__ d4 = reinterpret_cast<uint4*>(dst);
+    // pl_flat_loads loads in flight per thread before their stores: the final kernel's register
+    // count leaves few threads per multiprocessor, too few to cover DRAM latency one load each
+    constexpr int U = pl_flat_loads;
+    index_t q = first;
+    for (; q + (U - 1) * step < nv; q += U * step) {
+      uint4 v[U];
+#pragma unroll
+      for (int u = 0; u < U; ++u) v[u] = __ldg(s4 + q + u * step);
+#pragma unroll
+      for (int u = 0; u < U; ++u) d4[q + u * step] = v[u];
+    }
+    for (; q < nv; q += step) d4[q] = __ldg(s4 + q);
     tail = nv * per;
   }
   for (index_t e = tail + first; e < count; e += step) dst[e] = src[e];
