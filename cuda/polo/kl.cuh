@@ -75,7 +75,11 @@ struct klr_params {
   cuda::status* deferred = nullptr;             ///< be.deferred_errors
 };
 
-/// Write = false: the check; Write = true: behind the gate, out and the statistics.
+/// Write = false: the check; Write = true: behind the gate, out and the statistics, with the
+/// scans' L2 reuse (kernels::scan_apply_evict_first): chunks in the reverse of the check's
+/// order, so the inputs it read last (some still in L2) are read again first, inputs loaded and
+/// outputs stored evict-first (the call's last read of them; its outputs no pass reads). The
+/// order changes no result: each chunk's statistics go to its own slot.
 template <int NT, int K, bool HasMask, bool Write, class T, class L>
 __global__ void __launch_bounds__(NT) klr_kernel(klr_params<T, L> p) {
   __shared__ detail::shared_array<klr_stats, NT / 32> sm;
@@ -83,7 +87,8 @@ __global__ void __launch_bounds__(NT) klr_kernel(klr_params<T, L> p) {
   using Mask = typename L::mask_type;
   if (Write && *p.err != no_error_key) return;
   if (p.off_key != nullptr && *p.off_key != no_error_key) return;  // bad packed offsets: no row is read
-  const index_t c = blockIdx.x;
+  constexpr bool EF = Write && scan_apply_evict_first;
+  const index_t c = Write ? index_t(gridDim.x) - 1 - index_t(blockIdx.x) : index_t(blockIdx.x);
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
   const index_t len = p.layout.row_len(i);
@@ -93,7 +98,7 @@ __global__ void __launch_bounds__(NT) klr_kernel(klr_params<T, L> p) {
   bool valid[K];
   if constexpr (HasMask) {
     Mask m[K];
-    load_blocked<K>(p.layout.mask_row(i) + t0, k0, n, m, Mask(0));
+    load_blocked_as<K, EF>(p.layout.mask_row(i) + t0, k0, n, m, Mask(0));
 #pragma unroll
     for (int k = 0; k < K; ++k) valid[k] = k0 + k < n && detail::is_valid(m[k]);
   } else {
@@ -101,9 +106,9 @@ __global__ void __launch_bounds__(NT) klr_kernel(klr_params<T, L> p) {
     for (int k = 0; k < K; ++k) valid[k] = k0 + k < n;
   }
   T r[K], lo[K], lr[K];
-  load_blocked<K>(p.layout.row_ptr(p.r, i) + t0, k0, n, r, T(0));
-  load_blocked<K>(p.layout.row_ptr(p.lo, i) + t0, k0, n, lo, T(0));
-  load_blocked<K>(p.layout.row_ptr(p.lr, i) + t0, k0, n, lr, T(0));
+  load_blocked_as<K, EF>(p.layout.row_ptr(p.r, i) + t0, k0, n, r, T(0));
+  load_blocked_as<K, EF>(p.layout.row_ptr(p.lo, i) + t0, k0, n, lo, T(0));
+  load_blocked_as<K, EF>(p.layout.row_ptr(p.lr, i) + t0, k0, n, lr, T(0));
   if constexpr (!Write) {
     unsigned long long key = no_error_key;
 #pragma unroll
@@ -137,7 +142,7 @@ __global__ void __launch_bounds__(NT) klr_kernel(klr_params<T, L> p) {
       st.kl += kp.value;
       st.clamped += kp.clamped ? 1 : 0;
     }
-    store_blocked<K>(p.layout.row_ptr(p.out, i) + t0, k0, n, o);
+    store_blocked_as<K, EF>(p.layout.row_ptr(p.out, i) + t0, k0, n, o);
     st = block_reduce_fixed<NT>(st, klr_stats_op{}, &sm[0]);
     if (threadIdx.x == 0) p.cstats[c] = st;
   }
