@@ -26,6 +26,11 @@ namespace {
 
 namespace cb = polo::bench::cuda;
 
+/// torch.compile's time for the clipped objective + k3 KL as ../shared/guide/PERFORMANCE.md
+/// quotes it (its H100, not this run): the `x_faster_than_torch_compile` counter divides by it.
+/// torch.compile's own time moves between machines of one model (469 to 938 us at 1024 x 8192
+/// in our runs), so the ratios README quotes come from bench/torch_baseline.py timed in the
+/// same call (bench/results/nvidia-h100-80gb-hbm3/kernel_breakdown.md).
 double torch_compile_seconds(std::int64_t B, std::int64_t T) {
   if (B == 512 && T == 4096) return 789e-6;
   if (B == 1024 && T == 8192) return 469e-6;
