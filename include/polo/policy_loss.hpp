@@ -170,6 +170,15 @@ struct policy_loss_config {
   token_nonfinite_policy nonfinite = token_nonfinite_policy::error;
 };
 
+namespace detail {
+/// How a call's token-level KL terms aggregate: token_mean under kl_aggregation::token_mean,
+/// else as the objective (`c.agg`). One definition for the CPU backend, the CUDA kernels and
+/// policy_loss_from_parts.
+POLO_HD_INLINE aggregation kl_aggregation_of(const policy_loss_config& c) {
+  return c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
+}
+}  // namespace detail
+
 /// Mask counts of one call: add (all-reduce) them over micro-batches and ranks with +=, then
 /// pass them as `normalizers{.tokens = double(c.tokens), .sequences = double(c.sequences)}`.
 struct token_counts {
@@ -300,7 +309,7 @@ struct policy_loss_result {
     if (c.kl.level != kl_level::token)
       kl_term = kl.mean();
     else
-      kl_term = part(c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg, kl);
+      kl_term = part(detail::kl_aggregation_of(c), kl);
   }
   return norm.scale * (pl + c.kl_coef * kl_term);
 }

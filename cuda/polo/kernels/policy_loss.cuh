@@ -345,12 +345,6 @@ __device__ __forceinline__ bool pl_arrive(unsigned long long* counter, index_t e
   return before + 2ull == static_cast<unsigned long long>(expected);
 }
 
-/// How the token-level KL terms aggregate: token_mean under kl_aggregation::token_mean, else
-/// as the objective.
-__device__ __forceinline__ aggregation pl_kl_mode(const policy_loss_config& c) {
-  return c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
-}
-
 /// The call's normalizers and weights from its valid tokens and non-empty rows (plan_kernel,
 /// and the fused mode's count kernel).
 __device__ __forceinline__ pl_totals pl_make_totals(const policy_loss_config& c, const normalizers& norm,
@@ -361,7 +355,7 @@ __device__ __forceinline__ pl_totals pl_make_totals(const policy_loss_config& c,
   t.div = detail::aggregation_divisor(c.agg, norm, tok, seq);
   t.div_tok = detail::aggregation_divisor(aggregation::token_mean, norm, tok, seq);
   t.div_seq = detail::aggregation_divisor(aggregation::seq_mean_token_sum, norm, tok, seq);
-  const aggregation kl_mode = pl_kl_mode(c);
+  const aggregation kl_mode = detail::kl_aggregation_of(c);
   t.w = detail::aggregation_call_weight(norm.scale, t.div);
   t.wk = kl_mode == c.agg ? t.w : detail::aggregation_call_weight(norm.scale, t.div_tok);
   return t;
@@ -372,7 +366,7 @@ __device__ __forceinline__ pl_totals pl_make_totals(const policy_loss_config& c,
 /// detail::aggregation_weight's value (the call's part from `t`); the sequence-level fields
 /// keep their defaults.
 __device__ __forceinline__ pl_row pl_token_row(const policy_loss_config& c, const pl_totals& t, long long ni) {
-  const aggregation kl_mode = pl_kl_mode(c);
+  const aggregation kl_mode = detail::kl_aggregation_of(c);
   pl_row row{};
   row.n = ni;
   row.w = detail::aggregation_row_weight(c.agg, t.w, ni);
@@ -402,7 +396,7 @@ template <bool Fused, class LP, class T, class L>
 __device__ __forceinline__ pl_row pl_main_row(const pl_params<LP, T, L>& p, const pl_totals& t, index_t i) {
   if (!Fused && !p.fused) return p.rows[i];
   constexpr aggregation smtm = aggregation::seq_mean_token_mean;
-  const bool per_row = p.cfg.agg == smtm || pl_kl_mode(p.cfg) == smtm;
+  const bool per_row = p.cfg.agg == smtm || detail::kl_aggregation_of(p.cfg) == smtm;
   return pl_token_row(p.cfg, t, per_row ? pl_tally(p, 3 + i) : 1);  // any n >= 1 gives the call's weights
 }
 
@@ -878,7 +872,7 @@ __device__ policy_loss_result pl_make_result(const pl_params<LP, T, L>& p, const
     st.kl_clamped = {double(s.kl_clamped), s.kl_count};
   }
   const bool per_seq_parts = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
-  const aggregation kl_mode = pl_kl_mode(c);
+  const aggregation kl_mode = detail::kl_aggregation_of(c);
   const bool kl_per_seq_parts =
       kl_mode == aggregation::seq_mean_token_mean || kl_mode == aggregation::seq_mean_token_sum;
   res.policy_loss = o.loss_pol;
@@ -974,7 +968,7 @@ __global__ void __launch_bounds__(NT) pl_final_kernel(pl_params<LP, T, L> p, ind
   const bool bad_offsets = pl_bad_offsets(p);
   const index_t B = bad_offsets ? 0 : p.chunks.rows;  // bad offsets: no row is read
   const pl_totals tt = *p.totals;
-  const aggregation kl_mode = pl_kl_mode(cfg);
+  const aggregation kl_mode = detail::kl_aggregation_of(cfg);
   const bool seq_mode = p.seq_ratio || p.seq_kl;
   const bool through = p.seq_ratio && cfg.sequence_gradient == sequence_ratio_gradient::through_mean;
   pl_stats st{};

@@ -137,7 +137,7 @@ struct backend_impl<cpu, policy_loss_tag> {
     const double div = aggregation_divisor(c.agg, norm, st.tokens, st.sequences);
     const double div_tok = aggregation_divisor(aggregation::token_mean, norm, st.tokens, st.sequences);
     const double div_seq = aggregation_divisor(aggregation::seq_mean_token_sum, norm, st.tokens, st.sequences);
-    const aggregation kl_mode = c.kl_agg == kl_aggregation::token_mean ? aggregation::token_mean : c.agg;
+    const aggregation kl_mode = kl_aggregation_of(c);
     const bool per_seq_parts = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
     const bool kl_per_seq_parts =
         kl_mode == aggregation::seq_mean_token_mean || kl_mode == aggregation::seq_mean_token_sum;
