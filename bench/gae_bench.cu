@@ -55,12 +55,13 @@ struct fixture {
   }
 };
 
-void run_gae(benchmark::State& st, const polo::gae_config& cfg, bool left = false) {
+void run_gae(benchmark::State& st, const polo::gae_config& cfg, bool left = false,
+             polo::scan_chunking chunks = polo::scan_chunking::adaptive) {
   fixture f(st.range(0), st.range(1), left);
   const auto lay = f.layout();
-  polo::cuda probe{};
+  const polo::cuda probe{.scans = chunks};
   cb::device_buffer<unsigned char> ws(polo::gae_workspace_bytes<float>(probe, lay));
-  polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size(), .scans = chunks};
   cb::result_mode<polo::gae_stats> mode(st, be, st.range(2) != 0);
   cb::time_loop(st, f.stream, [&] { polo::gae(be, lay, f.in(f.r), f.in(f.v), f.out(f.A), f.out(f.R), cfg); });
   polo::cuda_check(be);
@@ -73,6 +74,10 @@ void BM_Gae_cuda(benchmark::State& st) { run_gae(st, polo::gae_config{}); }
 // the same batch with its padding on the left: the leading masked chunks of every row (the
 // apply pass's second launch)
 void BM_GaeLeftPadded_cuda(benchmark::State& st) { run_gae(st, polo::gae_config{}, true); }
+// chunks of one warp for every batch (packed == padded bitwise whatever the lengths)
+void BM_GaeLayoutInvariant_cuda(benchmark::State& st) {
+  run_gae(st, polo::gae_config{}, false, polo::scan_chunking::layout_invariant);
+}
 void BM_GaeThrough_cuda(benchmark::State& st) { run_gae(st, polo::presets::openrlhf::gae); }
 void BM_GaeVapo_cuda(benchmark::State& st) { run_gae(st, polo::presets::nemo::gae_vapo); }
 
@@ -105,6 +110,13 @@ BENCHMARK(BM_Gae_cuda)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GaeLeftPadded_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GaeLayoutInvariant_cuda)
+    ->Args({512, 4096, 1})
+    ->Args({1024, 8192, 1})
+    ->Args({8, 1 << 20, 1})
+    ->Args({1024, 8192, 0})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GaeThrough_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GaeVapo_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DiscountedReturns_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);

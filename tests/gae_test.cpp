@@ -58,7 +58,7 @@ struct gae_run {
 /// GAE on backend Bk over the padded batch (optionally with bootstrap flags and values).
 template <class Bk, class T>
 gae_run<T> run_padded(const batch<T>& b, const gae_config& c, const std::vector<int>* trunc = nullptr,
-                      const std::vector<double>* boot = nullptr) {
+                      const std::vector<double>* boot = nullptr, const Bk& be = test::make_backend<Bk>()) {
   using S = typename Bk::memory_space;
   buffer<T, Bk> r(test::cast<T>(b.r)), v(test::cast<T>(b.v)), A(b.B * b.Tn, T(-7)), R(b.B * b.Tn, T(-7));
   buffer<std::uint8_t, Bk> m(b.m);
@@ -67,10 +67,10 @@ gae_run<T> run_padded(const batch<T>& b, const gae_config& c, const std::vector<
   if (trunc) {
     buffer<int, Bk> tb(*trunc);
     buffer<T, Bk> bb(test::cast<T>(*boot));
-    out.st = gae(test::make_backend<Bk>(), L, r.cview2(b.B, b.Tn), v.cview2(b.B, b.Tn), tb.cview1(), bb.cview1(),
+    out.st = gae(be, L, r.cview2(b.B, b.Tn), v.cview2(b.B, b.Tn), tb.cview1(), bb.cview1(),
                  A.view2(b.B, b.Tn), R.view2(b.B, b.Tn), c);
   } else {
-    out.st = gae(test::make_backend<Bk>(), L, r.cview2(b.B, b.Tn), v.cview2(b.B, b.Tn), A.view2(b.B, b.Tn),
+    out.st = gae(be, L, r.cview2(b.B, b.Tn), v.cview2(b.B, b.Tn), A.view2(b.B, b.Tn),
                  R.view2(b.B, b.Tn), c);
   }
   out.A = A.to_host();
@@ -81,7 +81,7 @@ gae_run<T> run_padded(const batch<T>& b, const gae_config& c, const std::vector<
 /// GAE on the packed form of the same batch; outputs scattered back to [B,T] (fill -7).
 template <class Bk, class T>
 gae_run<T> run_packed(const batch<T>& b, const gae_config& c, const std::vector<int>* trunc = nullptr,
-                      const std::vector<double>* boot = nullptr) {
+                      const std::vector<double>* boot = nullptr, const Bk& be = test::make_backend<Bk>()) {
   using S = typename Bk::memory_space;
   auto pk = test::pack(b.m, b.B, b.Tn);
   const index_t N = pk.tokens();
@@ -93,9 +93,9 @@ gae_run<T> run_packed(const batch<T>& b, const gae_config& c, const std::vector<
   if (trunc) {
     buffer<int, Bk> tb(*trunc);
     buffer<T, Bk> bb(test::cast<T>(*boot));
-    out.st = gae(test::make_backend<Bk>(), L, r.cview1(), v.cview1(), tb.cview1(), bb.cview1(), A.view1(), R.view1(), c);
+    out.st = gae(be, L, r.cview1(), v.cview1(), tb.cview1(), bb.cview1(), A.view1(), R.view1(), c);
   } else {
-    out.st = gae(test::make_backend<Bk>(), L, r.cview1(), v.cview1(), A.view1(), R.view1(), c);
+    out.st = gae(be, L, r.cview1(), v.cview1(), A.view1(), R.view1(), c);
   }
   out.A = pk.scatter(A.to_host(), T(-7));
   out.R = pk.scatter(R.to_host(), T(-7));
@@ -834,6 +834,74 @@ TEST_CASE("cuda: gae on long rows and on many rows", "[gae][cuda][layout]") {
       }
     }
   }
+}
+
+// The CUDA backend picks its scans' chunk width from the typical row length (padded: T;
+// packed: N/B), so a padded batch and the same batch packed can be cut differently: one long
+// row among short ones (T = 1000: chunks of 256 threads; packed mean 258 or 251 tokens: 64 or
+// 32, the long row cut in two or four). Under scan_chunking::adaptive (the default) the two
+// agree to rounding; under scan_chunking::layout_invariant bitwise, outputs and statistics,
+// for GAE in every mask mode and fill and for the discounted returns, and its outputs agree
+// with the default's and the float64 oracle's to rounding.
+template <class T>
+void check_scan_chunking(index_t short_len) {
+  using Bk = polo::cuda;
+  using S = device_space;
+  auto g = test::rng(9007);
+  const index_t B = 4, Tn = 1000;
+  auto b = make_batch<T>(g, B, Tn, mask_pattern::all_valid);
+  for (index_t i = 1; i < B; ++i)
+    for (index_t t = 0; t < Tn; ++t) b.m[std::size_t(i * Tn + t)] = t >= Tn - short_len ? 1 : 0;
+  auto pkinfo = test::pack(b.m, b.B, b.Tn);
+  auto keep = pkinfo.scatter(std::vector<std::uint8_t>(std::size_t(pkinfo.tokens()), 1), std::uint8_t(0));
+  auto sel = [&](const std::vector<T>& x) {
+    std::vector<T> y;
+    for (std::size_t k = 0; k < x.size(); ++k)
+      if (keep[k]) y.push_back(x[k]);
+    return y;
+  };
+  auto dbl = [](const std::vector<T>& x) { return std::vector<double>(x.begin(), x.end()); };
+  const double rtol = std::is_same_v<T, float> ? 2e-5 : 1e-12, atol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
+  const Bk inv{.scans = scan_chunking::layout_invariant};
+  for (auto mode : {gae_mask_mode::skip, gae_mask_mode::through})
+    for (auto fill : {masked_fill::zero, masked_fill::recursion}) {
+      gae_config c{.gamma = 0.99, .lambda = 0.95, .mask = mode, .fill = fill};
+      INFO("short rows " << short_len << " " << describe(c));
+      auto pad = run_padded<Bk, T>(b, c), pk = run_packed<Bk, T>(b, c);
+      test::require_close(sel(pk.A), dbl(sel(pad.A)), rtol, atol);
+      test::require_close(sel(pk.R), dbl(sel(pad.R)), rtol, atol);
+      auto ipad = run_padded<Bk, T>(b, c, nullptr, nullptr, inv);
+      auto ipk = run_packed<Bk, T>(b, c, nullptr, nullptr, inv);
+      CHECK(test::bitwise_equal(sel(ipad.A), sel(ipk.A)));
+      CHECK(test::bitwise_equal(sel(ipad.R), sel(ipk.R)));
+      CHECK(std::memcmp(&ipad.st.advantages, &ipk.st.advantages, sizeof(moments)) == 0);
+      CHECK(ipad.st.returns.sum == ipk.st.returns.sum);
+      test::require_close(ipad.A, dbl(pad.A), rtol, atol);
+      test::require_close(ipad.R, dbl(pad.R), rtol, atol);
+      auto want = ref::gae(b.r, b.v, b.m, b.B, b.Tn, c);
+      test::require_close(ipad.A, want.adv, rtol, atol);
+      test::require_close(ipad.R, want.ret, rtol, atol);
+    }
+  // the discounted returns, with ReMax's baseline
+  auto base = test::cast<T>(test::normal(g, B));
+  buffer<T, Bk> r(test::cast<T>(b.r)), pr(pkinfo.take(test::cast<T>(b.r))), bl(base);
+  buffer<std::uint8_t, Bk> m(b.m), pm(pkinfo.mask);
+  buffer<std::int64_t, Bk> off(pkinfo.offsets);
+  padded<std::uint8_t, S> L(m.cview2(b.B, b.Tn));
+  packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pkinfo.tokens(), pm.cview1());
+  buffer<T, Bk> R(b.B * b.Tn, T(-7)), A(b.B * b.Tn, T(-7)), pR(pkinfo.tokens(), T(-7)), pA(pkinfo.tokens(), T(-7));
+  const returns_config rc{0.99, masked_fill::zero, returns_mask_mode::carry};
+  auto s1 = remax_advantages(inv, L, r.cview2(b.B, b.Tn), bl.cview1(), A.view2(b.B, b.Tn), R.view2(b.B, b.Tn), rc);
+  auto s2 = remax_advantages(inv, P, pr.cview1(), bl.cview1(), pA.view1(), pR.view1(), rc);
+  CHECK(test::bitwise_equal(pR.to_host(), pkinfo.take(R.to_host())));
+  CHECK(test::bitwise_equal(pA.to_host(), pkinfo.take(A.to_host())));
+  CHECK(std::memcmp(&s1.returns, &s2.returns, sizeof(moments)) == 0);
+}
+
+TEST_CASE("cuda: scans packed and padded under each scan_chunking", "[gae][cuda][layout]") {
+  check_scan_chunking<float>(10);
+  check_scan_chunking<float>(1);
+  check_scan_chunking<double>(10);
 }
 
 // The returns' scans on rows of several 256-thread chunks (every thread's suffix stored by the

@@ -56,7 +56,10 @@ template <class T>
 inline constexpr int scan_items_v = POLO_CUDA_SCAN_ITEMS;
 
 /// Chunk geometry for a layout: S = NT*K with NT the smallest of {32, 64, 256} whose chunk
-/// holds a typical row (padded: T; packed: N/B), 256 for long rows.
+/// holds a typical row (padded: T; packed: N/B), 256 for long rows; 32 for every batch under
+/// scan_chunking::layout_invariant. Rows are cut at their first valid token, so two layouts
+/// with the same NT (and the same choice of stored suffixes, scan_stores_suffix) cut a row
+/// into the same chunks and scan it with the same trees; different widths give other trees.
 template <TokenLayout L>
 index_t scan_typical_len(const L& layout) {
   const index_t B = layout.num_seqs();
@@ -66,7 +69,8 @@ index_t scan_typical_len(const L& layout) {
     return layout.seq_len;
 }
 template <class T, TokenLayout L>
-int scan_threads(const L& layout) {
+int scan_threads(const cuda& be, const L& layout) {
+  if (be.scans == scan_chunking::layout_invariant) return 32;
   const index_t typical = scan_typical_len(layout);
   constexpr int K = scan_items_v<T>;
   if (typical <= 32 * K) return 32;
@@ -130,8 +134,8 @@ index_t scan_chunk_bound(const L& layout, int S) {
 }
 
 template <class T, TokenLayout L>
-scan_regions take_scan_regions(scratch_plan& sp, const L& layout) {
-  const int NT = scan_threads<T>(layout);
+scan_regions take_scan_regions(const cuda& be, scratch_plan& sp, const L& layout) {
+  const int NT = scan_threads<T>(be, layout);
   const int S = NT * scan_items_v<T>;
   const index_t B = layout.num_seqs();
   const index_t bound = scan_anchored_bound(layout, S);
@@ -168,9 +172,9 @@ scan_regions take_scan_regions(scratch_plan& sp, const L& layout) {
 }
 
 template <class T, TokenLayout L>
-std::size_t scan_scratch_bytes(const L& layout) {
+std::size_t scan_scratch_bytes(const cuda& be, const L& layout) {
   scratch_plan sp;
-  (void)take_scan_regions<T>(sp, layout);
+  (void)take_scan_regions<T>(be, sp, layout);
   return sp.bytes();
 }
 
@@ -275,10 +279,10 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   if (p.deferred != nullptr) return run_scan_async<T, F>(be, fn, p);
   check_scan_limits(fn, p.layout);
   const cudaStream_t stream = stream_of(be);
-  scratch ws(be, scan_scratch_bytes<T>(p.layout), fn);
+  scratch ws(be, scan_scratch_bytes<T>(be, p.layout), fn);
   scratch_plan sp(ws.data());
-  const scan_regions r = take_scan_regions<T>(sp, p.layout);
-  const int NT = scan_threads<T>(p.layout);
+  const scan_regions r = take_scan_regions<T>(be, sp, p.layout);
+  const int NT = scan_threads<T>(be, p.layout);
   constexpr int K = scan_items_v<T>;
   const int S = NT * K;
   check_packed_offsets_device(be, fn, p.layout, r.err);
@@ -301,10 +305,10 @@ template <class T, class F, TokenLayout L>
 kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::scan_params<T, L, F>& p) {
   check_scan_limits(fn, p.layout);
   const cudaStream_t stream = stream_of(be);
-  scratch ws(be, scan_scratch_bytes<T>(p.layout), fn);
+  scratch ws(be, scan_scratch_bytes<T>(be, p.layout), fn);
   scratch_plan sp(ws.data());
-  const scan_regions r = take_scan_regions<T>(sp, p.layout);
-  const int NT = scan_threads<T>(p.layout);
+  const scan_regions r = take_scan_regions<T>(be, sp, p.layout);
+  const int NT = scan_threads<T>(be, p.layout);
   constexpr int K = scan_items_v<T>;
   const int S = NT * K;
   p.off_key = nullptr;
@@ -633,20 +637,21 @@ namespace polo {
 
 /// Bytes of scratch that `gae(be, layout, ...)` with element type T takes on the CUDA backend
 /// (the size a caller-provided `polo::cuda::workspace` needs). Rows are cut into chunks of
-/// S = 8·NT tokens (NT = 32, 64 or 256 threads, from the typical row length), with room for
+/// S = 8·NT tokens (NT = 32, 64 or 256 threads, from the typical row length; 32 under
+/// `be.scans == scan_chunking::layout_invariant`), with room for
 /// B·(⌈T/S⌉ + 1) chunks (padded) or ⌈N/S⌉ + B (packed); each takes about 160 bytes, plus 36
 /// per thread for float (40 for double) at NT = 256 when rows span several chunks (T, or N/B
 /// packed, above 2048): about 4.6 bytes per float token. Plus
 /// about 130 bytes per sequence and cub's scan scratch. Host-only.
 template <class T, TokenLayout L>
-std::size_t gae_workspace_bytes(const cuda&, const L& layout) {
-  return detail::scan_scratch_bytes<T>(layout);
+std::size_t gae_workspace_bytes(const cuda& be, const L& layout) {
+  return detail::scan_scratch_bytes<T>(be, layout);
 }
 
 /// Bytes of scratch of `discounted_returns` / `remax_advantages` (the same as gae's).
 template <class T, TokenLayout L>
-std::size_t discounted_returns_workspace_bytes(const cuda&, const L& layout) {
-  return detail::scan_scratch_bytes<T>(layout);
+std::size_t discounted_returns_workspace_bytes(const cuda& be, const L& layout) {
+  return detail::scan_scratch_bytes<T>(be, layout);
 }
 
 }  // namespace polo

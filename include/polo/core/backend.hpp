@@ -41,6 +41,23 @@ enum class determinism : unsigned char {
                ///< No primitive has such a variant yet: `fast` runs the deterministic kernels.
 };
 
+/// How the CUDA scans (`gae`, `discounted_returns`, `remax_advantages`, `reinforce_plus_plus`)
+/// cut their rows into chunks, which sets their reduction trees and so the last bits of their
+/// outputs (polo::cuda::scans; the CPU backend scans each row serially and ignores it).
+enum class scan_chunking : unsigned char {
+  /// The fastest chunk width for the batch's typical row length (padded: T; packed: ⌈N/B⌉):
+  /// chunks of 32, 64 or 256 threads of 8 tokens, the last storing each thread's partial scan
+  /// when rows span several chunks. Outputs of a batch and of the same batch in the other
+  /// layout are bitwise equal when the two typical lengths fall in the same class (≤ 256,
+  /// 257–512, 513–2048 or above 2048 tokens), and agree to rounding otherwise.
+  adaptive,
+  /// Chunks of one warp (256 tokens) for every batch: a padded batch and the same batch packed
+  /// are cut and scanned identically, so their outputs and statistics are bitwise equal
+  /// whatever their lengths. As fast at 1024 x 8192 on an H100, 2x slower on rows of a million
+  /// tokens (docs/cuda.md, "Determinism").
+  layout_invariant,
+};
+
 /// The CPU backend: fixed-order, deterministic loops over Eigen maps.
 ///
 ///     polo::cpu{}                  // the calling thread only
@@ -119,6 +136,9 @@ struct cuda {
   /// On a data error nothing is written here or to the outputs and the error waits in
   /// `deferred_errors`. See docs/cuda.md, "Statistics without a host synchronization".
   void* result = nullptr;
+  /// Chunk width of the scans (see scan_chunking): `adaptive` (the default, fastest) or
+  /// `layout_invariant` (packed == padded bitwise for every batch).
+  scan_chunking scans = scan_chunking::adaptive;
 };
 
 /// A backend tag: names its memory space and itself.
