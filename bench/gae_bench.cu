@@ -114,7 +114,19 @@ BENCHMARK(BM_GaeLayoutInvariant_cuda)
     ->Args({512, 4096, 1})
     ->Args({1024, 8192, 1})
     ->Args({8, 1 << 20, 1})
+    ->Args({65536, 128, 1})
     ->Args({1024, 8192, 0})
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
+// 2^23 tokens at every row length from 2^9 to 2^17, asynchronous: the default chunk widths
+// against chunks of one warp
+void seqlen_shapes(benchmark::internal::Benchmark* b) {
+  for (int lt = 9; lt <= 17; ++lt) b->Args({std::int64_t(1) << (23 - lt), std::int64_t(1) << lt, 1});
+}
+BENCHMARK(BM_Gae_cuda)->Name("BM_GaeSeqlen_cuda")->Apply(seqlen_shapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GaeLayoutInvariant_cuda)
+    ->Name("BM_GaeSeqlenLayoutInvariant_cuda")
+    ->Apply(seqlen_shapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GaeThrough_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);

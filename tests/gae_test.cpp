@@ -838,17 +838,19 @@ TEST_CASE("cuda: gae on long rows and on many rows", "[gae][cuda][layout]") {
 
 // The CUDA backend picks its scans' chunk width from the typical row length (padded: T;
 // packed: N/B), so a padded batch and the same batch packed can be cut differently: one long
-// row among short ones (T = 1000: chunks of 256 threads; packed mean 258 or 251 tokens: 64 or
-// 32, the long row cut in two or four). Under scan_chunking::adaptive (the default) the two
+// row among three short ones (T = 1000: chunks of 32 threads; packed mean 258 tokens: 64, the
+// long row cut in two instead of four; T = 3000: 256 threads with stored suffixes, packed mean
+// 757: 32, the long row cut in twelve instead of two; with rows of one token, mean 251: 32
+// both). Under scan_chunking::adaptive (the default) the two
 // agree to rounding; under scan_chunking::layout_invariant bitwise, outputs and statistics,
 // for GAE in every mask mode and fill and for the discounted returns, and its outputs agree
 // with the default's and the float64 oracle's to rounding.
 template <class T>
-void check_scan_chunking(index_t short_len) {
+void check_scan_chunking(index_t Tn, index_t short_len) {
   using Bk = polo::cuda;
   using S = device_space;
   auto g = test::rng(9007);
-  const index_t B = 4, Tn = 1000;
+  const index_t B = 4;
   auto b = make_batch<T>(g, B, Tn, mask_pattern::all_valid);
   for (index_t i = 1; i < B; ++i)
     for (index_t t = 0; t < Tn; ++t) b.m[std::size_t(i * Tn + t)] = t >= Tn - short_len ? 1 : 0;
@@ -866,7 +868,7 @@ void check_scan_chunking(index_t short_len) {
   for (auto mode : {gae_mask_mode::skip, gae_mask_mode::through})
     for (auto fill : {masked_fill::zero, masked_fill::recursion}) {
       gae_config c{.gamma = 0.99, .lambda = 0.95, .mask = mode, .fill = fill};
-      INFO("short rows " << short_len << " " << describe(c));
+      INFO("T " << Tn << " short rows " << short_len << " " << describe(c));
       auto pad = run_padded<Bk, T>(b, c), pk = run_packed<Bk, T>(b, c);
       test::require_close(sel(pk.A), dbl(sel(pad.A)), rtol, atol);
       test::require_close(sel(pk.R), dbl(sel(pad.R)), rtol, atol);
@@ -899,9 +901,11 @@ void check_scan_chunking(index_t short_len) {
 }
 
 TEST_CASE("cuda: scans packed and padded under each scan_chunking", "[gae][cuda][layout]") {
-  check_scan_chunking<float>(10);
-  check_scan_chunking<float>(1);
-  check_scan_chunking<double>(10);
+  check_scan_chunking<float>(1000, 10);
+  check_scan_chunking<float>(1000, 1);
+  check_scan_chunking<float>(3000, 10);
+  check_scan_chunking<double>(1000, 10);
+  check_scan_chunking<double>(3000, 10);
 }
 
 // The returns' scans on rows of several 256-thread chunks (every thread's suffix stored by the

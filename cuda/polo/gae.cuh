@@ -55,8 +55,9 @@ namespace polo::detail {
 template <class T>
 inline constexpr int scan_items_v = POLO_CUDA_SCAN_ITEMS;
 
-/// Chunk geometry for a layout: S = NT*K with NT the smallest of {32, 64, 256} whose chunk
-/// holds a typical row (padded: T; packed: N/B), 256 for long rows; 32 for every batch under
+/// Chunk geometry for a layout: S = NT*K with NT from the typical row length (padded: T;
+/// packed: N/B): 32 up to 32·K tokens, 64 up to 64·K, 32 again up to 256·K, 256 (with stored
+/// per-thread suffixes) above; 32 for every batch under
 /// scan_chunking::layout_invariant. Rows are cut at their first valid token, so two layouts
 /// with the same NT (and the same choice of stored suffixes, scan_stores_suffix) cut a row
 /// into the same chunks and scan it with the same trees; different widths give other trees.
@@ -75,6 +76,10 @@ int scan_threads(const cuda& be, const L& layout) {
   constexpr int K = scan_items_v<T>;
   if (typical <= 32 * K) return 32;
   if (typical <= 64 * K) return 64;
+  // Rows of up to one 256-thread chunk: chunks of one warp, 8 to a block, rather than one
+  // chunk per block of 256 threads, of which rows of 1024 tokens left half idle (H100, GAE,
+  // 2^23 tokens asynchronous: T = 1024 273 -> 180 us, T = 2048 163-166 us either way).
+  if (typical <= 256 * K) return 32;
   return 256;
 }
 
@@ -209,8 +214,9 @@ void bind_scan_regions(kernels::scan_params<T, L, F>& p, const scan_regions& r, 
   p.result = r.result;
 }
 
-/// Enqueues the scan with chunks of NT threads (32, 64 or 256), 256-thread chunks storing
-/// per-thread suffixes when `p.stored` (bind_scan_regions sets it).
+/// Enqueues the scan with chunks of NT threads (32, 64 or 256). scan_threads picks 256 only
+/// for rows longer than 256·K tokens, where the chunks always store per-thread suffixes
+/// (`p.stored`, set by bind_scan_regions), so 256 threads without them is not instantiated.
 template <class T, class F, TokenLayout L>
 cudaError_t launch_scan_nt(const kernels::scan_params<T, L, F>& p, int NT, cudaStream_t stream) {
   constexpr int K = scan_items_v<T>;
@@ -218,7 +224,8 @@ cudaError_t launch_scan_nt(const kernels::scan_params<T, L, F>& p, int NT, cudaS
     case 32: return kernels::launch_scan<32, K, false>(p, stream);
     case 64: return kernels::launch_scan<64, K, false>(p, stream);
     default:
-      return p.stored ? kernels::launch_scan<256, K, true>(p, stream) : kernels::launch_scan<256, K, false>(p, stream);
+      if (!p.stored) return cudaErrorInvalidConfiguration;  // not reached: see scan_threads
+      return kernels::launch_scan<256, K, true>(p, stream);
   }
 }
 

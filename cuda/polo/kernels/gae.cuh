@@ -352,9 +352,8 @@ inline constexpr int scan_cpb = NT == 32 ? scan_warp_chunks : 1;
 /// Whether the summary pass stores each thread's suffix for the apply pass (chunks of 256
 /// threads, when rows span several chunks: `scan_params::stored`), or the apply pass scans the
 /// chunk again (chunks of 32 or 64 threads: one or two warps, whose scans are shuffles that cost
-/// less than 20 bytes per thread through memory; and rows of one chunk, whose summary pass
-/// would otherwise compose the maps only for the apply pass: the rows pass never uses the
-/// leftmost chunk's). The kernels take the choice as a template parameter (`Stored`, only ever
+/// less than 20 bytes per thread through memory). The host picks 256 threads only for rows
+/// longer than one such chunk (scan_threads in cuda/polo/gae.cuh), so they always store. The kernels take the choice as a template parameter (`Stored`, only ever
 /// true with NT = 256): a runtime flag compiled both paths into one kernel, whose apply pass
 /// then spilled 40 bytes to the stack and ran 6% slower on long rows (H100, 1024 x 8192).
 constexpr bool scan_stores_suffix(int nt, index_t typical_len) {
