@@ -697,12 +697,22 @@ __global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) 
     // tiles by main index q = c - cm (floor division for the leading chunks)
     auto tile_of = [](index_t q) { return q >= 0 ? q / 32 : -((-q + 31) / 32); };
     const index_t t_hi = tile_of(c1 - 1 - cm), t_lo = tile_of(c0 - cm);
+    // The summaries of the next tile (to the left) are loaded before this tile's scans, so
+    // that their latency overlaps them: a long row's tiles are walked one after the other
+    // (H100, 8 rows of 1,048,576 tokens in one-warp chunks: 128 tiles per row).
+    auto tile_summary = [&](index_t t) {
+      const index_t c = cm + t * 32 + (31 - lane);
+      scan_chunk_summary s{};
+      if (c > c0 && c < c1) s = p.summ[c];  // the leftmost chunk's map is never used
+      return s;
+    };
+    scan_chunk_summary s_next = tile_summary(t_hi);
     for (index_t t = t_hi; t >= t_lo; --t) {
       const index_t c = cm + t * 32 + (31 - lane);
       const bool act = c >= c0 && c < c1;
-      const bool body = act && c > c0;  // the leftmost chunk's map is never used
-      scan_chunk_summary s{};
-      if (body) s = p.summ[c];
+      const bool body = act && c > c0;
+      const scan_chunk_summary s = s_next;
+      if (t > t_lo) s_next = tile_summary(t - 1);
       // nearest hand-off from the right: lanes below this one, nearest first
       double hv = s.hand;
       int hh = body ? s.has_hand : 0;
