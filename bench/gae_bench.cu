@@ -120,9 +120,7 @@ BENCHMARK(BM_GaeLayoutInvariant_cuda)
     ->Unit(benchmark::kMicrosecond);
 // 2^23 tokens at every row length from 2^9 to 2^17, asynchronous: the default chunk widths
 // against chunks of one warp
-void seqlen_shapes(benchmark::internal::Benchmark* b) {
-  for (int lt = 9; lt <= 17; ++lt) b->Args({std::int64_t(1) << (23 - lt), std::int64_t(1) << lt, 1});
-}
+void seqlen_shapes(benchmark::internal::Benchmark* b) { cb::seqlen_shapes(b, 9, 17); }
 BENCHMARK(BM_Gae_cuda)->Name("BM_GaeSeqlen_cuda")->Apply(seqlen_shapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GaeLayoutInvariant_cuda)
     ->Name("BM_GaeSeqlenLayoutInvariant_cuda")

@@ -62,5 +62,12 @@ void BM_CopyFloor_value_loss_stats_bytes(benchmark::State& st) { cb::copy_benchm
 
 BENCHMARK(BM_CopyFloor_value_loss_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_ValueLoss_cuda)->Args({512, 4096, 1, 1})->Args({1024, 8192, 1, 1})->Args({512, 4096, 0, 1})->Args({1024, 8192, 0, 1})->UseManualTime()->Unit(benchmark::kMicrosecond);
+// 2^23 tokens at row lengths 2^8 .. 2^15 (many short rows to few long ones), asynchronous, with
+// the gradient
+BENCHMARK(BM_ValueLoss_cuda)
+    ->Name("BM_ValueLossSeqlen_cuda")
+    ->Apply([](benchmark::internal::Benchmark* b) { cb::seqlen_shapes(b, 8, 15, {1}); })
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_CopyFloor_value_loss_stats_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_ValueLoss_cuda)->Args({512, 4096, 1, 0})->Args({1024, 8192, 1, 0})->UseManualTime()->Unit(benchmark::kMicrosecond);

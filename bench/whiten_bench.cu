@@ -70,6 +70,12 @@ void BM_CopyFloor_whiten_bytes(benchmark::State& st) { cb::copy_benchmark(st, wh
 }  // namespace
 
 BENCHMARK(BM_CopyFloor_whiten_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
+// 2^23 tokens at row lengths 2^8 .. 2^15 (many short rows to few long ones), asynchronous
+BENCHMARK(BM_Whiten_cuda)
+    ->Name("BM_WhitenSeqlen_cuda")
+    ->Apply([](benchmark::internal::Benchmark* b) { cb::seqlen_shapes(b, 8, 15); })
+    ->UseManualTime()
+    ->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_Whiten_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_CopyFloor_moments_bytes)->Args({512, 4096})->Args({1024, 8192})->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_MaskedMoments_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -188,6 +188,56 @@ TEMPLATE_LIST_TEST_CASE("whiten: packed equals padded, in place, masked NaN", "[
   CHECK(a[2] == 0.0);
 }
 
+// Long rows with every kind of padding (the CUDA row pass takes 4,096 positions from the first
+// valid token per step: one step or two here): valid tokens in [100, 600) of 5000, in 1024
+// positions from 7, in 1025 from 5, a whole row, interior spans from 200 to 4800,
+// an empty row, and a NaN in a row's trailing padding. Against the float64 oracle, and packed
+// == padded bitwise (outputs, and the moments of whiten and masked_moments).
+TEMPLATE_LIST_TEST_CASE("whiten: long rows, packed equals padded", "[whiten][layout]", backends) {
+  using Bk = TestType;
+  using S = typename Bk::memory_space;
+  auto g = test::rng(205);
+  const index_t B = 6, Tn = 5000;
+  std::vector<std::uint8_t> m(std::size_t(B * Tn), 0);
+  auto set = [&](index_t i, index_t a, index_t b) {
+    for (index_t t = a; t < b; ++t) m[std::size_t(i * Tn + t)] = 1;
+  };
+  set(0, 100, 600);
+  set(1, 7, 7 + 1024);
+  set(2, 5, 5 + 1025);
+  set(3, 0, Tn);
+  std::bernoulli_distribution coin(0.7);
+  for (index_t t = 200; t < 4800; ++t) m[std::size_t(4 * Tn + t)] = coin(g) ? 1 : 0;
+  m[std::size_t(4 * Tn + 200)] = m[std::size_t(4 * Tn + 4799)] = 1;
+  auto x = test::cast<float>(test::normal(g, B * Tn, 0.5, 2.0));
+  x[std::size_t(0 * Tn + 2000)] = std::numeric_limits<float>::quiet_NaN();  // masked: never read as a value
+  std::vector<double> xd(x.begin(), x.end());
+  for (const whiten_config& c : {whiten_config{}, whiten_config{.std = std_kind::population, .write = whiten_write::all_positions}}) {
+    INFO(describe(c));
+    whiten_stats st;
+    auto want = ref::whiten(xd, m, c);
+    auto pad = run<Bk, float>(xd, m, B, Tn, c, &st);
+    test::require_close(pad, want.out, 1e-5, 1e-5);
+    CHECK(st.local.count == want.count);
+    test::require_close(run<Bk, double>(xd, m, B, Tn, c), want.out, 1e-12, 1e-12);
+    auto pk = test::pack(m, B, Tn);
+    buffer<float, Bk> px(pk.take(x)), pout(pk.tokens(), -7.f);
+    buffer<std::uint8_t, Bk> pm(pk.mask);
+    buffer<std::int64_t, Bk> off(pk.offsets);
+    packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
+    const whiten_stats pst = whiten(test::make_backend<Bk>(), P, px.cview1(), pout.view1(), c);
+    CHECK(test::bitwise_equal(pout.to_host(), pk.take(pad)));
+    CHECK(std::memcmp(&pst.local, &st.local, sizeof(moments)) == 0);
+    buffer<float, Bk> xb(x);
+    buffer<std::uint8_t, Bk> mb(m);
+    padded<std::uint8_t, S> L(mb.cview2(B, Tn));
+    const moments a = masked_moments(test::make_backend<Bk>(), L, xb.cview2(B, Tn));
+    const moments b = masked_moments(test::make_backend<Bk>(), P, px.cview1());
+    CHECK(std::memcmp(&a, &b, sizeof(moments)) == 0);
+    CHECK(std::memcmp(&a, &st.local, sizeof(moments)) == 0);
+  }
+}
+
 TEMPLATE_LIST_TEST_CASE("whiten: errors write nothing", "[whiten][errors]", backends) {
   using Bk = TestType;
   using S = typename Bk::memory_space;
