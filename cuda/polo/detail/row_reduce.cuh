@@ -221,7 +221,28 @@ struct offsets_check {
   unsigned int flags = 0;           ///< bit 0: offsets[0] != 0; bit 1: offsets[B] != N
   unsigned int blocks_done = 0;     ///< blocks finished (last_block_done's counter)
   unsigned long long decrease = 0;  ///< ~(i + 1) for the smallest i with offsets[i+1] < offsets[i]; 0: none
+  unsigned int rows_listed = 0;     ///< rows a first pass appended to a list for a second one (whiten)
+  unsigned int pad_ = 0;
 };
+
+/// First position t in [from, len) with valid(t), or len, the same in every lane of the warp:
+/// lane l tests positions c + 4l .. c + 4l + 3 of each step of 128, and the smallest found wins
+/// (an integer warp minimum). Call from a whole warp.
+template <class Valid>
+__device__ index_t warp_first_valid(index_t from, index_t len, Valid&& valid) {
+  const int lane = int(threadIdx.x & 31);
+  for (index_t c = from; c < len; c += 128) {
+    int best = INT_MAX;
+#pragma unroll
+    for (int e = 3; e >= 0; --e) {
+      const index_t t = c + index_t(lane) * 4 + e;
+      if (t < len && valid(t)) best = lane * 4 + e;
+    }
+    best = __reduce_min_sync(0xffffffffu, best);
+    if (best != INT_MAX) return c + best;
+  }
+  return len;
+}
 
 /// Thread 0 of block `blockIdx.x`: checks row i's offsets (and, in block 0, both ends);
 /// returns false when row i cannot be read (its range decreases or leaves [0, N]). Padded
