@@ -76,6 +76,36 @@ struct whiten_row {
   long long bad = LLONG_MAX;
 };
 
+/// The running state of both row reductions: shifted sums of the valid values in position order
+/// (x0 = the first, Σd and Σd² with d = x − x0) and the first non-finite one's flat index.
+struct whiten_sums {
+  index_t n = 0;
+  double x0 = 0.0, s1 = 0.0, s2 = 0.0;
+  long long bad = LLONG_MAX;
+#if defined(__CUDACC__)
+  __device__ __forceinline__ void add(double xv, long long flat) {
+    if (!detail::is_finite(xv) && bad == LLONG_MAX) bad = flat;
+    if (n == 0) x0 = xv;
+    const double d = xv - x0;
+    s1 += d;
+    s2 += d * d;
+    ++n;
+  }
+  /// The moments of the values added, and the first non-finite one.
+  __device__ __forceinline__ whiten_row row() const {
+    whiten_row r;
+    if (n > 0) {
+      r.m.count = n;
+      r.m.mean = x0 + s1 / double(n);
+      const double m2 = s2 - s1 * (s1 / double(n));
+      r.m.m2 = m2 > 0.0 ? m2 : 0.0;
+    }
+    r.bad = bad;
+    return r;
+  }
+#endif
+};
+
 /// Params of launch_whiten_stats. Exactly one of `ws` (whiten) and `ms` (masked_moments) has
 /// a slot.
 template <class T, class L>
@@ -184,9 +214,7 @@ __device__ void whiten_row_warp(const whiten_stats_params<T, L>& p, index_t i, c
   const int lane = int(threadIdx.x & 31);
   const bool vx = detail::is_aligned(xr + f, sizeof(T) * Q);
   const bool vm = m != nullptr && detail::is_aligned(m + f, sizeof(M) * Q);
-  index_t n = 0;
-  double x0 = 0.0, s1 = 0.0, s2 = 0.0;
-  long long bad = LLONG_MAX;
+  whiten_sums acc;
 #pragma unroll 1
   for (int r = 0; r < rounds; ++r) {
     if (f + index_t(r * U) * 32 * Q >= end) break;  // warp-uniform
@@ -204,24 +232,11 @@ __device__ void whiten_row_warp(const whiten_stats_params<T, L>& p, index_t i, c
       for (int e = 0; e < Q; ++e) {
         const index_t pos = f + (index_t(r * U + u) * 32 + lane) * Q + e;
         if (pos >= end || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
-        const double xv = double(v[u][e]);
-        if (!detail::is_finite(xv) && bad == LLONG_MAX) bad = static_cast<long long>(flat0 + pos);
-        if (n == 0) x0 = xv;
-        const double d = xv - x0;
-        s1 += d;
-        s2 += d * d;
-        ++n;
+        acc.add(double(v[u][e]), static_cast<long long>(flat0 + pos));
       }
     }
   }
-  whiten_row row;
-  if (n > 0) {
-    row.m.count = n;
-    row.m.mean = x0 + s1 / double(n);
-    const double m2 = s2 - s1 * (s1 / double(n));
-    row.m.m2 = m2 > 0.0 ? m2 : 0.0;
-  }
-  row.bad = bad;
+  whiten_row row = acc.row();
 #pragma unroll
   for (int s = 1; s < 32; s <<= 1) {
     const whiten_row b = shfl_down_value(row, s);
@@ -260,9 +275,7 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
   const index_t f = m == nullptr ? 0 : row_first_valid<whiten_threads>(
                                            len, [&](index_t t) { return detail::is_valid(m[t]); }, sh_first);
   const index_t flat0 = static_cast<index_t>(detail::flat_index(p.layout, i, 0));
-  index_t n = 0;
-  double x0 = 0.0, s1 = 0.0, s2 = 0.0;
-  long long bad = LLONG_MAX;
+  whiten_sums acc;
   constexpr index_t W = whiten_warp_span;
   bool far = false;  // a valid token at or past f + W: a long row (whiten_short_rows_kernel's test)
   for (index_t c = f; c < len; c += step) {
@@ -273,13 +286,7 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
       for (int e = 0; e < Q; ++e) {
         const index_t pos = c + (index_t(u) * whiten_threads + tid) * Q + e;
         if (pos >= len || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
-        const double xv = double(v[u][e]);
-        if (!detail::is_finite(xv) && bad == LLONG_MAX) bad = static_cast<long long>(flat0 + pos);
-        if (n == 0) x0 = xv;
-        const double d = xv - x0;
-        s1 += d;
-        s2 += d * d;
-        ++n;
+        acc.add(double(v[u][e]), static_cast<long long>(flat0 + pos));
         far = far || pos >= f + W;
       }
     }
@@ -292,16 +299,8 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
     if (tid < 32) whiten_row_warp(p, i, xr, m, f, len < f + W ? len : f + W, flat0);
     return;
   }
-  whiten_row r;
-  if (n > 0) {
-    r.m.count = n;
-    r.m.mean = x0 + s1 / double(n);
-    const double m2 = s2 - s1 * (s1 / double(n));
-    r.m.m2 = m2 > 0.0 ? m2 : 0.0;
-  }
-  r.bad = bad;
   const whiten_row total = block_tree_fold<whiten_threads>(
-      r,
+      acc.row(),
       [](whiten_row a, const whiten_row& b) {
         a.m += b.m;
         if (b.bad < a.bad) a.bad = b.bad;
