@@ -102,6 +102,18 @@ gae_run<T> run_packed(const batch<T>& b, const gae_config& c, const std::vector<
   return out;
 }
 
+/// The elements of a padded [B,T] tensor at the positions its packed form keeps (each row's
+/// first to last valid token), in order: what a packed run scattered back is compared on.
+template <class T>
+std::vector<T> kept_positions(const std::vector<T>& x, const std::vector<std::uint8_t>& m, index_t B, index_t Tn) {
+  auto pk = test::pack(m, B, Tn);
+  const auto keep = pk.scatter(std::vector<std::uint8_t>(std::size_t(pk.tokens()), 1), std::uint8_t(0));
+  std::vector<T> y;
+  for (std::size_t k = 0; k < x.size(); ++k)
+    if (keep[k]) y.push_back(x[k]);
+  return y;
+}
+
 std::string describe(const gae_config& c) {
   std::ostringstream os;
   os << "gamma " << c.gamma << " lambda " << c.lambda << " mask " << int(c.mask) << " fill " << int(c.fill)
@@ -257,14 +269,7 @@ TEMPLATE_LIST_TEST_CASE("gae: packed equals padded bitwise", "[gae][layout]", ba
           auto pad = run_padded<Bk, float>(b, c);
           auto pk = run_packed<Bk, float>(b, c);
           // Compare on the positions the packed layout keeps (first to last valid of each row).
-          auto pkinfo = test::pack(b.m, b.B, b.Tn);
-          auto keep = pkinfo.scatter(std::vector<std::uint8_t>(std::size_t(pkinfo.tokens()), 1), std::uint8_t(0));
-          auto sel = [&](const std::vector<float>& x) {
-            std::vector<float> y;
-            for (std::size_t k = 0; k < x.size(); ++k)
-              if (keep[k]) y.push_back(x[k]);
-            return y;
-          };
+          auto sel = [&](const std::vector<float>& x) { return kept_positions(x, b.m, b.B, b.Tn); };
           CHECK(test::bitwise_equal(sel(pad.A), sel(pk.A)));
           CHECK(test::bitwise_equal(sel(pad.R), sel(pk.R)));
           CHECK(pad.st.tokens == pk.st.tokens);
@@ -820,14 +825,7 @@ TEST_CASE("cuda: gae on long rows and on many rows", "[gae][cuda][layout]") {
       CHECK(pad.st.tokens == n);
       if (c.mask == gae_mask_mode::skip) {
         auto pk = run_packed<Bk, float>(b, c);
-        auto pkinfo = test::pack(b.m, b.B, b.Tn);
-        auto keep = pkinfo.scatter(std::vector<std::uint8_t>(std::size_t(pkinfo.tokens()), 1), std::uint8_t(0));
-        auto sel = [&](const std::vector<float>& x) {
-          std::vector<float> y;
-          for (std::size_t k = 0; k < x.size(); ++k)
-            if (keep[k]) y.push_back(x[k]);
-          return y;
-        };
+        auto sel = [&](const std::vector<float>& x) { return kept_positions(x, b.m, b.B, b.Tn); };
         CHECK(test::bitwise_equal(sel(pad.A), sel(pk.A)));
         CHECK(test::bitwise_equal(sel(pad.R), sel(pk.R)));
         CHECK(pad.st.advantages.mean == pk.st.advantages.mean);
@@ -855,13 +853,7 @@ void check_scan_chunking(index_t Tn, index_t short_len) {
   for (index_t i = 1; i < B; ++i)
     for (index_t t = 0; t < Tn; ++t) b.m[std::size_t(i * Tn + t)] = t >= Tn - short_len ? 1 : 0;
   auto pkinfo = test::pack(b.m, b.B, b.Tn);
-  auto keep = pkinfo.scatter(std::vector<std::uint8_t>(std::size_t(pkinfo.tokens()), 1), std::uint8_t(0));
-  auto sel = [&](const std::vector<T>& x) {
-    std::vector<T> y;
-    for (std::size_t k = 0; k < x.size(); ++k)
-      if (keep[k]) y.push_back(x[k]);
-    return y;
-  };
+  auto sel = [&](const std::vector<T>& x) { return kept_positions(x, b.m, b.B, b.Tn); };
   auto dbl = [](const std::vector<T>& x) { return std::vector<double>(x.begin(), x.end()); };
   const double rtol = std::is_same_v<T, float> ? 2e-5 : 1e-12, atol = std::is_same_v<T, float> ? 1e-5 : 1e-12;
   const Bk inv{.scans = scan_chunking::layout_invariant};
