@@ -197,8 +197,6 @@ struct result_mode {
   }
 };
 
-/// Benchmark arguments {B, T, mode}: the headline sizes (512 x 4096, 1024 x 8192) in the
-/// asynchronous mode (1), then in the synchronous one (0). Use with ->Apply().
 /// 2^23 tokens at row lengths 2^lo .. 2^hi (B = 2^23 / T), asynchronous mode (third argument 1;
 /// `extra` appended after it): how a primitive's time moves with the row length at a fixed size.
 inline void seqlen_shapes(benchmark::internal::Benchmark* b, int lo, int hi, std::vector<std::int64_t> extra = {}) {
@@ -209,6 +207,8 @@ inline void seqlen_shapes(benchmark::internal::Benchmark* b, int lo, int hi, std
   }
 }
 
+/// Benchmark arguments {B, T, mode}: the headline sizes (512 x 4096, 1024 x 8192) in the
+/// asynchronous mode (1), then in the synchronous one (0). Use with ->Apply().
 inline void headline_sizes_both_modes(benchmark::internal::Benchmark* b) {
   for (int mode : {1, 0}) {
     b->Args({512, 4096, mode});

@@ -59,7 +59,7 @@ inline constexpr int scan_items_v = POLO_CUDA_SCAN_ITEMS;
 /// packed: N/B): 32 up to 32·K tokens, 64 up to 64·K, 32 again up to 256·K, 256 (with stored
 /// per-thread suffixes) above; 32 for every batch under
 /// scan_chunking::layout_invariant. Rows are cut at their first valid token, so two layouts
-/// with the same NT (and the same choice of stored suffixes, scan_stores_suffix) cut a row
+/// with the same NT cut a row
 /// into the same chunks and scan it with the same trees; different widths give other trees.
 template <TokenLayout L>
 index_t scan_typical_len(const L& layout) {
@@ -148,7 +148,7 @@ scan_regions take_scan_regions(const cuda& be, scratch_plan& sp, const L& layout
   r.err = sp.take<unsigned long long>(1);
   r.result = sp.take<kernels::scan_result>(1);
   r.summ = sp.take<kernels::scan_chunk_summary>(bound);
-  const index_t slots = kernels::scan_stores_suffix(NT, scan_typical_len(layout)) ? bound * NT : 0;
+  const index_t slots = kernels::scan_stores_suffix(NT) ? bound * NT : 0;
   r.tmap = sp.take<affine_step>(slots);
   r.tmap2 = sp.take<affine_step>(slots);
   r.tnext = sp.take<T>(slots);
@@ -201,7 +201,6 @@ void bind_scan_regions(kernels::scan_params<T, L, F>& p, const scan_regions& r, 
   p.lead = r.lead;
   p.lead_n = r.lead_n;
   p.summ = r.summ;
-  p.stored = kernels::scan_stores_suffix(NT, scan_typical_len(p.layout));
   p.tmap = r.tmap;
   p.tmap2 = p.two ? r.tmap2 : nullptr;
   p.tnext = static_cast<T*>(r.tnext);
@@ -214,18 +213,15 @@ void bind_scan_regions(kernels::scan_params<T, L, F>& p, const scan_regions& r, 
   p.result = r.result;
 }
 
-/// Enqueues the scan with chunks of NT threads (32, 64 or 256). scan_threads picks 256 only
-/// for rows longer than 256·K tokens, where the chunks always store per-thread suffixes
-/// (`p.stored`, set by bind_scan_regions), so 256 threads without them is not instantiated.
+/// Enqueues the scan with chunks of NT threads (32, 64 or 256; those of 256 store per-thread
+/// suffixes: scan_stores_suffix).
 template <class T, class F, TokenLayout L>
 cudaError_t launch_scan_nt(const kernels::scan_params<T, L, F>& p, int NT, cudaStream_t stream) {
   constexpr int K = scan_items_v<T>;
   switch (NT) {
     case 32: return kernels::launch_scan<32, K, false>(p, stream);
     case 64: return kernels::launch_scan<64, K, false>(p, stream);
-    default:
-      if (!p.stored) return cudaErrorInvalidConfiguration;  // not reached: see scan_threads
-      return kernels::launch_scan<256, K, true>(p, stream);
+    default: return kernels::launch_scan<256, K, kernels::scan_stores_suffix(256)>(p, stream);
   }
 }
 

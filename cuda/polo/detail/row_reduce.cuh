@@ -170,21 +170,30 @@ __device__ __forceinline__ V shfl_down_value(const V& v, int d) {
   return r;
 }
 
-/// Fixed binary tree over the threads of a block: returns merge of every thread's `v` in
-/// thread order (pairs (t, t+1), then (t, t+2), ...), in thread 0 (others: unspecified).
-/// `sh` is reused on return.
-/// The levels inside a warp use shuffles (the same pairs, so the same tree), the rest shared
-/// memory: 3 barriers for 256 threads instead of 9.
-template <int Threads, class V, class Merge>
-__device__ V block_tree_fold(const V& v, Merge&& merge, detail::shared_array<V, Threads>& sh) {
-  static_assert(Threads % 32 == 0, "block_tree_fold: whole warps");
-  const int t = threadIdx.x, lane = t & 31;
+/// Fixed binary tree over the lanes of a warp: returns merge of every lane's `v` in lane order
+/// (pairs (l, l+1), then (l, l+2), ...), in lane 0 (others: unspecified). Call from a whole warp.
+template <class V, class Merge>
+__device__ __forceinline__ V warp_tree_fold(const V& v, Merge&& merge) {
+  const int lane = int(threadIdx.x & 31);
   V a = v;
 #pragma unroll
   for (int s = 1; s < 32; s <<= 1) {
     const V b = shfl_down_value(a, s);
     if (lane % (2 * s) == 0) a = merge(a, b);
   }
+  return a;
+}
+
+/// Fixed binary tree over the threads of a block: returns merge of every thread's `v` in
+/// thread order (pairs (t, t+1), then (t, t+2), ...), in thread 0 (others: unspecified).
+/// `sh` is reused on return.
+/// The levels inside a warp use shuffles (warp_tree_fold: the same pairs, so the same tree),
+/// the rest shared memory: 3 barriers for 256 threads instead of 9.
+template <int Threads, class V, class Merge>
+__device__ V block_tree_fold(const V& v, Merge&& merge, detail::shared_array<V, Threads>& sh) {
+  static_assert(Threads % 32 == 0, "block_tree_fold: whole warps");
+  const int t = threadIdx.x, lane = t & 31;
+  const V a = warp_tree_fold(v, merge);
   if (lane == 0) sh[t >> 5] = a;
   __syncthreads();
 #pragma unroll

@@ -204,9 +204,7 @@ struct scan_params {
   /// [bound * NT] per thread of each chunk (slot c * NT + tid), written by the summary pass:
   /// the composition of the maps of the threads to its right in its chunk, without the
   /// chunk's boundary step (gae: threads left of the boundary thread; returns: every thread).
-  /// scan_stores_suffix: the summary pass fills tmap / tmap2 / tnext (the host launches the
-  /// kernels with Stored = this flag)
-  bool stored = false;
+  /// Filled only by kernels launched with Stored (chunks of 256 threads: scan_stores_suffix).
   detail::affine_step* tmap = nullptr;
   detail::affine_step* tmap2 = nullptr;  ///< the same with the returns' decay (two), or null
   T* tnext = nullptr;                    ///< [bound * NT] gae: `next` entering the thread (left of the boundary thread)
@@ -350,15 +348,14 @@ template <int NT>
 inline constexpr int scan_cpb = NT == 32 ? scan_warp_chunks : 1;
 
 /// Whether the summary pass stores each thread's suffix for the apply pass (chunks of 256
-/// threads, when rows span several chunks: `scan_params::stored`), or the apply pass scans the
-/// chunk again (chunks of 32 or 64 threads: one or two warps, whose scans are shuffles that cost
-/// less than 20 bytes per thread through memory). The host picks 256 threads only for rows
-/// longer than one such chunk (scan_threads in cuda/polo/gae.cuh), so they always store. The kernels take the choice as a template parameter (`Stored`, only ever
-/// true with NT = 256): a runtime flag compiled both paths into one kernel, whose apply pass
-/// then spilled 40 bytes to the stack and ran 6% slower on long rows (H100, 1024 x 8192).
-constexpr bool scan_stores_suffix(int nt, index_t typical_len) {
-  return nt >= 256 && typical_len > index_t(nt) * POLO_CUDA_SCAN_ITEMS;
-}
+/// threads), or the apply pass scans the chunk again (chunks of 32 or 64 threads: one or two
+/// warps, whose scans are shuffles that cost less than 20 bytes per thread through memory).
+/// The host picks 256 threads only for rows longer than one such chunk (scan_threads in
+/// cuda/polo/gae.cuh), so chunks of 256 threads always store. The kernels take the choice as a
+/// template parameter (`Stored`, true exactly with NT = 256): a runtime flag compiled both
+/// paths into one kernel, whose apply pass then spilled 40 bytes to the stack and ran 6%
+/// slower on long rows (H100, 1024 x 8192).
+constexpr bool scan_stores_suffix(int nt) { return nt >= 256; }
 
 /// Shared memory of the per-chunk kernels: one scratch row of NT/32 elements reused by every
 /// block-level scan and reduction (each ends with a barrier), and the boundary thread.

@@ -76,6 +76,15 @@ struct whiten_row {
   long long bad = LLONG_MAX;
 };
 
+/// Merges two rows' (or threads') results: Chan's update of the moments, the earlier bad index.
+struct whiten_row_merge {
+  POLO_HD_INLINE whiten_row operator()(whiten_row a, const whiten_row& b) const {
+    a.m += b.m;
+    if (b.bad < a.bad) a.bad = b.bad;
+    return a;
+  }
+};
+
 /// The running state of both row reductions: shifted sums of the valid values in position order
 /// (x0 = the first, Σd and Σd² with d = x − x0) and the first non-finite one's flat index.
 struct whiten_sums {
@@ -157,7 +166,8 @@ __global__ void __launch_bounds__(whiten_threads) whiten_short_rows_kernel(white
   const int lane = int(threadIdx.x & 31);
   const index_t i = index_t(blockIdx.x) * (whiten_threads / 32) + index_t(threadIdx.x >> 5);
   bool ok = false;
-  if (lane == 0) ok = check_row_offsets(p.layout, i, p.check);  // (block 0 also checks both ends)
+  // lane 0 of each warp checks its row (in block 0 each also checks both ends: idempotent atomics)
+  if (lane == 0) ok = check_row_offsets(p.layout, i, p.check);
   if (!__shfl_sync(0xffffffffu, ok, 0)) {
     if (lane == 0 && i < p.layout.num_seqs()) p.rows[i] = whiten_row{};
     return;
@@ -236,15 +246,7 @@ __device__ void whiten_row_warp(const whiten_stats_params<T, L>& p, index_t i, c
       }
     }
   }
-  whiten_row row = acc.row();
-#pragma unroll
-  for (int s = 1; s < 32; s <<= 1) {
-    const whiten_row b = shfl_down_value(row, s);
-    if (lane % (2 * s) == 0) {
-      row.m += b.m;
-      if (b.bad < row.bad) row.bad = b.bad;
-    }
-  }
+  const whiten_row row = warp_tree_fold(acc.row(), whiten_row_merge{});
   if (lane == 0) p.rows[i] = row;
 }
 
@@ -299,14 +301,7 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
     if (tid < 32) whiten_row_warp(p, i, xr, m, f, len < f + W ? len : f + W, flat0);
     return;
   }
-  const whiten_row total = block_tree_fold<whiten_threads>(
-      acc.row(),
-      [](whiten_row a, const whiten_row& b) {
-        a.m += b.m;
-        if (b.bad < a.bad) a.bad = b.bad;
-        return a;
-      },
-      sh);
+  const whiten_row total = block_tree_fold<whiten_threads>(acc.row(), whiten_row_merge{}, sh);
   if (tid == 0) p.rows[i] = total;
 }
 
@@ -316,14 +311,8 @@ template <class T, class L>
 __device__ void whiten_finalize_block(const whiten_stats_params<T, L>& p,
                                       detail::shared_array<whiten_row, whiten_threads>& sh) {
   const index_t B = p.layout.num_seqs();
-  const whiten_row total = fixed_tree_fold<whiten_threads>(
-      B, [&](index_t q) { return p.rows[q]; },
-      [](whiten_row a, const whiten_row& b) {
-        a.m += b.m;
-        if (b.bad < a.bad) a.bad = b.bad;
-        return a;
-      },
-      whiten_row{}, sh);
+  const whiten_row total =
+      fixed_tree_fold<whiten_threads>(B, [&](index_t q) { return p.rows[q]; }, whiten_row_merge{}, whiten_row{}, sh);
   if (threadIdx.x == 0) {
     cuda::status err = resolve_offsets(p.layout, read_offsets_check(p.check), p.entry);
     whiten_stats st;
