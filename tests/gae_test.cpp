@@ -1226,6 +1226,12 @@ TEST_CASE("cuda: asynchronous gae and returns write nothing on a data error and 
   REQUIRE_THROWS_AS(discounted_returns(half, L, rb.cview2(Bn, Tn), R.view2(Bn, Tn)), config_error);
   REQUIRE_THROWS_AS(remax_advantages(half, L, rb.cview2(Bn, Tn), baseb.cview1(), A.view2(Bn, Tn), R.view2(Bn, Tn)),
                     config_error);
+  // A chunking that is none of scan_chunking's values: a configuration error naming it.
+  Bk odd{};
+  odd.scans = static_cast<scan_chunking>(7);
+  REQUIRE_THROWS_WITH(gae(odd, L, rb.cview2(Bn, Tn), vb.cview2(Bn, Tn), A.view2(Bn, Tn), R.view2(Bn, Tn)),
+                      Catch::Contains("option 'scans' is 7"));
+  REQUIRE_THROWS_AS(discounted_returns(odd, L, rb.cview2(Bn, Tn), R.view2(Bn, Tn)), config_error);
   CHECK(A.to_host() == fresh);
   CHECK(R.to_host() == fresh);
 }

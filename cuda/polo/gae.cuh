@@ -226,6 +226,13 @@ cudaError_t launch_scan_nt(const kernels::scan_params<T, L, F>& p, int NT, cudaS
 }
 
 /// Shape limits of the CUDA scans (see the file comment).
+/// The backend's scan options: `be.scans` one of scan_chunking's values.
+inline void check_scan_backend(const char* fn, const cuda& be) {
+  if (be.scans != scan_chunking::adaptive && be.scans != scan_chunking::layout_invariant)
+    throw_config(fn, "scans", std::to_string(static_cast<int>(be.scans)),
+                 "scan_chunking::adaptive or scan_chunking::layout_invariant");
+}
+
 template <TokenLayout L>
 void check_scan_limits(const char* fn, const L& layout) {
   const index_t B = layout.num_seqs();
@@ -280,6 +287,7 @@ template <class T, class F, TokenLayout L>
 kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_params<T, L, F>& p,
                               long long gate_min_count = 0) {
   if (p.deferred != nullptr) return run_scan_async<T, F>(be, fn, p);
+  check_scan_backend(fn, be);
   check_scan_limits(fn, p.layout);
   const cudaStream_t stream = stream_of(be);
   scratch ws(be, scan_scratch_bytes<T>(be, p.layout), fn);
@@ -306,6 +314,7 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
 /// The asynchronous form of run_scan (see there). gate_min_count is 0.
 template <class T, class F, TokenLayout L>
 kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::scan_params<T, L, F>& p) {
+  check_scan_backend(fn, be);
   check_scan_limits(fn, p.layout);
   const cudaStream_t stream = stream_of(be);
   scratch ws(be, scan_scratch_bytes<T>(be, p.layout), fn);

@@ -137,7 +137,8 @@ struct cuda {
   /// `deferred_errors`. See docs/cuda.md, "Statistics without a host synchronization".
   void* result = nullptr;
   /// Chunk width of the scans (see scan_chunking): `adaptive` (the default, fastest) or
-  /// `layout_invariant` (packed == padded bitwise for every batch).
+  /// `layout_invariant` (packed == padded bitwise for every batch); any other value makes the
+  /// scans throw config_error (option 'scans') before anything is enqueued.
   scan_chunking scans = scan_chunking::adaptive;
 };
 
