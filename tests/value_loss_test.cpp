@@ -251,6 +251,104 @@ TEMPLATE_LIST_TEST_CASE("value_loss: empty batches give loss 0 and gradient 0; p
   }
 }
 
+TEMPLATE_LIST_TEST_CASE("value_loss: short and long rows in both layouts, against the oracle; packed equals padded",
+                        "[value_loss][layout]", backends) {
+  // Rows of up to 1,024 positions are reduced by one warp on the CUDA backend, longer ones by a
+  // block, and a long row whose valid tokens lie within 1,024 of its first goes back to one warp:
+  // padded T = 3000 takes the block kernel for every row; the packed batch (mean row under
+  // 1,024) the warp kernel, with its long rows listed for the block kernel.
+  using Bk = TestType;
+  using S = typename Bk::memory_space;
+  auto g = test::rng(306);
+  INFO("seed " << test::base_seed());
+  const index_t B = 24, Tn = 3000;
+  auto b = make_critic<double>(g, B, Tn, mask_pattern::all_valid);
+  auto bf = make_critic<float>(g, B, Tn, mask_pattern::all_valid);
+  std::vector<std::uint8_t> m(std::size_t(B * Tn), 0);
+  auto set = [&](index_t i, index_t a, index_t e) {
+    for (index_t t = a; t < e; ++t) m[std::size_t(i * Tn + t)] = 1;
+  };
+  set(0, 100, 600);             // short
+  set(1, 7, 7 + 1024);          // exactly the span: short
+  set(2, 5, 5 + 1025);          // one past it: long
+  set(3, 0, Tn);                // long, all valid
+  std::bernoulli_distribution coin(0.7);
+  for (index_t t = 200; t < 2800; ++t) m[std::size_t(4 * Tn + t)] = coin(g) ? 1 : 0;
+  m[std::size_t(4 * Tn + 200)] = m[std::size_t(4 * Tn + 2799)] = 1;  // long, random holes
+  // row 5 empty
+  set(6, 0, 300);
+  set(6, 1500, 1501);  // long through one token
+  std::uniform_int_distribution<index_t> start(0, Tn - 401), len(1, 400);
+  for (index_t i = 7; i < B; ++i) {  // short rows with holes
+    const index_t a = start(g), n = len(g);
+    for (index_t t = a; t < a + n; ++t) m[std::size_t(i * Tn + t)] = coin(g) ? 1 : 0;
+    m[std::size_t(i * Tn + a)] = 1;
+  }
+  b.m = bf.m = m;
+  b.v[std::size_t(0 * Tn + 2000)] = std::numeric_limits<double>::quiet_NaN();  // masked: never read
+  bf.v[std::size_t(0 * Tn + 1250)] = std::numeric_limits<double>::quiet_NaN();  // masked, inside packed row 0
+  // The packed batch keeps row 0 up to position 1,299 (700 masked tokens after its last valid
+  // one): 1,200 positions, listed as long, but its valid tokens are short.
+  auto pk = test::pack(m, B, Tn);
+  {
+    std::vector<std::int64_t> off{0};
+    std::vector<std::uint8_t> pm;
+    for (index_t i = 0; i < B; ++i) {
+      const index_t n = i == 0 ? 1200 : pk.offsets[i + 1] - pk.offsets[i];
+      for (index_t t = pk.first[i]; t < pk.first[i] + n; ++t) pm.push_back(m[std::size_t(i * Tn + t)]);
+      off.push_back(off.back() + n);
+    }
+    pk.offsets = off;
+    pk.mask = pm;
+  }
+  REQUIRE(pk.tokens() / B <= 1024);
+  for (auto clip : clips)
+    for (auto agg : {aggregation::token_mean, aggregation::seq_mean_token_mean}) {
+      value_loss_config c{.clip = clip, .clip_range = 0.2, .agg = agg, .coef = 0.5};
+      normalizers nz{};
+      INFO(describe(c, nz));
+      auto want = ref::value_loss<double>(b.v, b.vo, b.R, b.m, B, Tn, c, nz);
+      auto got = run<Bk, double>(b, c, nz);
+      CHECK(got.st.loss == Approx(want.loss).epsilon(1e-12).margin(1e-15));
+      test::require_close(got.grad, want.grad, 1e-12, 1e-15);
+      CHECK(got.st.tokens == want.tokens);
+      CHECK(got.st.sequences == want.sequences);
+      CHECK(got.st.clipped.sum == double(want.clipped));
+      auto wf = ref::value_loss<float>(bf.v, bf.vo, bf.R, bf.m, B, Tn, c, nz);
+      auto pad = run<Bk, float>(bf, c, nz);
+      CHECK(pad.st.loss == Approx(wf.loss).epsilon(1e-12).margin(1e-15));
+      test::require_close(pad.grad, wf.grad, 2e-6, 1e-8);
+      buffer<float, Bk> v(pk.take(test::cast<float>(bf.v))), vo(pk.take(test::cast<float>(bf.vo))),
+          R(pk.take(test::cast<float>(bf.R))), gr(pk.tokens(), -7.f);
+      buffer<std::uint8_t, Bk> pm(pk.mask);
+      buffer<std::int64_t, Bk> off(pk.offsets);
+      packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
+      auto st = value_loss(test::make_backend<Bk>(), P, v.cview1(), vo.cview1(), R.cview1(), gr.view1(), c, nz);
+      CHECK(st.loss == pad.st.loss);
+      CHECK(st.parts.sum == pad.st.parts.sum);
+      CHECK(st.squared_error.sum == pad.st.squared_error.sum);
+      CHECK(st.clipped.sum == pad.st.clipped.sum);
+      CHECK(test::bitwise_equal(gr.to_host(), pk.take(pad.grad)));
+    }
+  // A non-finite valid value in a long row and a later one in a short row: the first is named.
+  auto bad = bf;
+  bad.R[std::size_t(4 * Tn + 2799)] = std::numeric_limits<double>::infinity();
+  bad.R[std::size_t(9 * Tn) + std::size_t(pk.first[9])] = std::numeric_limits<double>::quiet_NaN();
+  buffer<float, Bk> v(pk.take(test::cast<float>(bad.v))), vo(pk.take(test::cast<float>(bad.vo))),
+      R(pk.take(test::cast<float>(bad.R))), gr(pk.tokens(), -7.f);
+  buffer<std::uint8_t, Bk> pm(pk.mask);
+  buffer<std::int64_t, Bk> off(pk.offsets);
+  packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
+  try {
+    value_loss(test::make_backend<Bk>(), P, v.cview1(), vo.cview1(), R.cview1(), gr.view1());
+    FAIL("no throw");
+  } catch (const nonfinite_error& e) {
+    CHECK(e.index() == pk.offsets[5] - 1);  // row 4's last position
+    CHECK(std::string(e.what()).find("'returns'") != std::string::npos);
+  }
+  CHECK(gr.to_host() == std::vector<float>(std::size_t(pk.tokens()), -7.f));
+}
+
 TEMPLATE_LIST_TEST_CASE("value_loss: errors write nothing", "[value_loss][errors]", backends) {
   using Bk = TestType;
   using S = typename Bk::memory_space;

@@ -39,6 +39,8 @@ std::size_t value_loss_workspace_bytes(const cuda&, const L& layout) {
   detail::scratch_plan sp;
   const index_t B = layout.num_seqs();
   sp.take<kernels::value_loss_row>(B > 0 ? B : 1);
+  sp.take<index_t>(B > 0 ? B : 1);
+  sp.take<kernels::value_loss_fold>(kernels::fold_blocks(B, kernels::value_loss_threads));
   sp.take<kernels::offsets_check>(1);
   sp.take<double>(1);
   sp.take<detail::result_slot<value_loss_stats>>(1);
@@ -70,6 +72,8 @@ struct backend_impl<cuda, value_loss_tag> {
     p.cfg = c;
     p.norm = norm;
     p.rows = sp.take<kernels::value_loss_row>(B > 0 ? B : 1);
+    p.long_rows = sp.take<index_t>(B > 0 ? B : 1);
+    p.chunks = sp.take<kernels::value_loss_fold>(kernels::fold_blocks(B, kernels::value_loss_threads));
     p.check = sp.take<kernels::offsets_check>(1);
     p.divisor = sp.take<double>(1);
     p.out = make_result_target(be, sp.take<result_slot<value_loss_stats>>(1), async);

@@ -37,6 +37,7 @@ namespace polo::detail {
 struct whiten_regions {
   kernels::whiten_row* rows = nullptr;
   index_t* long_rows = nullptr;
+  kernels::whiten_row* chunks = nullptr;
   kernels::offsets_check* check = nullptr;
   result_slot<whiten_stats>* ws = nullptr;
   result_slot<moments>* ms = nullptr;
@@ -46,6 +47,7 @@ inline whiten_regions take_whiten_regions(scratch_plan& sp, index_t B) {
   whiten_regions r;
   r.rows = sp.take<kernels::whiten_row>(B > 0 ? B : 1);
   r.long_rows = sp.take<index_t>(B > 0 ? B : 1);
+  r.chunks = sp.take<kernels::whiten_row>(kernels::fold_blocks(B, kernels::whiten_threads));
   r.check = sp.take<kernels::offsets_check>(1);
   r.ws = sp.take<result_slot<whiten_stats>>(1);
   r.ms = sp.take<result_slot<moments>>(1);
@@ -84,6 +86,7 @@ struct backend_impl<cuda, whiten_tag> {
     p.entry = entry_masked_moments;
     p.rows = r.rows;
     p.long_rows = r.long_rows;
+    p.chunks = r.chunks;
     p.check = r.check;
     p.ms = make_result_target(be, r.ms, async);
     POLO_CUDA_TRY(kernels::launch_whiten_stats(p, stream_of(be)));
@@ -104,6 +107,7 @@ struct backend_impl<cuda, whiten_tag> {
     p.entry = entry_whiten;
     p.rows = r.rows;
     p.long_rows = r.long_rows;
+    p.chunks = r.chunks;
     p.check = r.check;
     p.cfg = c;
     p.has_batch = batch != nullptr;

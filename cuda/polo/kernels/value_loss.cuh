@@ -7,26 +7,43 @@
 /// synchronize, allocate or throw). cuda/polo/value_loss.cuh owns validation, scratch and the
 /// one read-back.
 ///
-///     value_loss_rows_kernel      one block per row: packed offsets of the row, its first valid
+///     value_loss_short_rows_kernel  (batches whose typical row, padded T or packed N/B, is at
+///                                 most value_loss_warp_span = 1024 tokens) one warp per row,
+///                                 8 rows per block: packed offsets, and a row of at most 1024
+///                                 positions reduced by the warp (value_loss_row_warp: its
+///                                 first valid position f, lane l takes the quads
+///                                 f + (u·32 + l)·4 + e in order, sums in double, a fixed warp
+///                                 tree); longer rows listed for value_loss_rows_kernel.
+///     value_loss_rows_kernel      one block per row (the listed rows, or every row of a batch
+///                                 of long rows): packed offsets of the row, its first valid
 ///                                 position f (the first step's loads issued before, for
 ///                                 f = 0), then one pass: thread k takes quads of 4
 ///                                 consecutive positions f + (u·256 + k)·4 + e + 2048·j in
 ///                                 order (vector loads, 2 quads of each input in flight), sums
 ///                                 L, (v − R)², #clipped in double; the threads' sums meet in a
-///                                 fixed tree (padded == packed bitwise: the assignment depends
-///                                 only on the position relative to f); first non-finite valid
-///                                 value of each input, valid count n_i
-///     (last block)                the block that finishes last (integer counter,
-///                                 last_block_done) runs value_loss_finalize_block: counts,
-///                                 Neumaier sums over rows in a fixed tree over the row index,
-///                                 the first error in the CPU's order, the divisor and
+///                                 fixed tree; first non-finite valid value of each input,
+///                                 valid count n_i. A row whose valid tokens all lie within
+///                                 1024 positions of f is handed to one warp
+///                                 (value_loss_row_warp) instead, whichever kernel meets it, so
+///                                 a row's bits depend only on its valid tokens (padded ==
+///                                 packed bitwise).
+///     value_loss_fold_kernel      the rows' results in a fixed tree over the row index
+///                                 (grid_tree_fold: 256 rows per block, Neumaier sums; the
+///                                 last block folds the blocks' results): counts, sums, the
+///                                 first error in the CPU's order, the divisor and
 ///                                 value_loss_stats, published through detail/async_result.cuh
+///                                 (one block folding every row took 200 us at 32,768 rows)
 ///     value_loss_grad_kernel      (row, slice) blocks, rows in reverse order (the last rows
 ///                                 the statistics read are still in L2): grad = coef · w_i ·
 ///                                 dL/dv, 0 at masked positions, w_i from the divisor on the
 ///                                 device; writes nothing if the statistics' error is set. A
-///                                 programmatic dependent of the statistics kernel: padded rows
-///                                 load their first chunk before waiting for it.
+///                                 programmatic dependent of the fold kernel: padded rows load
+///                                 their first chunk before waiting for it.
+///     value_loss_grad_short_kernel  (batches of short rows) the same values, one warp per row
+///                                 of at most 1024 positions, 8 rows per block, and the rows
+///                                 the statistics listed as longer by the blocks after those,
+///                                 in slices. (Rows of 256 tokens at 2^23 tokens, H100: a block
+///                                 per row spent its time on fixed work, not bytes.)
 ///
 /// No floating-point atomics: bitwise identical run to run.
 
@@ -68,6 +85,20 @@ struct value_loss_row {
 inline constexpr int value_loss_unroll = 4;  ///< positions in flight per thread (gradient pass)
 inline constexpr int value_loss_quad = 4;    ///< consecutive positions per load (statistics pass)
 inline constexpr int value_loss_stats_unroll = 2;  ///< quads in flight per thread (statistics pass)
+inline constexpr int value_loss_warp_unroll = 4;   ///< quads in flight per lane (one-warp rows)
+/// Rows of at most this many positions are reduced by one warp (value_loss_short_rows_kernel,
+/// 8 rows per block), and so is any row whose valid tokens all lie within this many positions
+/// of its first (value_loss_rows_kernel hands it over): the path depends on the valid tokens only.
+inline constexpr int value_loss_warp_span = 1024;
+/// Most blocks that stride over the listed long rows (statistics and gradient).
+inline constexpr int value_loss_long_blocks = 1024;
+
+/// Running fold of rows: counts, Neumaier sums, and the first row with an error.
+struct value_loss_fold {
+  index_t tokens = 0, sequences = 0;
+  detail::neumaier_sum num{}, clipped{}, sq{};
+  value_loss_row first_bad{};
+};
 
 template <class T, class L>
 struct value_loss_params {
@@ -77,8 +108,10 @@ struct value_loss_params {
   value_loss_config cfg{};
   normalizers norm{};
   value_loss_row* rows = nullptr;      ///< [max(B, 1)] scratch
+  index_t* long_rows = nullptr;        ///< [max(B, 1)] scratch: rows longer than value_loss_warp_span
+  value_loss_fold* chunks = nullptr;   ///< [fold_blocks(B, 256)] scratch: value_loss_fold_kernel's blocks
   offsets_check* check = nullptr;      ///< scratch, zeroed by the launcher
-  double* divisor = nullptr;           ///< scratch: the aggregation divisor (finalize -> grad)
+  double* divisor = nullptr;           ///< scratch: the aggregation divisor (fold -> grad)
   detail::result_target<value_loss_stats> out{};
 };
 
@@ -94,7 +127,76 @@ POLO_HD_INLINE value_loss_row merge_rows(value_loss_row a, const value_loss_row&
   return a;
 }
 
-/// Row i's sums, count and first non-finite values (the whole block) -> p.rows[i].
+/// Adds one valid token to a row's result: its first non-finite value of each input (flat
+/// index), the loss, squared error and clip terms, the count.
+template <class T>
+__device__ __forceinline__ void value_loss_add(value_loss_row& r, const value_loss_config& cfg, bool clipping, T cr,
+                                               T v, T old, T rt, long long flat) {
+  if (!detail::is_finite(v) && r.bad[0] == LLONG_MAX) r.bad[0] = flat;
+  if (clipping && !detail::is_finite(old) && r.bad[1] == LLONG_MAX) r.bad[1] = flat;
+  if (!detail::is_finite(rt) && r.bad[2] == LLONG_MAX) r.bad[2] = flat;
+  const detail::value_term term = detail::value_loss_term<T>(v, old, rt, cfg.clip, cr);
+  r.s.loss += term.loss;
+  r.s.sq += term.sq;
+  r.s.clipped += term.clipped ? 1.0 : 0.0;
+  ++r.n;
+}
+
+/// Row i's sums, count and first non-finite values when its valid tokens all lie in [f, end)
+/// (end - f <= value_loss_warp_span), by one warp -> p.rows[i]. Lane l takes the quads of
+/// positions f + (u·32 + l)·4 + e in order (one vector load per quad where aligned), and the
+/// lanes' sums meet in a fixed warp tree. Depends only on positions relative to f: packed ==
+/// padded.
+template <class T, class L>
+__device__ void value_loss_row_warp(const value_loss_params<T, L>& p, index_t i, index_t f, index_t end,
+                                    long long flat0) {
+  using M = typename L::mask_type;
+  constexpr int Q = value_loss_quad, U = value_loss_warp_unroll;
+  constexpr int rounds = value_loss_warp_span / (32 * Q * U);
+  static_assert(value_loss_warp_span % (32 * Q * U) == 0, "value_loss_warp_span: whole rounds of the warp");
+  const int lane = int(threadIdx.x & 31);
+  const T* vr = p.layout.row_ptr(p.v, i);
+  const T* vor = p.layout.row_ptr(p.vo, i);
+  const T* rr = p.layout.row_ptr(p.ret, i);
+  const M* m = p.layout.mask_row(i);
+  const bool clipping = p.cfg.clip != value_clip::none;
+  const T cr = T(p.cfg.clip_range);
+  const bool vv = detail::is_aligned(vr + f, sizeof(T) * Q), vvo = detail::is_aligned(vor + f, sizeof(T) * Q),
+             vrt = detail::is_aligned(rr + f, sizeof(T) * Q);
+  const bool vm = m != nullptr && detail::is_aligned(m + f, sizeof(M) * Q);
+  value_loss_row r;
+#pragma unroll 1
+  for (int k = 0; k < rounds; ++k) {
+    if (f + index_t(k * U) * 32 * Q >= end) break;  // warp-uniform
+    T v[U][Q], vo[U][Q], rt[U][Q];
+    M mk[U][Q];
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+      const index_t pos = f + (index_t(k * U + u) * 32 + lane) * Q;
+      load_quad<Q>(vr, pos, end, vv, v[u]);
+      load_quad<Q>(rr, pos, end, vrt, rt[u]);
+      if (clipping) load_quad<Q>(vor, pos, end, vvo, vo[u]);
+      if (m != nullptr) load_quad<Q>(m, pos, end, vm, mk[u]);
+    }
+#pragma unroll
+    for (int u = 0; u < U; ++u) {
+#pragma unroll
+      for (int e = 0; e < Q; ++e) {
+        const index_t pos = f + (index_t(k * U + u) * 32 + lane) * Q + e;
+        if (pos >= end || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
+        value_loss_add<T>(r, p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e],
+                          flat0 + static_cast<long long>(pos));
+      }
+    }
+  }
+  const value_loss_row total =
+      warp_tree_fold(r, [](const value_loss_row& a, const value_loss_row& b) { return merge_rows(a, b); });
+  if (lane == 0) p.rows[i] = total;
+}
+
+/// Row i's sums, count and first non-finite values (the whole block) -> p.rows[i]; a row
+/// whose valid tokens all lie within value_loss_warp_span positions of its first is handed to
+/// one warp (value_loss_row_warp), as value_loss_short_rows_kernel reduces it.
 template <class T, class L>
 __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i,
                                      detail::shared_array<value_loss_row, value_loss_threads>& sh, int* sh_first) {
@@ -129,6 +231,8 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
   const index_t f = m == nullptr ? 0 : row_first_valid<value_loss_threads>(
                                            len, [&](index_t t) { return detail::is_valid(m[t]); }, sh_first);
   const long long flat0 = static_cast<long long>(detail::flat_index(p.layout, i, 0));
+  constexpr index_t W = value_loss_warp_span;
+  bool far = false;  // a valid token at or past f + W: reduced by the block
   value_loss_row r;
   for (index_t c = f; c < len; c += step) {
     if (c != 0) load(c);
@@ -138,31 +242,23 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
       for (int e = 0; e < Q; ++e) {
         const index_t pos = c + (index_t(u) * value_loss_threads + tid) * Q + e;
         if (pos >= len || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
-        const T old = clipping ? vo[u][e] : v[u][e];
-        const long long flat = flat0 + static_cast<long long>(pos);
-        if (!detail::is_finite(v[u][e]) && r.bad[0] == LLONG_MAX) r.bad[0] = flat;
-        if (clipping && !detail::is_finite(old) && r.bad[1] == LLONG_MAX) r.bad[1] = flat;
-        if (!detail::is_finite(rt[u][e]) && r.bad[2] == LLONG_MAX) r.bad[2] = flat;
-        const detail::value_term term = detail::value_loss_term<T>(v[u][e], old, rt[u][e], p.cfg.clip, cr);
-        r.s.loss += term.loss;
-        r.s.sq += term.sq;
-        r.s.clipped += term.clipped ? 1.0 : 0.0;
-        ++r.n;
+        value_loss_add<T>(r, p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e],
+                          flat0 + static_cast<long long>(pos));
+        far = far || pos >= f + W;
       }
     }
   }
   allow_dependent_launch();  // this block's loads are done: the gradient kernel may be scheduled
+  // A short row (the test looks at valid tokens only, so both layouts decide alike) gets the
+  // bits one warp gives it, whichever kernel met it (such rows of a batch of long rows are read twice).
+  if (__syncthreads_or(far ? 1 : 0) == 0) {
+    if (tid < 32) value_loss_row_warp(p, i, f, len < f + W ? len : f + W, flat0);
+    return;
+  }
   const value_loss_row total = block_tree_fold<value_loss_threads>(
       r, [](const value_loss_row& a, const value_loss_row& b) { return merge_rows(a, b); }, sh);
   if (tid == 0) p.rows[i] = total;
 }
-
-/// Running fold of rows: counts, Neumaier sums, and the first row with an error.
-struct value_loss_fold {
-  index_t tokens = 0, sequences = 0;
-  detail::neumaier_sum num{}, clipped{}, sq{};
-  value_loss_row first_bad{};
-};
 
 POLO_HD_INLINE detail::neumaier_sum merge_neumaier(detail::neumaier_sum a, const detail::neumaier_sum& b) {
   a.add(b.sum);
@@ -170,112 +266,172 @@ POLO_HD_INLINE detail::neumaier_sum merge_neumaier(detail::neumaier_sum a, const
   return a;
 }
 
-/// Counts, Neumaier sums over rows in a fixed tree, the first error in the CPU's order, the
-/// divisor and value_loss_stats, published (one block, after every row).
+/// Row r's part of the fold: its counts, its loss (divided by its count for
+/// seq_mean_token_mean), clip count and squared error, and its errors.
+POLO_HD_INLINE value_loss_fold value_loss_fold_of(const value_loss_row& r, bool seq_mean) {
+  value_loss_fold o;
+  o.tokens = r.n;
+  o.sequences = r.n > 0 ? 1 : 0;
+  if (r.n > 0) {
+    o.num.add(seq_mean ? r.s.loss / double(r.n) : r.s.loss);
+    o.clipped.add(r.s.clipped);
+    o.sq.add(r.s.sq);
+  }
+  o.first_bad = r;
+  return o;
+}
+
+/// Merges two folds, a's rows before b's: counts, Neumaier sums, the first row with an error.
+struct value_loss_fold_merge {
+  POLO_HD_INLINE value_loss_fold operator()(value_loss_fold a, const value_loss_fold& b) const {
+    a.tokens += b.tokens;
+    a.sequences += b.sequences;
+    a.num = merge_neumaier(a.num, b.num);
+    a.clipped = merge_neumaier(a.clipped, b.clipped);
+    a.sq = merge_neumaier(a.sq, b.sq);
+    if (!a.first_bad.any_bad()) a.first_bad = b.first_bad;
+    return a;
+  }
+};
+
+/// From the fold of every row: the first error in the CPU's order (offsets, then the first
+/// non-finite value), the divisor (-> p.divisor) and value_loss_stats, published. One thread.
 template <class T, class L>
-__device__ void value_loss_finalize_block(const value_loss_params<T, L>& p,
-                                          detail::shared_array<value_loss_fold, value_loss_threads>& sh) {
-  const index_t B = p.layout.num_seqs();
-  const bool seq_mean = p.cfg.agg == aggregation::seq_mean_token_mean;
-  const value_loss_fold f = fixed_tree_fold<value_loss_threads>(
-      B,
-      [&](index_t q) {
-        const value_loss_row& r = p.rows[q];
-        value_loss_fold o;
-        o.tokens = r.n;
-        o.sequences = r.n > 0 ? 1 : 0;
-        if (r.n > 0) {
-          o.num.add(seq_mean ? r.s.loss / double(r.n) : r.s.loss);
-          o.clipped.add(r.s.clipped);
-          o.sq.add(r.s.sq);
-        }
-        o.first_bad = r;
-        return o;
-      },
-      [](value_loss_fold a, const value_loss_fold& b) {
-        a.tokens += b.tokens;
-        a.sequences += b.sequences;
-        a.num = merge_neumaier(a.num, b.num);
-        a.clipped = merge_neumaier(a.clipped, b.clipped);
-        a.sq = merge_neumaier(a.sq, b.sq);
-        if (!a.first_bad.any_bad()) a.first_bad = b.first_bad;
-        return a;
-      },
-      value_loss_fold{}, sh);
-  if (threadIdx.x == 0) {
-    cuda::status err = resolve_offsets(p.layout, read_offsets_check(p.check), detail::entry_value_loss);
-    if (err.code == detail::status_ok && f.first_bad.any_bad()) {
-      for (int k = 0; k < 3; ++k) {
-        if (f.first_bad.bad[k] != LLONG_MAX) {
-          err.code = detail::status_nonfinite_arg;
-          err.a = detail::arg_values + k;
-          err.index = f.first_bad.bad[k];
-          const auto& x = k == 0 ? p.v : (k == 1 ? p.vo : p.ret);
-          err.value = double(at_flat(p.layout, x, err.index));
-          break;
-        }
+__device__ void value_loss_publish(const value_loss_params<T, L>& p, const value_loss_fold& f) {
+  cuda::status err = resolve_offsets(p.layout, read_offsets_check(p.check), detail::entry_value_loss);
+  if (err.code == detail::status_ok && f.first_bad.any_bad()) {
+    for (int k = 0; k < 3; ++k) {
+      if (f.first_bad.bad[k] != LLONG_MAX) {
+        err.code = detail::status_nonfinite_arg;
+        err.a = detail::arg_values + k;
+        err.index = f.first_bad.bad[k];
+        const auto& x = k == 0 ? p.v : (k == 1 ? p.vo : p.ret);
+        err.value = double(at_flat(p.layout, x, err.index));
+        break;
       }
     }
-    value_loss_stats st;
-    st.tokens = f.tokens;
-    st.sequences = f.sequences;
-    const value_loss_config& c = p.cfg;
-    const double divisor = detail::aggregation_divisor(c.agg, p.norm, st.tokens, st.sequences);
-    const bool per_seq = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
-    st.parts.sum = f.num.value();
-    st.parts.count = per_seq ? st.sequences : st.tokens;
-    st.clipped.sum = f.clipped.value();
-    st.clipped.count = st.tokens;
-    st.squared_error.sum = f.sq.value();
-    st.squared_error.count = st.tokens;
-    st.loss = divisor > 0.0 ? c.coef * p.norm.scale * st.parts.sum / divisor : 0.0;
-    *p.divisor = divisor;
-    detail::publish(p.out, err, st);
+  }
+  value_loss_stats st;
+  st.tokens = f.tokens;
+  st.sequences = f.sequences;
+  const value_loss_config& c = p.cfg;
+  const double divisor = detail::aggregation_divisor(c.agg, p.norm, st.tokens, st.sequences);
+  const bool per_seq = c.agg == aggregation::seq_mean_token_mean || c.agg == aggregation::seq_mean_token_sum;
+  st.parts.sum = f.num.value();
+  st.parts.count = per_seq ? st.sequences : st.tokens;
+  st.clipped.sum = f.clipped.value();
+  st.clipped.count = st.tokens;
+  st.squared_error.sum = f.sq.value();
+  st.squared_error.count = st.tokens;
+  st.loss = divisor > 0.0 ? c.coef * p.norm.scale * st.parts.sum / divisor : 0.0;
+  *p.divisor = divisor;
+  detail::publish(p.out, err, st);
+}
+
+/// One warp per row, 8 rows per block: the row's packed offsets; a row of at most
+/// value_loss_warp_span positions is reduced here (its first valid position, then
+/// value_loss_row_warp), a longer one appended to `long_rows` for value_loss_rows_kernel
+/// (which hands it back to one warp if its valid tokens turn out to be short). (Rows of 256
+/// tokens at 2^23 tokens on an H100: a block of 256 threads per row spent about 900
+/// instructions per warp on fixed work, 577 us.)
+template <class T, class L>
+__global__ void __launch_bounds__(value_loss_threads) value_loss_short_rows_kernel(value_loss_params<T, L> p) {
+  const int lane = int(threadIdx.x & 31);
+  const index_t i = index_t(blockIdx.x) * (value_loss_threads / 32) + index_t(threadIdx.x >> 5);
+  bool ok = false;
+  // lane 0 of each warp checks its row (in block 0 each also checks both ends: idempotent atomics)
+  if (lane == 0) ok = check_row_offsets(p.layout, i, p.check);
+  if (!__shfl_sync(0xffffffffu, ok, 0)) {
+    if (lane == 0 && i < p.layout.num_seqs()) p.rows[i] = value_loss_row{};
+    return;
+  }
+  const index_t len = p.layout.row_len(i);
+  if (len > value_loss_warp_span) {
+    if (lane == 0) p.long_rows[atomicAdd(&p.check->rows_listed, 1u)] = i;
+    return;
+  }
+  const auto* m = p.layout.mask_row(i);
+  const index_t f = m == nullptr ? 0 : warp_first_valid(0, len, [&](index_t t) { return detail::is_valid(m[t]); });
+  value_loss_row_warp(p, i, f, len, static_cast<long long>(detail::flat_index(p.layout, i, 0)));
+}
+
+/// One block per row. Listed = true: the rows listed by value_loss_short_rows_kernel, strided
+/// over the grid (each row is reduced on its own: their order does not matter). Listed = false
+/// (batches of long rows, no first kernel): row blockIdx.x, its packed offsets checked here.
+/// Either way a short row goes to one warp (value_loss_row_stats).
+template <bool Listed, class T, class L>
+__global__ void __launch_bounds__(value_loss_threads, 4) value_loss_rows_kernel(value_loss_params<T, L> p) {
+  __shared__ detail::shared_array<value_loss_row, value_loss_threads> sh;
+  __shared__ int sh_first[value_loss_threads / 32];
+  if constexpr (Listed) {
+    const index_t listed = index_t(p.check->rows_listed);  // written by the previous kernel
+    for (index_t q = blockIdx.x; q < listed; q += gridDim.x) value_loss_row_stats(p, p.long_rows[q], sh, sh_first);
+  } else {
+    __shared__ bool sh_ok;
+    const index_t i = blockIdx.x;
+    const int tid = threadIdx.x;
+    if (tid == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
+    __syncthreads();
+    if (sh_ok) value_loss_row_stats(p, i, sh, sh_first);  // block-uniform
+    else if (tid == 0 && i < p.layout.num_seqs()) p.rows[i] = value_loss_row{};
   }
 }
 
-/// One block per row; the last block to finish folds the rows (value_loss_finalize_block).
+/// The rows' results folded in a fixed tree over the row index (grid_tree_fold: 256 rows per
+/// block, then the chunks), and published by the last block (value_loss_publish). A
+/// programmatic dependent of the rows kernels; the gradient kernel may be scheduled at once (it
+/// waits for this one).
 template <class T, class L>
-__global__ void __launch_bounds__(value_loss_threads, 4) value_loss_rows_kernel(value_loss_params<T, L> p) {
-  __shared__ union {
-    detail::shared_array<value_loss_row, value_loss_threads> row;
-    detail::shared_array<value_loss_fold, value_loss_threads> fold;
-  } sh;
-  __shared__ int sh_first[value_loss_threads / 32];
-  __shared__ bool sh_ok;
-  const index_t i = blockIdx.x;
-  const int tid = threadIdx.x;
-  if (tid == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
-  __syncthreads();
-  if (sh_ok) value_loss_row_stats(p, i, sh.row, sh_first);  // block-uniform
-  else if (tid == 0 && i < p.layout.num_seqs()) p.rows[i] = value_loss_row{};
-  if (last_block_done(&p.check->blocks_done, &sh_ok)) value_loss_finalize_block(p, sh.fold);
+__global__ void __launch_bounds__(value_loss_threads) value_loss_fold_kernel(value_loss_params<T, L> p) {
+  __shared__ detail::shared_array<value_loss_fold, value_loss_threads> sh;
+  __shared__ bool sh_last;
+  grid_dependency_wait();
+  allow_dependent_launch();
+  const bool seq_mean = p.cfg.agg == aggregation::seq_mean_token_mean;
+  value_loss_fold total;
+  if (grid_tree_fold<value_loss_threads>(
+          p.layout.num_seqs(), [&](index_t q) { return value_loss_fold_of(p.rows[q], seq_mean); },
+          value_loss_fold_merge{}, value_loss_fold{}, p.chunks, &p.check->blocks_done, sh, &sh_last, &total) &&
+      threadIdx.x == 0)
+    value_loss_publish(p, total);
 }
 
-/// Enqueues the statistics and checks: zeroes the offsets check (and block counter), one
-/// block per row (the last one to finish folds the rows).
+/// Enqueues the statistics and checks: zeroes the offsets check (block counter and list count);
+/// for a batch of typically short rows (padded T, or packed N/B, at most
+/// value_loss_warp_span) one warp per row and, for a packed batch, a block per listed longer
+/// row; otherwise a block per row, in row order. Either way a row takes the path its valid
+/// tokens choose: the same bits in both layouts. Then value_loss_fold_kernel.
 template <class T, class L>
 cudaError_t launch_value_loss_stats(const value_loss_params<T, L>& p, cudaStream_t stream) {
   POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.check, 0, sizeof(offsets_check), stream));
   const index_t B = p.layout.num_seqs();
   if (B > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  value_loss_rows_kernel<T, L><<<static_cast<unsigned>(B > 0 ? B : 1), value_loss_threads, 0, stream>>>(p);
-  return cudaGetLastError();
+  if (typical_row_length(p.layout) > value_loss_warp_span) {
+    value_loss_rows_kernel<false, T, L><<<static_cast<unsigned>(B > 0 ? B : 1), value_loss_threads, 0, stream>>>(p);
+  } else {
+    constexpr index_t R = value_loss_threads / 32;
+    const index_t warp_blocks = B > 0 ? (B + R - 1) / R : 1;
+    value_loss_short_rows_kernel<T, L><<<static_cast<unsigned>(warp_blocks), value_loss_threads, 0, stream>>>(p);
+    const index_t blocks = long_row_blocks(p.layout, value_loss_warp_span, value_loss_long_blocks);
+    if (blocks > 0) {
+      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      value_loss_rows_kernel<true, T, L><<<static_cast<unsigned>(blocks), value_loss_threads, 0, stream>>>(p);
+    }
+  }
+  POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return launch_dependent(value_loss_fold_kernel<T, L>, dim3(static_cast<unsigned>(fold_blocks(B, value_loss_threads))),
+                          dim3(value_loss_threads), stream, p);
 }
 
-template <class T, class L>
-__global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(value_loss_params<T, L> p) {
-  // Launched as a programmatic dependent of the statistics kernel: for padded layouts the first
-  // chunk of the inputs is loaded before grid_dependency_wait (inputs, never written by the
-  // statistics); packed rows are only touched after it (their offsets are checked there).
+/// The gradient at positions [lo, hi) of row i by a group of S threads (this one of rank
+/// `rank`): grad = coef · w_i · dL/dv at valid positions, 0 at masked ones, U positions in
+/// flight per thread. Wait: the caller has not waited for the statistics yet (padded rows):
+/// the first positions are loaded, then grid_dependency_wait, and nothing is written if the
+/// statistics' error is set.
+template <int S, bool Wait, class T, class L>
+__device__ __forceinline__ void value_loss_grad_range(const value_loss_params<T, L>& p, index_t i, index_t lo,
+                                                      index_t hi, int rank) {
   constexpr int U = value_loss_unroll;
-  if constexpr (L::is_packed) grid_dependency_wait();
-  // Rows in reverse: the statistics pass read the last rows last, so they are still in L2.
-  const index_t i = index_t(gridDim.x) - 1 - index_t(blockIdx.x);
-  if constexpr (L::is_packed) {
-    if (p.out.slot->error.code != 0) return;  // a check failed: write nothing (offsets included)
-  }
-  const index_t len = p.layout.row_len(i);
   const T* vr = p.layout.row_ptr(p.v, i);
   const T* vor = p.layout.row_ptr(p.vo, i);
   const T* rr = p.layout.row_ptr(p.ret, i);
@@ -283,14 +439,12 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(val
   const auto* m = p.layout.mask_row(i);
   const bool clipping = p.cfg.clip != value_clip::none;
   const T cr = T(p.cfg.clip_range);
-  const index_t per = detail::ceil_div<index_t>(len > 0 ? len : 0, gridDim.y);
-  const index_t lo = index_t(blockIdx.y) * per, hi = detail::min_of<index_t>(len, lo + per);
   T v[U], vo[U], rt[U];
   bool ok[U];
   auto load = [&](index_t c) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const index_t t = c + index_t(u) * value_loss_threads;
+      const index_t t = c + index_t(u) * S;
       const bool in = t < hi;
       v[u] = in ? vr[t] : T(0);
       rt[u] = in ? rr[t] : T(0);
@@ -298,18 +452,18 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(val
       ok[u] = in && (m == nullptr || detail::is_valid(m[t]));
     }
   };
-  index_t c = lo + threadIdx.x;
+  index_t c = lo + rank;
   if (c < hi) load(c);
-  if constexpr (!L::is_packed) {
+  if constexpr (Wait) {
     grid_dependency_wait();
     if (p.out.slot->error.code != 0) return;  // a check failed: write nothing
   }
   const double w = p.cfg.coef * detail::aggregation_weight(p.cfg.agg, p.norm.scale, *p.divisor, p.rows[i].n);
-  for (bool first = true; c < hi; c += index_t(value_loss_threads) * U, first = false) {
+  for (bool first = true; c < hi; c += index_t(S) * U, first = false) {
     if (!first) load(c);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const index_t t = c + index_t(u) * value_loss_threads;
+      const index_t t = c + index_t(u) * S;
       if (t >= hi) continue;
       if (!ok[u]) {
         g[t] = T(0);
@@ -321,17 +475,76 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(val
   }
 }
 
-/// Enqueues value_loss_grad_kernel over every row (slices of about 4096 tokens), as a
-/// programmatic dependent of the statistics kernel (row_reduce.cuh: launch_dependent).
+/// (row, slice) blocks over every row. Launched as a programmatic dependent of the statistics
+/// kernel: for padded layouts the first chunk of the inputs is loaded before
+/// grid_dependency_wait (inputs, never written by the statistics); packed rows are only
+/// touched after it (their offsets are checked there).
+template <class T, class L>
+__global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(value_loss_params<T, L> p) {
+  if constexpr (L::is_packed) {
+    grid_dependency_wait();
+    if (p.out.slot->error.code != 0) return;  // a check failed: write nothing (offsets included)
+  }
+  // Rows in reverse: the statistics pass read the last rows last, so they are still in L2.
+  const index_t i = index_t(gridDim.x) - 1 - index_t(blockIdx.x);
+  const index_t len = p.layout.row_len(i);
+  const index_t per = detail::ceil_div<index_t>(len > 0 ? len : 0, gridDim.y);
+  const index_t lo = index_t(blockIdx.y) * per, hi = detail::min_of<index_t>(len, lo + per);
+  value_loss_grad_range<value_loss_threads, !L::is_packed>(p, i, lo, hi, int(threadIdx.x));
+}
+
+/// Batches of typically short rows: blocks [0, warp_blocks) take 8 rows each, one warp per row
+/// (rows in reverse order, as above), and skip rows longer than value_loss_warp_span; the
+/// blocks after them share the rows the statistics listed as longer (exactly those), in
+/// slices. A programmatic dependent of the statistics, as value_loss_grad_kernel.
+template <class T, class L>
+__global__ void __launch_bounds__(value_loss_threads) value_loss_grad_short_kernel(value_loss_params<T, L> p,
+                                                                                   unsigned warp_blocks) {
+  if constexpr (L::is_packed) {
+    grid_dependency_wait();
+    if (p.out.slot->error.code != 0) return;  // a check failed: write nothing (offsets included)
+  }
+  const index_t B = p.layout.num_seqs();
+  if (blockIdx.x < warp_blocks) {
+    const index_t i = index_t(warp_blocks - 1 - blockIdx.x) * (value_loss_threads / 32) + index_t(threadIdx.x >> 5);
+    if (i >= B) return;
+    const index_t len = p.layout.row_len(i);
+    if (len > value_loss_warp_span) return;  // listed: the blocks after warp_blocks write it
+    value_loss_grad_range<32, !L::is_packed>(p, i, 0, len, int(threadIdx.x & 31));
+    return;
+  }
+  if constexpr (!L::is_packed) return;  // padded batches list no rows (and get no blocks here)
+  const index_t listed = index_t(p.check->rows_listed);
+  if (listed == 0) return;
+  const index_t nb = index_t(gridDim.x - warp_blocks), b = index_t(blockIdx.x - warp_blocks);
+  const index_t slices = nb / listed > 1 ? nb / listed : 1;  // blocks per listed row
+  for (index_t q = b; q < listed * slices; q += nb) {
+    const index_t i = p.long_rows[q / slices], s = q % slices;
+    const index_t len = p.layout.row_len(i);
+    const index_t per = detail::ceil_div<index_t>(len, slices);
+    const index_t lo = s * per, hi = detail::min_of<index_t>(len, lo + per);
+    value_loss_grad_range<value_loss_threads, false>(p, i, lo, hi, int(threadIdx.x));
+  }
+}
+
+/// Enqueues the gradient as a programmatic dependent of the statistics kernel (row_reduce.cuh:
+/// launch_dependent): for batches of typically short rows value_loss_grad_short_kernel (a
+/// warp per row, then blocks for the listed longer rows), otherwise value_loss_grad_kernel over
+/// every row in slices of about 4096 tokens.
 template <class T, class L>
 cudaError_t launch_value_loss_grad(const value_loss_params<T, L>& p, cudaStream_t stream) {
   const index_t B = p.layout.num_seqs();
   if (B <= 0) return cudaSuccess;
   if (B > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  index_t avg = 0;
-  if constexpr (L::is_packed) avg = detail::ceil_div<index_t>(p.layout.tokens, B);
-  else avg = p.layout.seq_len;
-  index_t slices = detail::ceil_div<index_t>(avg > 0 ? avg : 1, 4096);
+  const index_t avg = typical_row_length(p.layout);
+  if (avg <= value_loss_warp_span) {
+    constexpr index_t R = value_loss_threads / 32;
+    const index_t warp_blocks = (B + R - 1) / R;
+    const index_t grid = warp_blocks + long_row_blocks(p.layout, value_loss_warp_span, value_loss_long_blocks);
+    return launch_dependent(value_loss_grad_short_kernel<T, L>, dim3(static_cast<unsigned>(grid)),
+                            dim3(value_loss_threads), stream, p, static_cast<unsigned>(warp_blocks));
+  }
+  index_t slices = detail::ceil_div<index_t>(avg, 4096);
   if (slices > 65535) slices = 65535;
   return launch_dependent(value_loss_grad_kernel<T, L>, dim3(static_cast<unsigned>(B), static_cast<unsigned>(slices)),
                           dim3(value_loss_threads), stream, p);

@@ -26,18 +26,18 @@
 ///                             and its first non-finite valid value; per-thread moments are
 ///                             merged with Chan's update in a fixed tree (layout-independent:
 ///                             the assignment depends only on the position relative to f).
-///                             The LAST block to finish (integer counter, last_block_done)
-///                             then runs whiten_finalize_block: rows merged with Chan's update
-///                             in a fixed tree over the row index (the same tree whichever
-///                             block is last), the first error resolved (offsets, non-finite,
-///                             degenerate), the coefficients, published through
-///                             detail/async_result.cuh. One launch for the statistics.
+///     whiten_fold_kernel      the rows merged with Chan's update in a fixed tree over the row
+///                             index (grid_tree_fold: 256 rows per block, then the blocks'
+///                             results in the last block), the first error resolved (offsets,
+///                             non-finite, degenerate), the coefficients, published through
+///                             detail/async_result.cuh. (One block folding every row took
+///                             120 us at 32,768 rows.)
 ///     whiten_apply_kernel     (row, slice) blocks, rows in reverse order (the last rows the
 ///                             statistics read are still in L2): out = whiten_token(valid, x,
 ///                             μ, 1/D) with μ, 1/D read from the device slot; writes nothing
-///                             if its error is set. A programmatic dependent of the
-///                             statistics kernel: padded rows load their first chunk before
-///                             waiting for it.
+///                             if its error is set. A programmatic dependent of the fold
+///                             kernel: padded rows load their first chunk before waiting for
+///                             it.
 ///
 /// No floating-point atomics: bitwise identical run to run, and padded == packed.
 
@@ -124,6 +124,7 @@ struct whiten_stats_params {
   int entry = detail::entry_whiten;  ///< entry point named by errors
   whiten_row* rows = nullptr;        ///< [max(B, 1)] scratch
   index_t* long_rows = nullptr;      ///< [max(B, 1)] scratch: the rows for whiten_rows_kernel
+  whiten_row* chunks = nullptr;      ///< [fold_blocks(B, 256)] scratch: whiten_fold_kernel's blocks
   offsets_check* check = nullptr;    ///< scratch, zeroed by the launcher
   whiten_config cfg{};               ///< whiten only
   bool has_batch = false;            ///< whiten only: `batch` replaces the local moments
@@ -147,9 +148,6 @@ struct whiten_apply_params {
 template <class T, class L>
 __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
                                  detail::shared_array<whiten_row, whiten_threads>& sh, int* sh_first);
-template <class T, class L>
-__device__ void whiten_finalize_block(const whiten_stats_params<T, L>& p,
-                                      detail::shared_array<whiten_row, whiten_threads>& sh);
 
 template <class T, class L, class M>
 __device__ void whiten_row_warp(const whiten_stats_params<T, L>& p, index_t i, const T* xr, const M* m, index_t f,
@@ -189,24 +187,22 @@ __global__ void __launch_bounds__(whiten_threads) whiten_short_rows_kernel(white
 /// One block per row. Listed = true: the long rows listed by whiten_short_rows_kernel, strided
 /// over the grid (their order does not matter: each row is reduced on its own). Listed = false
 /// (batches of long rows, no first kernel): row blockIdx.x, its packed offsets checked here, a
-/// short row handed to one warp inside whiten_row_stats. The last block to finish folds every
-/// row (whiten_finalize_block).
+/// short row handed to one warp inside whiten_row_stats.
 template <bool Listed, class T, class L>
 __global__ void __launch_bounds__(whiten_threads, 4) whiten_rows_kernel(whiten_stats_params<T, L> p) {
   __shared__ detail::shared_array<whiten_row, whiten_threads> sh;
   __shared__ int sh_first[whiten_threads / 32];
-  __shared__ bool sh_ok;
   if constexpr (Listed) {
     const index_t listed = index_t(p.check->rows_listed);  // written by the previous kernel
     for (index_t q = blockIdx.x; q < listed; q += gridDim.x) whiten_row_stats(p, p.long_rows[q], sh, sh_first);
   } else {
+    __shared__ bool sh_ok;
     const index_t i = blockIdx.x;
     if (threadIdx.x == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
     __syncthreads();
     if (sh_ok) whiten_row_stats(p, i, sh, sh_first);  // block-uniform
     else if (threadIdx.x == 0 && i < p.layout.num_seqs()) p.rows[i] = whiten_row{};
   }
-  if (last_block_done(&p.check->blocks_done, &sh_ok)) whiten_finalize_block(p, sh);
 }
 
 /// Row i's moments and first non-finite valid value when its valid tokens all lie in [f, end)
@@ -305,69 +301,84 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
   if (tid == 0) p.rows[i] = total;
 }
 
-/// The rows merged with Chan's update in a fixed tree, the first error resolved (offsets,
-/// non-finite, degenerate), the coefficients published (one block, after every row).
+/// From the merge of every row: the first error resolved (offsets, non-finite, degenerate),
+/// the coefficients, published. One thread.
 template <class T, class L>
-__device__ void whiten_finalize_block(const whiten_stats_params<T, L>& p,
-                                      detail::shared_array<whiten_row, whiten_threads>& sh) {
-  const index_t B = p.layout.num_seqs();
-  const whiten_row total =
-      fixed_tree_fold<whiten_threads>(B, [&](index_t q) { return p.rows[q]; }, whiten_row_merge{}, whiten_row{}, sh);
-  if (threadIdx.x == 0) {
-    cuda::status err = resolve_offsets(p.layout, read_offsets_check(p.check), p.entry);
-    whiten_stats st;
-    if (err.code == detail::status_ok) {
-      st.local = total.m;
-      if (total.bad != LLONG_MAX) {
-        err.code = detail::status_nonfinite_arg;
-        err.a = detail::arg_x;
-        err.index = total.bad;
-        err.value = double(at_flat(p.layout, p.x, total.bad));
-      }
-    }
-    if (p.ws.slot != nullptr) {
-      st.used = p.has_batch ? p.batch : st.local;
-      const detail::whiten_coeffs w = detail::whiten_coefficients(st.used, p.cfg);
-      st.mean = w.mean;
-      st.inv_scale = w.inv_scale;
-      st.degenerate = w.degenerate;
-      if (err.code == detail::status_ok && w.degenerate && p.cfg.degenerate == whiten_degenerate::error) {
-        err.code = detail::status_degenerate;
-        err.a = st.used.count;
-        err.b = p.cfg.std == std_kind::sample ? 1 : 0;
-      }
-      detail::publish(p.ws, err, st);
-    } else {
-      detail::publish(p.ms, err, st.local);
+__device__ void whiten_publish(const whiten_stats_params<T, L>& p, const whiten_row& total) {
+  cuda::status err = resolve_offsets(p.layout, read_offsets_check(p.check), p.entry);
+  whiten_stats st;
+  if (err.code == detail::status_ok) {
+    st.local = total.m;
+    if (total.bad != LLONG_MAX) {
+      err.code = detail::status_nonfinite_arg;
+      err.a = detail::arg_x;
+      err.index = total.bad;
+      err.value = double(at_flat(p.layout, p.x, total.bad));
     }
   }
+  if (p.ws.slot != nullptr) {
+    st.used = p.has_batch ? p.batch : st.local;
+    const detail::whiten_coeffs w = detail::whiten_coefficients(st.used, p.cfg);
+    st.mean = w.mean;
+    st.inv_scale = w.inv_scale;
+    st.degenerate = w.degenerate;
+    if (err.code == detail::status_ok && w.degenerate && p.cfg.degenerate == whiten_degenerate::error) {
+      err.code = detail::status_degenerate;
+      err.a = st.used.count;
+      err.b = p.cfg.std == std_kind::sample ? 1 : 0;
+    }
+    detail::publish(p.ws, err, st);
+  } else {
+    detail::publish(p.ms, err, st.local);
+  }
+}
+
+/// The rows merged with Chan's update in a fixed tree over the row index (grid_tree_fold: 256
+/// rows per block, then the blocks' results), published by the last block (whiten_publish). A
+/// programmatic dependent of the rows kernels; the apply kernel may be scheduled at once (it
+/// waits for this one).
+template <class T, class L>
+__global__ void __launch_bounds__(whiten_threads) whiten_fold_kernel(whiten_stats_params<T, L> p) {
+  __shared__ detail::shared_array<whiten_row, whiten_threads> sh;
+  __shared__ bool sh_last;
+  grid_dependency_wait();
+  allow_dependent_launch();
+  whiten_row total;
+  if (grid_tree_fold<whiten_threads>(
+          p.layout.num_seqs(), [&](index_t q) { return p.rows[q]; }, whiten_row_merge{}, whiten_row{}, p.chunks,
+          &p.check->blocks_done, sh, &sh_last, &total) &&
+      threadIdx.x == 0)
+    whiten_publish(p, total);
 }
 
 /// Enqueues the statistics: zeroes the offsets check (its block counter and list count), then
 /// for a batch of typically short rows (padded T, or packed N/B, at most whiten_warp_span) one
-/// warp per row (short rows reduced, long rows listed) and a block per listed row; otherwise a
-/// block per row, in row order (the apply kernel takes the rows in reverse and finds the last
-/// ones in L2), each short row handed to one warp. The last block to finish folds the rows.
-/// Either way a row takes the path its valid tokens choose: the same bits in both layouts.
+/// warp per row (short rows reduced, long rows listed) and, for a packed batch, blocks for the
+/// listed rows; otherwise a block per row, in row order (the apply kernel takes the rows in
+/// reverse and finds the last ones in L2), each short row handed to one warp. Either way a row
+/// takes the path its valid tokens choose: the same bits in both layouts. Then
+/// whiten_fold_kernel.
 template <class T, class L>
 cudaError_t launch_whiten_stats(const whiten_stats_params<T, L>& p, cudaStream_t stream) {
   POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.check, 0, sizeof(offsets_check), stream));
   const index_t B = p.layout.num_seqs();
   if (B > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  index_t typical = 0;
-  if constexpr (L::is_packed) typical = B > 0 ? detail::ceil_div<index_t>(p.layout.tokens, B) : 0;
-  else typical = p.layout.seq_len;
-  if (typical > whiten_warp_span) {
+  if (typical_row_length(p.layout) > whiten_warp_span) {
     whiten_rows_kernel<false, T, L><<<static_cast<unsigned>(B > 0 ? B : 1), whiten_threads, 0, stream>>>(p);
-    return cudaGetLastError();
+  } else {
+    constexpr index_t R = whiten_threads / 32;
+    const index_t warp_blocks = B > 0 ? (B + R - 1) / R : 1;
+    whiten_short_rows_kernel<T, L><<<static_cast<unsigned>(warp_blocks), whiten_threads, 0, stream>>>(p);
+    // a listed row has a valid token past 1024 positions from its first: it is longer than that
+    const index_t blocks = long_row_blocks(p.layout, whiten_warp_span, whiten_long_blocks);
+    if (blocks > 0) {
+      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      whiten_rows_kernel<true, T, L><<<static_cast<unsigned>(blocks), whiten_threads, 0, stream>>>(p);
+    }
   }
-  constexpr index_t R = whiten_threads / 32;
-  const index_t warp_blocks = B > 0 ? (B + R - 1) / R : 1;
-  whiten_short_rows_kernel<T, L><<<static_cast<unsigned>(warp_blocks), whiten_threads, 0, stream>>>(p);
   POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  const index_t blocks = B < 1 ? 1 : (B > whiten_long_blocks ? index_t(whiten_long_blocks) : B);
-  whiten_rows_kernel<true, T, L><<<static_cast<unsigned>(blocks), whiten_threads, 0, stream>>>(p);
-  return cudaGetLastError();
+  return launch_dependent(whiten_fold_kernel<T, L>, dim3(static_cast<unsigned>(fold_blocks(B, whiten_threads))),
+                          dim3(whiten_threads), stream, p);
 }
 
 template <class T, class L>
@@ -420,7 +431,7 @@ __global__ void __launch_bounds__(whiten_threads) whiten_apply_kernel(whiten_app
 }
 
 /// Enqueues whiten_apply_kernel over every row (slices of about 4096 tokens), as a
-/// programmatic dependent of the statistics kernel (row_reduce.cuh: launch_dependent).
+/// programmatic dependent of the fold kernel (row_reduce.cuh: launch_dependent).
 template <class T, class L>
 cudaError_t launch_whiten_apply(const whiten_apply_params<T, L>& p, cudaStream_t stream) {
   const index_t B = p.layout.num_seqs();
