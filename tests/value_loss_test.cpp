@@ -124,6 +124,36 @@ TEMPLATE_LIST_TEST_CASE("value_loss matches the float64 oracle for every clip fo
   }
 }
 
+TEMPLATE_LIST_TEST_CASE("value_loss: rows of up to 1,024 positions, aligned or not, against the oracle",
+                        "[value_loss]", backends) {
+  // On CUDA each such padded row is reduced by one warp in quads of 4 (vector loads where the
+  // row is aligned: every row at T = 1024, every other one at T = 602 in float) and
+  // differentiated by one warp.
+  using Bk = TestType;
+  auto g = test::rng(308);
+  INFO("seed " << test::base_seed());
+  for (index_t Tn : {index_t(602), index_t(1024)})
+    for (mask_pattern p : {mask_pattern::left_pad, mask_pattern::interior_spans, mask_pattern::random}) {
+      auto bd = make_critic<double>(g, 5, Tn, p);
+      auto bf = make_critic<float>(g, 5, Tn, p);
+      for (auto clip : {value_clip::none, value_clip::clamp_delta})
+        for (auto agg : {aggregation::token_mean, aggregation::seq_mean_token_mean}) {
+          value_loss_config c{.clip = clip, .clip_range = 0.2, .agg = agg, .coef = 0.5};
+          INFO("T " << Tn << " " << test::name(p) << " " << describe(c, normalizers{}));
+          auto want = ref::value_loss<double>(bd.v, bd.vo, bd.R, bd.m, bd.B, bd.Tn, c, normalizers{});
+          auto got = run<Bk, double>(bd, c);
+          CHECK(got.st.loss == Approx(want.loss).epsilon(1e-12).margin(1e-15));
+          test::require_close(got.grad, want.grad, 1e-12, 1e-15);
+          CHECK(got.st.tokens == want.tokens);
+          auto wf = ref::value_loss<float>(bf.v, bf.vo, bf.R, bf.m, bf.B, bf.Tn, c, normalizers{});
+          auto gf = run<Bk, float>(bf, c);
+          CHECK(gf.st.loss == Approx(wf.loss).epsilon(1e-12).margin(1e-15));
+          test::require_close(gf.grad, wf.grad, 2e-6, 1e-8);
+          CHECK(gf.st.clipped.sum == double(wf.clipped));
+        }
+    }
+}
+
 TEMPLATE_LIST_TEST_CASE("value_loss gradient equals central finite differences", "[value_loss][grad]", backends) {
   using Bk = TestType;
   using S = typename Bk::memory_space;
@@ -378,6 +408,23 @@ TEMPLATE_LIST_TEST_CASE("value_loss: errors write nothing", "[value_loss][errors
   }
   REQUIRE_THROWS_AS(value_loss(be, L, v.cview2(2, 2), vo2.cview2(1, 4), R.cview2(2, 2), gr.view2(2, 2)), shape_error);
   CHECK(gr.to_host() == std::vector<double>(4, -7.0));
+  // Malformed packed offsets: the CPU's message, nothing written.
+  const index_t N = 9000;
+  const std::vector<std::int64_t> good{0, 1000, 2500, 2600, N};
+  auto dec = good, end = good, start = good;
+  dec[2] = 900;
+  end.back() = N - 1;
+  start[0] = 1;
+  auto g = test::rng(307);
+  buffer<double, Bk> xs(test::normal(g, N, 0.0, 1.0)), ys(test::normal(g, N, 0.0, 1.0)), gs(N, -7.0);
+  for (const auto& [bad, needle] :
+       {std::pair{dec, "decreases"}, std::pair{end, "ends at"}, std::pair{start, "starts at"}}) {
+    INFO(needle);
+    buffer<std::int64_t, Bk> ob(bad);
+    packed<std::uint8_t, std::int64_t, S> P(ob.cview1(), N);
+    CHECK_THROWS_WITH(value_loss(be, P, xs.cview1(), ys.cview1(), ys.cview1(), gs.view1()), Catch::Contains(needle));
+    CHECK(gs.to_host() == std::vector<double>(std::size_t(N), -7.0));
+  }
 }
 
 #if !defined(__CUDACC__)

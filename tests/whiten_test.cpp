@@ -87,6 +87,30 @@ TEMPLATE_LIST_TEST_CASE("whiten matches the float64 oracle for every convention 
   }
 }
 
+TEMPLATE_LIST_TEST_CASE("whiten: rows of up to 1,024 positions, aligned or not, against the oracle", "[whiten]",
+                        backends) {
+  // On CUDA such padded rows are reduced by one warp each, in quads of 4 (vector loads where
+  // the row is aligned: every row at T = 1024, every other one at T = 602 in float), and rows
+  // of up to 512 positions written by one warp each (T = 300).
+  using Bk = TestType;
+  auto g = test::rng(208);
+  INFO("seed " << test::base_seed());
+  for (index_t Tn : {index_t(300), index_t(602), index_t(1024)})
+    for (mask_pattern p : {mask_pattern::left_pad, mask_pattern::interior_spans, mask_pattern::random}) {
+      const index_t B = 5;
+      auto m = test::make_mask(g, B, Tn, p);
+      auto xd = test::normal(g, B * Tn, -0.5, 2.0);
+      auto xf_ = test::cast<float>(xd);
+      std::vector<double> xf(xf_.begin(), xf_.end());
+      for (const whiten_config& c :
+           {whiten_config{}, whiten_config{.std = std_kind::population, .write = whiten_write::all_positions}}) {
+        INFO("T " << Tn << " " << test::name(p) << " " << describe(c));
+        test::require_close(run<Bk, double>(xd, m, B, Tn, c), ref::whiten(xd, m, c).out, 1e-12, 1e-12);
+        test::require_close(run<Bk, float>(xf, m, B, Tn, c), ref::whiten(xf, m, c).out, 1e-5, 1e-5);
+      }
+    }
+}
+
 TEMPLATE_LIST_TEST_CASE("whiten: zero and one valid token", "[whiten][edge]", backends) {
   using Bk = TestType;
   const index_t B = 2, Tn = 4;
@@ -259,6 +283,25 @@ TEMPLATE_LIST_TEST_CASE("whiten: errors write nothing", "[whiten][errors]", back
   REQUIRE_THROWS_AS(whiten(be, L, y.cview2(2, 2), out.view2(2, 2), moments{3, 0.0, -1.0}), config_error);
   REQUIRE_THROWS_AS(whiten(be, L, y.cview2(2, 2), out.view2(1, 4)), shape_error);
   CHECK(out.to_host() == std::vector<double>(4, -7.0));
+  // Malformed packed offsets: the CPU's message, nothing written (the CUDA write of a packed
+  // batch runs flat over its N tokens, several blocks here, gated by the statistics' check).
+  const index_t N = 9000;
+  const std::vector<std::int64_t> good{0, 1000, 2500, 2600, N};
+  auto dec = good, end = good, start = good;
+  dec[2] = 900;
+  end.back() = N - 1;
+  start[0] = 1;
+  auto g = test::rng(207);
+  buffer<double, Bk> xs(test::normal(g, N, 0.0, 1.0)), os(N, -7.0);
+  for (const auto& [bad, needle] :
+       {std::pair{dec, "decreases"}, std::pair{end, "ends at"}, std::pair{start, "starts at"}}) {
+    INFO(needle);
+    buffer<std::int64_t, Bk> ob(bad);
+    packed<std::uint8_t, std::int64_t, S> P(ob.cview1(), N);
+    CHECK_THROWS_WITH(whiten(be, P, xs.cview1(), os.view1()), Catch::Contains(needle));
+    CHECK_THROWS_WITH(masked_moments(be, P, xs.cview1()), Catch::Contains(needle));
+    CHECK(os.to_host() == std::vector<double>(std::size_t(N), -7.0));
+  }
 }
 
 #if !defined(__CUDACC__)

@@ -32,12 +32,15 @@
 ///                             non-finite, degenerate), the coefficients, published through
 ///                             detail/async_result.cuh. (One block folding every row took
 ///                             120 us at 32,768 rows.)
-///     whiten_apply_kernel     (row, slice) blocks, rows in reverse order (the last rows the
-///                             statistics read are still in L2): out = whiten_token(valid, x,
-///                             μ, 1/D) with μ, 1/D read from the device slot; writes nothing
-///                             if its error is set. A programmatic dependent of the fold
-///                             kernel: padded rows load their first chunk before waiting for
-///                             it.
+///     whiten_apply_*_kernel   out = whiten_token(valid, x, μ, 1/D) with μ, 1/D read from the
+///                             device slot; writes nothing if its error is set. Packed batches
+///                             flat over the N tokens (no row needed), padded rows of at most
+///                             512 one warp each, longer padded rows in (row, slice) blocks;
+///                             the last tokens first (the statistics read them last: still in
+///                             L2). A programmatic dependent of the fold kernel (or of the kernel
+///                             that stored the slot): the first inputs are loaded before
+///                             waiting for it. (Rows of 256 at 2^23 tokens: a block per row
+///                             took 74.6 us.)
 ///
 /// No floating-point atomics: bitwise identical run to run, and padded == packed.
 
@@ -63,6 +66,10 @@ inline constexpr int whiten_threads = 256;  ///< block of every whiten kernel
 inline constexpr int whiten_quad = 4;        ///< consecutive positions per load (stats pass)
 inline constexpr int whiten_unroll = 4;      ///< quads in flight per thread (stats pass)
 inline constexpr int whiten_apply_unroll = 4;
+/// Padded rows of at most this many positions are written by one warp each (whiten_apply_rows_kernel),
+/// longer ones by (row, slice) blocks. H100, 2^23 tokens: one warp per row 74.4 us at T = 1024
+/// against 69.7 for a block (quads of 4 per lane: 71.0), 77.9 against 85.7 at 512.
+inline constexpr int whiten_apply_warp_span = 512;
 /// A row whose valid tokens all lie within this many positions of its first is a short row,
 /// reduced by one warp (whiten_short_rows_kernel, 8 rows per block); the others by a block
 /// each (whiten_rows_kernel).
@@ -381,69 +388,104 @@ cudaError_t launch_whiten_stats(const whiten_stats_params<T, L>& p, cudaStream_t
                           dim3(whiten_threads), stream, p);
 }
 
-template <class T, class L>
-__global__ void __launch_bounds__(whiten_threads) whiten_apply_kernel(whiten_apply_params<T, L> p) {
-  // Launched as a programmatic dependent of the statistics kernel: for padded layouts the first
-  // chunk of x and the mask is loaded before grid_dependency_wait (they are inputs, never
-  // written by the statistics); packed rows are only touched after it (their offsets are
-  // checked by the statistics).
+/// Writes positions [lo, hi) of one row (or of a packed batch's flat token range) with a group
+/// of S threads, this one of rank `rank`: out = whiten_token(valid, x, μ, 1/D), U positions in
+/// flight per thread. Loads the first positions, then waits for the preceding kernel
+/// (grid_dependency_wait: the inputs are never written by it) and writes nothing if the slot's
+/// error is set.
+template <int S, class T, class L, class M>
+__device__ __forceinline__ void whiten_apply_range(const whiten_apply_params<T, L>& p, const T* xr, T* o, const M* m,
+                                                   index_t lo, index_t hi, int rank) {
   constexpr int U = whiten_apply_unroll;
-  if constexpr (L::is_packed) grid_dependency_wait();
-  // Rows in reverse: the statistics pass read the last rows last, so they are still in L2.
-  const index_t i = index_t(gridDim.x) - 1 - index_t(blockIdx.x);
-  if constexpr (L::is_packed) {
-    if (p.slot->error.code != 0) return;  // a check failed: write nothing (offsets included)
-  }
-  const index_t len = p.layout.row_len(i);
-  const T* xr = p.layout.row_ptr(p.x, i);
-  T* o = p.layout.row_ptr(p.out, i);
-  const auto* m = p.layout.mask_row(i);
-  const index_t per = detail::ceil_div<index_t>(len > 0 ? len : 0, gridDim.y);
-  const index_t lo = index_t(blockIdx.y) * per, hi = detail::min_of<index_t>(len, lo + per);
   T v[U];
   bool ok[U];
   auto load = [&](index_t c) {
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const index_t t = c + index_t(u) * whiten_threads;
+      const index_t t = c + index_t(u) * S;
       v[u] = t < hi ? xr[t] : T(0);
       ok[u] = t < hi && (m == nullptr || detail::is_valid(m[t]));
     }
   };
-  index_t c = lo + threadIdx.x;
+  index_t c = lo + rank;
   if (c < hi) load(c);
-  if constexpr (!L::is_packed) {
-    grid_dependency_wait();
-    if (p.slot->error.code != 0) return;  // a check failed: write nothing
-  }
+  grid_dependency_wait();
+  if (p.slot->error.code != 0) return;  // a check failed: write nothing
   detail::whiten_coeffs w;
   w.mean = p.slot->value.mean;
   w.inv_scale = p.slot->value.inv_scale;
   w.degenerate = p.slot->value.degenerate;
-  for (bool first = true; c < hi; c += index_t(whiten_threads) * U, first = false) {
+  for (bool first = true; c < hi; c += index_t(S) * U, first = false) {
     if (!first) load(c);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const index_t t = c + index_t(u) * whiten_threads;
+      const index_t t = c + index_t(u) * S;
       if (t < hi) o[t] = static_cast<T>(detail::whiten_token(ok[u], double(v[u]), w, p.cfg));
     }
   }
 }
 
-/// Enqueues whiten_apply_kernel over every row (slices of about 4096 tokens), as a
-/// programmatic dependent of the fold kernel (row_reduce.cuh: launch_dependent).
+/// Padded rows longer than whiten_apply_warp_span: (row, slice) blocks, rows in reverse order (the
+/// last rows the statistics read are still in L2).
+template <class T, class L>
+__global__ void __launch_bounds__(whiten_threads) whiten_apply_kernel(whiten_apply_params<T, L> p) {
+  const index_t i = index_t(gridDim.x) - 1 - index_t(blockIdx.x);
+  const index_t len = p.layout.row_len(i);
+  const index_t per = detail::ceil_div<index_t>(len > 0 ? len : 0, gridDim.y);
+  const index_t lo = index_t(blockIdx.y) * per, hi = detail::min_of<index_t>(len, lo + per);
+  whiten_apply_range<whiten_threads>(p, p.layout.row_ptr(p.x, i), p.layout.row_ptr(p.out, i), p.layout.mask_row(i),
+                                     lo, hi, int(threadIdx.x));
+}
+
+/// Padded rows of at most whiten_apply_warp_span: one warp per row, 8 rows per block, in
+/// reverse.
+template <class T, class L>
+__global__ void __launch_bounds__(whiten_threads) whiten_apply_rows_kernel(whiten_apply_params<T, L> p) {
+  const index_t i = (index_t(gridDim.x) - 1 - index_t(blockIdx.x)) * (whiten_threads / 32) + index_t(threadIdx.x >> 5);
+  if (i >= p.layout.num_seqs()) return;
+  whiten_apply_range<32>(p, p.layout.row_ptr(p.x, i), p.layout.row_ptr(p.out, i), p.layout.mask_row(i), 0,
+                         p.layout.row_len(i), int(threadIdx.x & 31));
+}
+
+/// Packed batches: the N tokens are the rows back to back (valid offsets; with invalid ones the
+/// statistics set the error and nothing is written), and the write needs no row: blocks of
+/// whiten_apply_span tokens, in reverse.
+inline constexpr int whiten_apply_span = whiten_threads * whiten_apply_unroll * 4;
+template <class T, class L>
+__global__ void __launch_bounds__(whiten_threads) whiten_apply_flat_kernel(whiten_apply_params<T, L> p) {
+  const index_t lo = (index_t(gridDim.x) - 1 - index_t(blockIdx.x)) * whiten_apply_span;
+  const index_t hi = detail::min_of<index_t>(p.layout.tokens, lo + whiten_apply_span);
+  whiten_apply_range<whiten_threads>(p, p.x.data, p.out.data, p.layout.mask.data, lo, hi, int(threadIdx.x));
+}
+
+/// Enqueues the write as a programmatic dependent of the kernel before it (the fold kernel, or
+/// the kernel that stored the slot; row_reduce.cuh: launch_dependent): packed batches flat over
+/// the tokens; padded rows of at most whiten_apply_warp_span one warp each; longer padded rows
+/// in slices of about 4096 tokens.
 template <class T, class L>
 cudaError_t launch_whiten_apply(const whiten_apply_params<T, L>& p, cudaStream_t stream) {
   const index_t B = p.layout.num_seqs();
   if (B <= 0) return cudaSuccess;
   if (B > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  index_t avg = 0;
-  if constexpr (L::is_packed) avg = detail::ceil_div<index_t>(p.layout.tokens, B);
-  else avg = p.layout.seq_len;
-  index_t slices = detail::ceil_div<index_t>(avg > 0 ? avg : 1, 4096);
-  if (slices > 65535) slices = 65535;
-  return launch_dependent(whiten_apply_kernel<T, L>, dim3(static_cast<unsigned>(B), static_cast<unsigned>(slices)),
-                          dim3(whiten_threads), stream, p);
+  if constexpr (L::is_packed) {
+    const index_t N = p.layout.tokens;
+    if (N <= 0) return cudaSuccess;
+    const index_t blocks = detail::ceil_div<index_t>(N, whiten_apply_span);
+    if (blocks > 0x7fffffff) return cudaErrorInvalidConfiguration;
+    return launch_dependent(whiten_apply_flat_kernel<T, L>, dim3(static_cast<unsigned>(blocks)), dim3(whiten_threads),
+                            stream, p);
+  } else {
+    const index_t T_ = p.layout.seq_len;
+    if (T_ <= whiten_apply_warp_span) {
+      constexpr index_t R = whiten_threads / 32;
+      return launch_dependent(whiten_apply_rows_kernel<T, L>, dim3(static_cast<unsigned>((B + R - 1) / R)),
+                              dim3(whiten_threads), stream, p);
+    }
+    index_t slices = detail::ceil_div<index_t>(T_, 4096);
+    if (slices > 65535) slices = 65535;
+    return launch_dependent(whiten_apply_kernel<T, L>, dim3(static_cast<unsigned>(B), static_cast<unsigned>(slices)),
+                            dim3(whiten_threads), stream, p);
+  }
 }
 
 #endif  // __CUDACC__
