@@ -111,6 +111,7 @@ struct scan_regions {
   kernels::scan_partial* partials = nullptr;  // [ceil(B / scan_reduce_rows)]
   long long* valid = nullptr;                 // [1] the count gate's total
   unsigned* done = nullptr;                   // [1] the row reduction's ticket counter
+  kernels::scan_partial* fold = nullptr;      // [fold_blocks(row blocks, 256)] the fold kernel's blocks
   index_t* lead = nullptr;                    // [bound] the apply pass's leading chunks
   unsigned* lead_n = nullptr;                 // [1] their count
   unsigned long long* off_key = nullptr;      // [1] packed offsets check (asynchronous mode)
@@ -164,6 +165,8 @@ scan_regions take_scan_regions(const cuda& be, scratch_plan& sp, const L& layout
     r.owner = sp.take<index_t>(bound);
   }
   r.partials = sp.take<kernels::scan_partial>((B + kernels::scan_reduce_rows - 1) / kernels::scan_reduce_rows);
+  r.fold = sp.take<kernels::scan_partial>(
+      kernels::fold_blocks((B + kernels::scan_reduce_rows - 1) / kernels::scan_reduce_rows, 256));
   r.valid = sp.take<long long>(1);
   r.done = sp.take<unsigned>(1);
   r.lead = sp.take<index_t>(bound);
@@ -197,6 +200,7 @@ void bind_scan_regions(kernels::scan_params<T, L, F>& p, const scan_regions& r, 
   p.chunks.owner = r.owner;
   if constexpr (!L::is_packed) p.chunks.per_row = p.layout.seq_len > 0 ? (p.layout.seq_len + S - 1) / S + 1 : 0;
   p.partials = r.partials;
+  p.fold = r.fold;
   p.done = r.done;
   p.lead = r.lead;
   p.lead_n = r.lead_n;
