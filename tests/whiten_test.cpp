@@ -286,15 +286,9 @@ TEMPLATE_LIST_TEST_CASE("whiten: errors write nothing", "[whiten][errors]", back
   // Malformed packed offsets: the CPU's message, nothing written (the CUDA write of a packed
   // batch runs flat over its N tokens, several blocks here, gated by the statistics' check).
   const index_t N = 9000;
-  const std::vector<std::int64_t> good{0, 1000, 2500, 2600, N};
-  auto dec = good, end = good, start = good;
-  dec[2] = 900;
-  end.back() = N - 1;
-  start[0] = 1;
   auto g = test::rng(207);
   buffer<double, Bk> xs(test::normal(g, N, 0.0, 1.0)), os(N, -7.0);
-  for (const auto& [bad, needle] :
-       {std::pair{dec, "decreases"}, std::pair{end, "ends at"}, std::pair{start, "starts at"}}) {
+  for (const auto& [bad, needle] : test::malformed_offsets(N)) {
     INFO(needle);
     buffer<std::int64_t, Bk> ob(bad);
     packed<std::uint8_t, std::int64_t, S> P(ob.cview1(), N);

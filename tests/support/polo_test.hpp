@@ -26,6 +26,7 @@
 #include <sstream>
 #include <string>
 #include <tuple>
+#include <utility>
 #include <vector>
 
 #include <catch2/catch.hpp>
@@ -228,6 +229,18 @@ inline packing pack(const std::vector<std::uint8_t>& mask, index_t B, index_t T)
     p.offsets.push_back(p.offsets.back() + (hi - lo + 1));
   }
   return p;
+}
+
+/// Three malformed packed offsets over N >= 2600 tokens and 4 rows (offsets[2] below
+/// offsets[1], offsets[B] = N - 1, offsets[0] = 1), each with a phrase the CPU's error message
+/// carries ("decreases", "ends at", "starts at").
+inline std::vector<std::pair<std::vector<std::int64_t>, const char*>> malformed_offsets(index_t N) {
+  const std::vector<std::int64_t> good{0, 1000, 2500, 2600, N};
+  auto dec = good, end = good, start = good;
+  dec[2] = 900;
+  end.back() = N - 1;
+  start[0] = 1;
+  return {{dec, "decreases"}, {end, "ends at"}, {start, "starts at"}};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -419,6 +419,35 @@ cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, c
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
+/// Enqueues the row statistics of whiten / masked_moments and value_loss: zeroes `check` (its
+/// block counter and list count); for a batch whose typical row (typical_row_length) is longer
+/// than `span`, `rows_all` with a block per row; otherwise `short_rows` with one warp per row
+/// (8 rows per block of Threads = 256) and, when long_row_blocks allows any, `rows_listed` with
+/// that many blocks for the rows it listed; then `fold` (a grid_tree_fold over the rows, as a
+/// programmatic dependent). Returns the first launch error.
+template <int Threads, class P, class L>
+cudaError_t launch_row_stats(const P& p, const L& layout, offsets_check* check, index_t span, index_t long_cap,
+                             void (*rows_all)(P), void (*short_rows)(P), void (*rows_listed)(P), void (*fold)(P),
+                             cudaStream_t stream) {
+  POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(check, 0, sizeof(offsets_check), stream));
+  const index_t B = layout.num_seqs();
+  if (B > 0x7fffffff) return cudaErrorInvalidConfiguration;
+  if (typical_row_length(layout) > span) {
+    rows_all<<<static_cast<unsigned>(B > 0 ? B : 1), Threads, 0, stream>>>(p);
+  } else {
+    constexpr index_t R = Threads / 32;
+    short_rows<<<static_cast<unsigned>(B > 0 ? (B + R - 1) / R : 1), Threads, 0, stream>>>(p);
+    const index_t blocks = long_row_blocks(layout, span, long_cap);
+    if (blocks > 0) {
+      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+      rows_listed<<<static_cast<unsigned>(blocks), Threads, 0, stream>>>(p);
+    }
+  }
+  POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
+  return launch_dependent(fold, dim3(static_cast<unsigned>(fold_blocks(B, Threads))), dim3(Threads), stream, p);
+}
+
+
 #endif  // __CUDACC__
 
 }  // namespace polo::kernels

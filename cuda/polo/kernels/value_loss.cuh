@@ -403,24 +403,9 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_fold_kernel(val
 /// tokens choose: the same bits in both layouts. Then value_loss_fold_kernel.
 template <class T, class L>
 cudaError_t launch_value_loss_stats(const value_loss_params<T, L>& p, cudaStream_t stream) {
-  POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.check, 0, sizeof(offsets_check), stream));
-  const index_t B = p.layout.num_seqs();
-  if (B > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  if (typical_row_length(p.layout) > value_loss_warp_span) {
-    value_loss_rows_kernel<false, T, L><<<static_cast<unsigned>(B > 0 ? B : 1), value_loss_threads, 0, stream>>>(p);
-  } else {
-    constexpr index_t R = value_loss_threads / 32;
-    const index_t warp_blocks = B > 0 ? (B + R - 1) / R : 1;
-    value_loss_short_rows_kernel<T, L><<<static_cast<unsigned>(warp_blocks), value_loss_threads, 0, stream>>>(p);
-    const index_t blocks = long_row_blocks(p.layout, value_loss_warp_span, value_loss_long_blocks);
-    if (blocks > 0) {
-      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-      value_loss_rows_kernel<true, T, L><<<static_cast<unsigned>(blocks), value_loss_threads, 0, stream>>>(p);
-    }
-  }
-  POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return launch_dependent(value_loss_fold_kernel<T, L>, dim3(static_cast<unsigned>(fold_blocks(B, value_loss_threads))),
-                          dim3(value_loss_threads), stream, p);
+  return launch_row_stats<value_loss_threads>(p, p.layout, p.check, value_loss_warp_span, value_loss_long_blocks,
+                                              value_loss_rows_kernel<false, T, L>, value_loss_short_rows_kernel<T, L>,
+                                              value_loss_rows_kernel<true, T, L>, value_loss_fold_kernel<T, L>, stream);
 }
 
 /// The gradient at positions [lo, hi) of row i by a group of S threads (this one of rank

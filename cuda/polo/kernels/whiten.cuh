@@ -367,25 +367,10 @@ __global__ void __launch_bounds__(whiten_threads) whiten_fold_kernel(whiten_stat
 /// whiten_fold_kernel.
 template <class T, class L>
 cudaError_t launch_whiten_stats(const whiten_stats_params<T, L>& p, cudaStream_t stream) {
-  POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.check, 0, sizeof(offsets_check), stream));
-  const index_t B = p.layout.num_seqs();
-  if (B > 0x7fffffff) return cudaErrorInvalidConfiguration;
-  if (typical_row_length(p.layout) > whiten_warp_span) {
-    whiten_rows_kernel<false, T, L><<<static_cast<unsigned>(B > 0 ? B : 1), whiten_threads, 0, stream>>>(p);
-  } else {
-    constexpr index_t R = whiten_threads / 32;
-    const index_t warp_blocks = B > 0 ? (B + R - 1) / R : 1;
-    whiten_short_rows_kernel<T, L><<<static_cast<unsigned>(warp_blocks), whiten_threads, 0, stream>>>(p);
-    // a listed row has a valid token past 1024 positions from its first: it is longer than that
-    const index_t blocks = long_row_blocks(p.layout, whiten_warp_span, whiten_long_blocks);
-    if (blocks > 0) {
-      POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-      whiten_rows_kernel<true, T, L><<<static_cast<unsigned>(blocks), whiten_threads, 0, stream>>>(p);
-    }
-  }
-  POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
-  return launch_dependent(whiten_fold_kernel<T, L>, dim3(static_cast<unsigned>(fold_blocks(B, whiten_threads))),
-                          dim3(whiten_threads), stream, p);
+  // (a listed row has a valid token 1,024 positions or more past its first: it is longer than that)
+  return launch_row_stats<whiten_threads>(p, p.layout, p.check, whiten_warp_span, whiten_long_blocks,
+                                          whiten_rows_kernel<false, T, L>, whiten_short_rows_kernel<T, L>,
+                                          whiten_rows_kernel<true, T, L>, whiten_fold_kernel<T, L>, stream);
 }
 
 /// Writes positions [lo, hi) of one row (or of a packed batch's flat token range) with a group
