@@ -257,7 +257,7 @@ struct offsets_check {
   unsigned int flags = 0;           ///< bit 0: offsets[0] != 0; bit 1: offsets[B] != N
   unsigned int blocks_done = 0;     ///< blocks finished (last_block_done's counter)
   unsigned long long decrease = 0;  ///< ~(i + 1) for the smallest i with offsets[i+1] < offsets[i]; 0: none
-  unsigned int rows_listed = 0;     ///< rows a first pass appended to a list for a second one (whiten)
+  unsigned int rows_listed = 0;     ///< rows a one-warp-per-row pass listed for a block each (block_rows)
   unsigned int pad_ = 0;
 };
 
@@ -300,11 +300,46 @@ __device__ bool check_row_offsets(const L& layout, index_t i, offsets_check* chk
   }
 }
 
+/// One-warp-per-row kernels (8 rows per block of 256): whether this warp's row i can be read,
+/// the same in every lane. Lane 0 checks its offsets (check_row_offsets on p.check; in block 0
+/// each warp also checks both ends: idempotent atomics) and, for a row it cannot read, stores
+/// an empty result in p.rows[i] (rows past B: nothing). `p`: the kernel's params (layout,
+/// check, rows). Call from a whole warp.
+template <class P>
+__device__ bool warp_row_readable(const P& p, index_t i) {
+  const int lane = int(threadIdx.x & 31);
+  bool ok = false;
+  if (lane == 0) ok = check_row_offsets(p.layout, i, p.check);
+  if (__shfl_sync(0xffffffffu, ok, 0)) return true;
+  if (lane == 0 && i < p.layout.num_seqs()) p.rows[i] = {};
+  return false;
+}
+
+/// The rows of a block-per-row statistics kernel, each reduced by `stats(i)` with the whole
+/// block. Listed: the rows a one-warp-per-row kernel listed (p.long_rows[0 .. rows_listed)),
+/// strided over the grid (each row on its own: their order does not matter). Otherwise row
+/// blockIdx.x, its offsets checked by thread 0 (an unreadable row gets an empty result).
+/// `p`: the kernel's params (layout, check, long_rows, rows).
+template <bool Listed, class P, class Stats>
+__device__ void block_rows(const P& p, Stats&& stats) {
+  if constexpr (Listed) {
+    const index_t listed = index_t(p.check->rows_listed);  // written by the previous kernel
+    for (index_t q = blockIdx.x; q < listed; q += gridDim.x) stats(p.long_rows[q]);
+  } else {
+    __shared__ bool sh_ok;
+    const index_t i = blockIdx.x;
+    if (threadIdx.x == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
+    __syncthreads();
+    if (sh_ok) stats(i);  // block-uniform
+    else if (threadIdx.x == 0 && i < p.layout.num_seqs()) p.rows[i] = {};
+  }
+}
+
 /// Every thread of every block calls this after thread 0 wrote the block's results to global
 /// memory: true in every thread of the one block that finishes last (integer atomic on a
 /// counter zeroed before the launch), which then sees every block's results and, through
-/// `read_offsets_check`, the offsets flags. Lets the last block fold the per-row results in a
-/// fixed order without a second launch.
+/// `read_offsets_check`, the offsets flags. Lets the last block merge the blocks' results in a
+/// fixed order without another launch (grid_tree_fold).
 __device__ inline bool last_block_done(unsigned int* counter, bool* sh_last) {
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -419,17 +454,18 @@ cudaError_t launch_dependent(void (*kernel)(Params...), dim3 grid, dim3 block, c
   return cudaLaunchKernelEx(&cfg, kernel, std::forward<Args>(args)...);
 }
 
-/// Enqueues the row statistics of whiten / masked_moments and value_loss: zeroes `check` (its
+/// Enqueues the row statistics of whiten / masked_moments and value_loss: zeroes p.check (its
 /// block counter and list count); for a batch whose typical row (typical_row_length) is longer
 /// than `span`, `rows_all` with a block per row; otherwise `short_rows` with one warp per row
 /// (8 rows per block of Threads = 256) and, when long_row_blocks allows any, `rows_listed` with
 /// that many blocks for the rows it listed; then `fold` (a grid_tree_fold over the rows, as a
-/// programmatic dependent). Returns the first launch error.
-template <int Threads, class P, class L>
-cudaError_t launch_row_stats(const P& p, const L& layout, offsets_check* check, index_t span, index_t long_cap,
-                             void (*rows_all)(P), void (*short_rows)(P), void (*rows_listed)(P), void (*fold)(P),
-                             cudaStream_t stream) {
-  POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(check, 0, sizeof(offsets_check), stream));
+/// programmatic dependent). `p`: the kernels' params (layout, check). Returns the first launch
+/// error.
+template <int Threads, class P>
+cudaError_t launch_row_stats(const P& p, index_t span, index_t long_cap, void (*rows_all)(P), void (*short_rows)(P),
+                             void (*rows_listed)(P), void (*fold)(P), cudaStream_t stream) {
+  const auto& layout = p.layout;
+  POLO_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.check, 0, sizeof(offsets_check), stream));
   const index_t B = layout.num_seqs();
   if (B > 0x7fffffff) return cudaErrorInvalidConfiguration;
   if (typical_row_length(layout) > span) {
@@ -446,7 +482,6 @@ cudaError_t launch_row_stats(const P& p, const L& layout, offsets_check* check, 
   POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   return launch_dependent(fold, dim3(static_cast<unsigned>(fold_blocks(B, Threads))), dim3(Threads), stream, p);
 }
-
 
 #endif  // __CUDACC__
 

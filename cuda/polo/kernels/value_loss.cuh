@@ -338,13 +338,7 @@ template <class T, class L>
 __global__ void __launch_bounds__(value_loss_threads) value_loss_short_rows_kernel(value_loss_params<T, L> p) {
   const int lane = int(threadIdx.x & 31);
   const index_t i = index_t(blockIdx.x) * (value_loss_threads / 32) + index_t(threadIdx.x >> 5);
-  bool ok = false;
-  // lane 0 of each warp checks its row (in block 0 each also checks both ends: idempotent atomics)
-  if (lane == 0) ok = check_row_offsets(p.layout, i, p.check);
-  if (!__shfl_sync(0xffffffffu, ok, 0)) {
-    if (lane == 0 && i < p.layout.num_seqs()) p.rows[i] = value_loss_row{};
-    return;
-  }
+  if (!warp_row_readable(p, i)) return;
   const index_t len = p.layout.row_len(i);
   if (len > value_loss_warp_span) {
     if (lane == 0) p.long_rows[atomicAdd(&p.check->rows_listed, 1u)] = i;
@@ -363,18 +357,7 @@ template <bool Listed, class T, class L>
 __global__ void __launch_bounds__(value_loss_threads, 4) value_loss_rows_kernel(value_loss_params<T, L> p) {
   __shared__ detail::shared_array<value_loss_row, value_loss_threads> sh;
   __shared__ int sh_first[value_loss_threads / 32];
-  if constexpr (Listed) {
-    const index_t listed = index_t(p.check->rows_listed);  // written by the previous kernel
-    for (index_t q = blockIdx.x; q < listed; q += gridDim.x) value_loss_row_stats(p, p.long_rows[q], sh, sh_first);
-  } else {
-    __shared__ bool sh_ok;
-    const index_t i = blockIdx.x;
-    const int tid = threadIdx.x;
-    if (tid == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
-    __syncthreads();
-    if (sh_ok) value_loss_row_stats(p, i, sh, sh_first);  // block-uniform
-    else if (tid == 0 && i < p.layout.num_seqs()) p.rows[i] = value_loss_row{};
-  }
+  block_rows<Listed>(p, [&](index_t i) { value_loss_row_stats(p, i, sh, sh_first); });
 }
 
 /// The rows' results folded in a fixed tree over the row index (grid_tree_fold: 256 rows per
@@ -403,7 +386,7 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_fold_kernel(val
 /// tokens choose: the same bits in both layouts. Then value_loss_fold_kernel.
 template <class T, class L>
 cudaError_t launch_value_loss_stats(const value_loss_params<T, L>& p, cudaStream_t stream) {
-  return launch_row_stats<value_loss_threads>(p, p.layout, p.check, value_loss_warp_span, value_loss_long_blocks,
+  return launch_row_stats<value_loss_threads>(p, value_loss_warp_span, value_loss_long_blocks,
                                               value_loss_rows_kernel<false, T, L>, value_loss_short_rows_kernel<T, L>,
                                               value_loss_rows_kernel<true, T, L>, value_loss_fold_kernel<T, L>, stream);
 }
@@ -460,10 +443,10 @@ __device__ __forceinline__ void value_loss_grad_range(const value_loss_params<T,
   }
 }
 
-/// (row, slice) blocks over every row. Launched as a programmatic dependent of the statistics
-/// kernel: for padded layouts the first chunk of the inputs is loaded before
-/// grid_dependency_wait (inputs, never written by the statistics); packed rows are only
-/// touched after it (their offsets are checked there).
+/// (row, slice) blocks over every row. Launched as a programmatic dependent of the fold kernel:
+/// for padded layouts the first chunk of the inputs is loaded before grid_dependency_wait
+/// (inputs, never written by the statistics); packed rows are only touched after it (their
+/// offsets are checked by the statistics).
 template <class T, class L>
 __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(value_loss_params<T, L> p) {
   if constexpr (L::is_packed) {
@@ -481,7 +464,7 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_kernel(val
 /// Batches of typically short rows: blocks [0, warp_blocks) take 8 rows each, one warp per row
 /// (rows in reverse order, as above), and skip rows longer than value_loss_warp_span; the
 /// blocks after them share the rows the statistics listed as longer (exactly those), in
-/// slices. A programmatic dependent of the statistics, as value_loss_grad_kernel.
+/// slices. A programmatic dependent of the fold kernel, as value_loss_grad_kernel.
 template <class T, class L>
 __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_short_kernel(value_loss_params<T, L> p,
                                                                                    unsigned warp_blocks) {
@@ -512,7 +495,7 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_grad_short_kern
   }
 }
 
-/// Enqueues the gradient as a programmatic dependent of the statistics kernel (row_reduce.cuh:
+/// Enqueues the gradient as a programmatic dependent of the fold kernel (row_reduce.cuh:
 /// launch_dependent): for batches of typically short rows value_loss_grad_short_kernel (a
 /// warp per row, then blocks for the listed longer rows), otherwise value_loss_grad_kernel over
 /// every row in slices of about 4096 tokens.

@@ -170,13 +170,7 @@ template <class T, class L>
 __global__ void __launch_bounds__(whiten_threads) whiten_short_rows_kernel(whiten_stats_params<T, L> p) {
   const int lane = int(threadIdx.x & 31);
   const index_t i = index_t(blockIdx.x) * (whiten_threads / 32) + index_t(threadIdx.x >> 5);
-  bool ok = false;
-  // lane 0 of each warp checks its row (in block 0 each also checks both ends: idempotent atomics)
-  if (lane == 0) ok = check_row_offsets(p.layout, i, p.check);
-  if (!__shfl_sync(0xffffffffu, ok, 0)) {
-    if (lane == 0 && i < p.layout.num_seqs()) p.rows[i] = whiten_row{};
-    return;
-  }
+  if (!warp_row_readable(p, i)) return;
   const index_t len = p.layout.row_len(i);
   const T* xr = p.layout.row_ptr(p.x, i);
   const auto* m = p.layout.mask_row(i);
@@ -199,17 +193,7 @@ template <bool Listed, class T, class L>
 __global__ void __launch_bounds__(whiten_threads, 4) whiten_rows_kernel(whiten_stats_params<T, L> p) {
   __shared__ detail::shared_array<whiten_row, whiten_threads> sh;
   __shared__ int sh_first[whiten_threads / 32];
-  if constexpr (Listed) {
-    const index_t listed = index_t(p.check->rows_listed);  // written by the previous kernel
-    for (index_t q = blockIdx.x; q < listed; q += gridDim.x) whiten_row_stats(p, p.long_rows[q], sh, sh_first);
-  } else {
-    __shared__ bool sh_ok;
-    const index_t i = blockIdx.x;
-    if (threadIdx.x == 0) sh_ok = check_row_offsets(p.layout, i, p.check);
-    __syncthreads();
-    if (sh_ok) whiten_row_stats(p, i, sh, sh_first);  // block-uniform
-    else if (threadIdx.x == 0 && i < p.layout.num_seqs()) p.rows[i] = whiten_row{};
-  }
+  block_rows<Listed>(p, [&](index_t i) { whiten_row_stats(p, i, sh, sh_first); });
 }
 
 /// Row i's moments and first non-finite valid value when its valid tokens all lie in [f, end)
@@ -368,7 +352,7 @@ __global__ void __launch_bounds__(whiten_threads) whiten_fold_kernel(whiten_stat
 template <class T, class L>
 cudaError_t launch_whiten_stats(const whiten_stats_params<T, L>& p, cudaStream_t stream) {
   // (a listed row has a valid token 1,024 positions or more past its first: it is longer than that)
-  return launch_row_stats<whiten_threads>(p, p.layout, p.check, whiten_warp_span, whiten_long_blocks,
+  return launch_row_stats<whiten_threads>(p, whiten_warp_span, whiten_long_blocks,
                                           whiten_rows_kernel<false, T, L>, whiten_short_rows_kernel<T, L>,
                                           whiten_rows_kernel<true, T, L>, whiten_fold_kernel<T, L>, stream);
 }
