@@ -118,9 +118,9 @@ BENCHMARK(BM_GaeLayoutInvariant_cuda)
     ->Args({1024, 8192, 0})
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
-// 2^23 tokens at every row length from 2^9 to 2^17, asynchronous: the default chunk widths
+// 2^23 tokens at every row length from 2^6 to 2^17, asynchronous: the default chunk widths
 // against chunks of one warp
-void seqlen_shapes(benchmark::internal::Benchmark* b) { cb::seqlen_shapes(b, 9, 17); }
+void seqlen_shapes(benchmark::internal::Benchmark* b) { cb::seqlen_shapes(b, 6, 17); }
 BENCHMARK(BM_Gae_cuda)->Name("BM_GaeSeqlen_cuda")->Apply(seqlen_shapes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GaeLayoutInvariant_cuda)
     ->Name("BM_GaeSeqlenLayoutInvariant_cuda")

@@ -51,16 +51,25 @@
 
 namespace polo::detail {
 
-/// Threads per block and tokens per thread of the scan kernels for element type T.
+/// Tokens per thread of the scan kernels for element type T (long rows), and of the chunks
+/// of short rows (scan_shape_for).
 template <class T>
 inline constexpr int scan_items_v = POLO_CUDA_SCAN_ITEMS;
+inline constexpr int scan_short_items = 4;
 
-/// Chunk geometry for a layout: S = NT*K with NT from the typical row length (padded: T;
-/// packed: N/B): 32 up to 32·K tokens, 64 up to 64·K, 32 again up to 256·K, 256 (with stored
-/// per-thread suffixes) above; 32 for every batch under
-/// scan_chunking::layout_invariant. Rows are cut at their first valid token, so two layouts
-/// with the same NT cut a row
-/// into the same chunks and scan it with the same trees; different widths give other trees.
+/// A chunk's shape: NT threads of K consecutive tokens, S = NT * K tokens.
+struct scan_shape {
+  int NT = 32;
+  int K = POLO_CUDA_SCAN_ITEMS;
+  int S() const { return NT * K; }
+};
+
+/// Chunk geometry for a layout, from the typical row length (padded: T; packed: ⌈N/B⌉):
+/// 32 threads of 4 tokens up to 128 tokens, 32 threads of K = POLO_CUDA_SCAN_ITEMS (8) up to
+/// 32·K, 64 threads up to 64·K, 32 again up to 256·K, 256 threads (with stored per-thread
+/// suffixes) above; 32 threads of K for every batch under scan_chunking::layout_invariant.
+/// Rows are cut at their first valid token, so two layouts with the same shape cut a row into
+/// the same chunks and scan it with the same trees; different shapes give other trees.
 template <TokenLayout L>
 index_t scan_typical_len(const L& layout) {
   const index_t B = layout.num_seqs();
@@ -70,21 +79,24 @@ index_t scan_typical_len(const L& layout) {
     return layout.seq_len;
 }
 template <class T, TokenLayout L>
-int scan_threads(const cuda& be, const L& layout) {
-  if (be.scans == scan_chunking::layout_invariant) return 32;
-  const index_t typical = scan_typical_len(layout);
+scan_shape scan_shape_for(const cuda& be, const L& layout) {
   constexpr int K = scan_items_v<T>;
-  if (typical <= 32 * K) return 32;
-  if (typical <= 64 * K) return 64;
+  if (be.scans == scan_chunking::layout_invariant) return {32, K};
+  const index_t typical = scan_typical_len(layout);
+  // Rows of up to 128 tokens: chunks of 32 threads x 8 tokens left half of each warp idle in
+  // both passes (H100, GAE 65,536 x 128: kernel_breakdown.md, after-334e026/).
+  if (typical <= 32 * scan_short_items) return {32, scan_short_items};
+  if (typical <= 32 * K) return {32, K};
+  if (typical <= 64 * K) return {64, K};
   // Rows of up to one 256-thread chunk: chunks of one warp, 8 to a block, rather than one
   // chunk per block of 256 threads, of which rows of 1024 tokens left half idle (H100, GAE,
   // 2^23 tokens asynchronous: T = 1024 273 -> 180 us, T = 2048 163-166 us either way).
-  if (typical <= 256 * K) return 32;
-  return 256;
+  if (typical <= 256 * K) return {32, K};
+  return {256, K};
 }
 
-static_assert((POLO_CUDA_SCAN_ITEMS & (POLO_CUDA_SCAN_ITEMS - 1)) == 0 && POLO_CUDA_SCAN_ITEMS > 0,
-              "POLO_CUDA_SCAN_ITEMS must be a power of two (chunks of S = NT * K tokens are found by shifts)");
+static_assert((POLO_CUDA_SCAN_ITEMS & (POLO_CUDA_SCAN_ITEMS - 1)) == 0 && POLO_CUDA_SCAN_ITEMS > scan_short_items,
+              "POLO_CUDA_SCAN_ITEMS must be a power of two above 4 (chunks of S = NT * K tokens are found by shifts)");
 /// log2(S) of a power of two S.
 inline int scan_shift(int S) {
   int sh = 0;
@@ -141,10 +153,10 @@ index_t scan_chunk_bound(const L& layout, int S) {
 
 template <class T, TokenLayout L>
 scan_regions take_scan_regions(const cuda& be, scratch_plan& sp, const L& layout) {
-  const int NT = scan_threads<T>(be, layout);
-  const int S = NT * scan_items_v<T>;
+  const scan_shape sh = scan_shape_for<T>(be, layout);
+  const int NT = sh.NT;
   const index_t B = layout.num_seqs();
-  const index_t bound = scan_anchored_bound(layout, S);
+  const index_t bound = scan_anchored_bound(layout, sh.S());
   scan_regions r;
   r.err = sp.take<unsigned long long>(1);
   r.result = sp.take<kernels::scan_result>(1);
@@ -189,8 +201,8 @@ std::size_t scan_scratch_bytes(const cuda& be, const L& layout) {
 /// The scans' chunk geometry (chunks of S = NT * K tokens, chunk_table) and the scratch regions
 /// of `r` in `p`; the caller sets the count gate (`valid`, `gate_min_count`).
 template <class T, class F, TokenLayout L>
-void bind_scan_regions(kernels::scan_params<T, L, F>& p, const scan_regions& r, int NT) {
-  const int S = NT * scan_items_v<T>;
+void bind_scan_regions(kernels::scan_params<T, L, F>& p, const scan_regions& r, scan_shape sh) {
+  const int S = sh.S();
   p.chunks.rows = p.layout.num_seqs();
   p.chunks.S = S;
   p.chunks.S_shift = scan_shift(S);
@@ -217,12 +229,13 @@ void bind_scan_regions(kernels::scan_params<T, L, F>& p, const scan_regions& r, 
   p.result = r.result;
 }
 
-/// Enqueues the scan with chunks of NT threads (32, 64 or 256; those of 256 store per-thread
-/// suffixes: scan_stores_suffix).
+/// Enqueues the scan with chunks of `sh` (32 threads of 4 or K tokens, or 64 or 256 threads of
+/// K; those of 256 store per-thread suffixes: scan_stores_suffix).
 template <class T, class F, TokenLayout L>
-cudaError_t launch_scan_nt(const kernels::scan_params<T, L, F>& p, int NT, cudaStream_t stream) {
+cudaError_t launch_scan_shape(const kernels::scan_params<T, L, F>& p, scan_shape sh, cudaStream_t stream) {
   constexpr int K = scan_items_v<T>;
-  switch (NT) {
+  if (sh.K == scan_short_items) return kernels::launch_scan<32, scan_short_items, false>(p, stream);
+  switch (sh.NT) {
     case 32: return kernels::launch_scan<32, K, false>(p, stream);
     case 64: return kernels::launch_scan<64, K, false>(p, stream);
     default: return kernels::launch_scan<256, K, kernels::scan_stores_suffix(256)>(p, stream);
@@ -297,20 +310,19 @@ kernels::scan_result run_scan(const cuda& be, const char* fn, kernels::scan_para
   scratch ws(be, scan_scratch_bytes<T>(be, p.layout), fn);
   scratch_plan sp(ws.data());
   const scan_regions r = take_scan_regions<T>(be, sp, p.layout);
-  const int NT = scan_threads<T>(be, p.layout);
-  constexpr int K = scan_items_v<T>;
-  const int S = NT * K;
+  const scan_shape sh = scan_shape_for<T>(be, p.layout);
+  const int S = sh.S();
   check_packed_offsets_device(be, fn, p.layout, r.err);
   if (p.layout.num_seqs() > 0)
     POLO_CUDA_TRY(kernels::launch_scan_chunk_table(p.layout, S, r.first, r.cnt, r.start, r.temp, r.temp_bytes, stream,
                                                    r.owner, r.err));
-  bind_scan_regions(p, r, NT);
+  bind_scan_regions(p, r, sh);
   p.valid = gate_min_count > 0 ? r.valid : nullptr;
   p.gate_min_count = gate_min_count;
   kernels::scan_result out;
   if (p.chunks.rows == 0) return out;
   // *p.err was set to no_error_key by the chunk table's anchor kernel
-  POLO_CUDA_TRY(launch_scan_nt(p, NT, stream));
+  POLO_CUDA_TRY(launch_scan_shape(p, sh, stream));
   read_back(be, &out, r.result, sizeof out);
   return out;
 }
@@ -324,16 +336,15 @@ kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::sca
   scratch ws(be, scan_scratch_bytes<T>(be, p.layout), fn);
   scratch_plan sp(ws.data());
   const scan_regions r = take_scan_regions<T>(be, sp, p.layout);
-  const int NT = scan_threads<T>(be, p.layout);
-  constexpr int K = scan_items_v<T>;
-  const int S = NT * K;
+  const scan_shape sh = scan_shape_for<T>(be, p.layout);
+  const int S = sh.S();
   p.off_key = nullptr;
   if constexpr (L::is_packed) {
     POLO_CUDA_TRY(kernels::launch_packed_offsets_check(p.layout.offsets.data, p.layout.offsets.stride,
                                                        p.layout.num_seqs(), p.layout.tokens, r.off_key, stream));
     p.off_key = r.off_key;
   }
-  bind_scan_regions(p, r, NT);
+  bind_scan_regions(p, r, sh);
   p.valid = nullptr;
   p.gate_min_count = 0;
   if (p.chunks.rows == 0) {
@@ -345,7 +356,7 @@ kernels::scan_result run_scan_async(const cuda& be, const char* fn, kernels::sca
                                                  r.owner, r.err, p.off_key));
   // *p.err: no_error_key, or offsets_gate_key after bad offsets (then no chunk exists, the rows
   // pass returns at once and the final pass publishes the offsets error)
-  POLO_CUDA_TRY(launch_scan_nt(p, NT, stream));
+  POLO_CUDA_TRY(launch_scan_shape(p, sh, stream));
   return kernels::scan_result{};
 }
 
@@ -653,7 +664,8 @@ namespace polo {
 
 /// Bytes of scratch that `gae(be, layout, ...)` with element type T takes on the CUDA backend
 /// (the size a caller-provided `polo::cuda::workspace` needs). Rows are cut into chunks of
-/// S = 8·NT tokens (NT = 32, 64 or 256 threads, from the typical row length; 32 under
+/// S = K·NT tokens (NT = 32, 64 or 256 threads of K = 8 tokens, or 32 of 4 for rows of up to
+/// 128, from the typical row length; 32 x 8 under
 /// `be.scans == scan_chunking::layout_invariant`), with room for
 /// B·(⌈T/S⌉ + 1) chunks (padded) or ⌈N/S⌉ + B (packed); each takes about 160 bytes, plus 36
 /// per thread for float (40 for double) at NT = 256 when rows span several chunks (T, or N/B

@@ -649,9 +649,13 @@ __global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) 
   }
   const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
   long long n = 0;
-  for (index_t c = c0 + lane; c < c1; c += 32) n += p.summ[c].count;
+  if (c1 - c0 <= 1) {  // warp-uniform: a row of one chunk (or none) needs no warp sum
+    if (c1 > c0) n = p.summ[c0].count;
+  } else {
+    for (index_t c = c0 + lane; c < c1; c += 32) n += p.summ[c].count;
 #pragma unroll
-  for (int d = 16; d > 0; d >>= 1) n += __shfl_xor_sync(0xffffffffu, n, d);  // integers: order-free
+    for (int d = 16; d > 0; d >>= 1) n += __shfl_xor_sync(0xffffffffu, n, d);  // integers: order-free
+  }
   const bool gae = p.kind == scan_kind::gae;
   if constexpr (Phase == 0) {
     if (lane == 0) {
@@ -693,6 +697,13 @@ __global__ void __launch_bounds__(256) scan_rows_kernel(scan_params<T, L, F> p) 
       *p.lead_n = 0u;  // the apply pass's list of leading chunks
     }
     if (c1 <= c0) return;
+    // A row of one chunk (short rows, no leading chunks): it enters with the row's own state,
+    // which the tile walk below would form as identity maps applied to it (the same bits), at
+    // two 32-lane scans of hand-offs and maps per row (many short rows: most of this pass).
+    if (c1 - c0 == 1 && nlead == 0) {
+      if (lane == 0) p.state[c0] = scan_state{cnext, 0.0, 0.0, 0.0};
+      return;
+    }
     // tiles by main index q = c - cm (floor division for the leading chunks)
     auto tile_of = [](index_t q) { return q >= 0 ? q / 32 : -((-q + 31) / 32); };
     const index_t t_hi = tile_of(c1 - 1 - cm), t_lo = tile_of(c0 - cm);
@@ -1081,19 +1092,30 @@ __global__ void __launch_bounds__(32 * scan_reduce_rows) scan_reduce_kernel(scan
   const index_t i = index_t(blockIdx.x) * scan_reduce_rows + w;
   if (key == no_error_key) {  // block-uniform
     scan_partial x{};
-    if (i < p.chunks.rows) {
+    if (i < p.chunks.rows) {  // warp-uniform
       const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
-      const index_t nlead = lead_chunks(p.chunks, i);
-      for (index_t c = c0 + nlead + lane; c < c1; c += 32) {
-        const scan_chunk_stats& o = p.cstats[c];
-        x.m += o.m;
-        x.rsum += o.rsum;
-      }
-    }
+      const index_t cm = c0 + lead_chunks(p.chunks, i);  // the first main chunk
+      if (c1 - cm <= 1) {
+        // One main chunk (short rows): lane 0 holds it and the tree below would merge it with
+        // empty partials only, which leave it bitwise as it is (merge_moments returns at once,
+        // and x.rsum, a sum started at +0.0, is never -0.0, so adding +0.0 keeps it): skipped.
+        if (lane == 0 && cm < c1) {
+          const scan_chunk_stats& o = p.cstats[cm];
+          x.m += o.m;
+          x.rsum += o.rsum;
+        }
+      } else {
+        for (index_t c = cm + lane; c < c1; c += 32) {
+          const scan_chunk_stats& o = p.cstats[c];
+          x.m += o.m;
+          x.rsum += o.rsum;
+        }
 #pragma unroll
-    for (int d = 16; d > 0; d >>= 1) {
-      const scan_partial y = shfl_down_struct(x, d);
-      if (lane + d < 32) x = scan_partial_op{}(x, y);
+        for (int d = 16; d > 0; d >>= 1) {
+          const scan_partial y = shfl_down_struct(x, d);
+          if (lane + d < 32) x = scan_partial_op{}(x, y);
+        }
+      }
     }
     if (lane == 0) {
       if (i < p.chunks.rows) {
@@ -1362,6 +1384,34 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
 
 // ---- row anchors and the chunk table of the scans ----------------------------------------------
 
+/// The first valid position of mask row `m` at or after `from`, or `len` when there is none:
+/// the warp together, 16 consecutive positions per lane (vector loads where aligned), 512 per
+/// step, so a long masked prefix (left padding) takes a few steps, not one per 32 positions.
+/// Every lane gets the result.
+template <class Mask>
+__device__ __forceinline__ index_t warp_first_valid(const Mask* m, index_t from, index_t len, int lane) {
+  constexpr int E = 16;
+  for (index_t t0 = from; t0 < len; t0 += 32 * E) {
+    Mask mv[E];
+    load_blocked<E>(m + t0, index_t(lane) * E, len - t0, mv, Mask(0));
+    int hit = E;  // this lane's first valid position, or E
+#pragma unroll
+    for (int k = E - 1; k >= 0; --k)
+      if (detail::is_valid(mv[k])) hit = k;
+    const unsigned ball = __ballot_sync(0xffffffffu, hit < E);
+    if (ball != 0) {
+      const int l = __ffs(ball) - 1;
+      return t0 + index_t(l) * E + __shfl_sync(0xffffffffu, hit, l);
+    }
+  }
+  return len;
+}
+
+/// Rows whose typical length (padded: T; packed: ⌈N/B⌉) is at most this many positions get
+/// their anchors from one thread per row (scan_anchor_rows_kernel) instead of a warp per row,
+/// of which such rows left most lanes idle (H100, GAE 65,536 x 128: 36 us under ncu).
+inline constexpr index_t scan_anchor_thread_len = 256;
+
 /// first[i] = the first valid position of row i (0 when it has none or no mask);
 /// cnt[i] = ceil(first/S) + ceil((len - first)/S); cnt[B] = 0. One warp per row. With
 /// `off_key` (asynchronous mode, packed) holding an offsets error: no row is read, every count
@@ -1393,31 +1443,73 @@ __global__ void __launch_bounds__(256) scan_anchor_kernel(L layout, int S, index
   const auto* m = layout.mask_row(i);
   index_t f = 0;
   if (m != nullptr) {
-    // 16 consecutive positions per lane (vector loads where aligned), 512 per warp step: a
-    // long masked prefix (left padding) takes a few steps, not one per 32 positions
-    using Mask = typename L::mask_type;
-    constexpr int E = 16;
-    f = len;
-    for (index_t t0 = 0; t0 < len; t0 += 32 * E) {
-      Mask mv[E];
-      load_blocked<E>(m + t0, index_t(lane) * E, len - t0, mv, Mask(0));
-      int hit = E;  // this lane's first valid position, or E
-#pragma unroll
-      for (int k = E - 1; k >= 0; --k)
-        if (detail::is_valid(mv[k])) hit = k;
-      const unsigned ball = __ballot_sync(0xffffffffu, hit < E);
-      if (ball != 0) {
-        const int l = __ffs(ball) - 1;
-        f = t0 + index_t(l) * E + __shfl_sync(0xffffffffu, hit, l);
-        break;
-      }
-    }
+    f = warp_first_valid(m, 0, len, lane);
     if (f == len) f = 0;  // no valid token: one run of chunks from 0
   }
   if (lane == 0) {
     first[i] = f;
     cnt[i] = (f + S - 1) / S + (len - f + S - 1) / S;
   }
+}
+
+/// scan_anchor_kernel's first[i], cnt[i] (and cnt[B], `err`) with one thread per row: each
+/// lane searches its row's first scan_anchor_thread_len positions, 16 per load; a row not
+/// resolved there (a longer row of a packed batch with a longer masked prefix) is then searched
+/// by the whole warp (warp_first_valid), one such row after another. The same values.
+template <class L>
+__global__ void __launch_bounds__(256) scan_anchor_rows_kernel(L layout, int S, index_t* first, index_t* cnt,
+                                                               unsigned long long* err,
+                                                               const unsigned long long* off_key = nullptr) {
+  using Mask = typename L::mask_type;
+  constexpr int E = 16;
+  const index_t i = index_t(blockIdx.x) * blockDim.x + threadIdx.x;
+  const int lane = int(threadIdx.x & 31);
+  const index_t B = layout.num_seqs();
+  const bool bad = off_key != nullptr && *off_key != no_error_key;  // uniform
+  if (i == B) {
+    cnt[B] = 0;
+    if (err != nullptr) *err = bad ? offsets_gate_key : no_error_key;
+  }
+  if (bad) {
+    if (i < B) {
+      first[i] = 0;
+      cnt[i] = 0;
+    }
+    return;
+  }
+  // every lane stays to the warp's searches below; rows past B have none
+  const bool row = i < B;
+  const index_t len = row ? layout.row_len(i) : 0;
+  const Mask* m = row ? layout.mask_row(i) : nullptr;
+  index_t f = len;
+  if (m != nullptr) {
+    const index_t head = len < scan_anchor_thread_len ? len : scan_anchor_thread_len;
+    for (index_t t0 = 0; t0 < head; t0 += E) {
+      Mask mv[E];
+      load_blocked<E>(m + t0, 0, head - t0, mv, Mask(0));
+      int hit = E;
+#pragma unroll
+      for (int k = E - 1; k >= 0; --k)
+        if (detail::is_valid(mv[k])) hit = k;
+      if (hit < E) {
+        f = t0 + hit;
+        break;
+      }
+    }
+  }
+  unsigned open = __ballot_sync(0xffffffffu, m != nullptr && f == len && len > scan_anchor_thread_len);
+  while (open != 0) {
+    const int l = __ffs(open) - 1;
+    open &= open - 1;
+    const index_t ri = __shfl_sync(0xffffffffu, i, l);
+    const index_t rlen = __shfl_sync(0xffffffffu, len, l);
+    const index_t rf = warp_first_valid(layout.mask_row(ri), scan_anchor_thread_len, rlen, lane);
+    if (lane == l) f = rf;
+  }
+  if (!row) return;
+  if (m == nullptr || f == len) f = 0;  // no mask, or no valid token: one run of chunks from 0
+  first[i] = f;
+  cnt[i] = (f + S - 1) / S + (len - f + S - 1) / S;
 }
 
 /// owner[c] = the row of chunk c, for c < start[B]. One warp per row.
@@ -1475,7 +1567,15 @@ cudaError_t launch_scan_chunk_table(const L& layout, int S, index_t* first, inde
                                     std::size_t temp_bytes, cudaStream_t stream, index_t* owner = nullptr,
                                     unsigned long long* err = nullptr, const unsigned long long* off_key = nullptr) {
   const index_t B = layout.num_seqs();
-  scan_anchor_kernel<<<detail::grid_for((B + 1) * 32, 256), 256, 0, stream>>>(layout, S, first, cnt, err, off_key);
+  index_t typical = 0;
+  if constexpr (L::is_packed)
+    typical = B > 0 ? (layout.tokens + B - 1) / B : 0;
+  else
+    typical = layout.seq_len;
+  if (typical <= scan_anchor_thread_len)
+    scan_anchor_rows_kernel<<<detail::grid_for(B + 1, 256), 256, 0, stream>>>(layout, S, first, cnt, err, off_key);
+  else
+    scan_anchor_kernel<<<detail::grid_for((B + 1) * 32, 256), 256, 0, stream>>>(layout, S, first, cnt, err, off_key);
   POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
   if (start == nullptr) return cudaSuccess;  // padded: the anchors only
   if (owner != nullptr && B + 1 <= POLO_CUDA_SCAN_SMALL_TABLE) {

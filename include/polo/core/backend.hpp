@@ -45,11 +45,12 @@ enum class determinism : unsigned char {
 /// cut their rows into chunks, which sets their reduction trees and so the last bits of their
 /// outputs (polo::cuda::scans; the CPU backend scans each row serially and ignores it).
 enum class scan_chunking : unsigned char {
-  /// The fastest chunk width for the batch's typical row length (padded: T; packed: ⌈N/B⌉):
-  /// chunks of 32 threads of 8 tokens up to 256 tokens, 64 threads from 257 to 512, 32 again
-  /// from 513 to 2048, and 256 threads (each storing its partial scan between the passes)
-  /// above. A batch and the same batch in the other layout give bitwise equal outputs when
-  /// both typical lengths pick the same width, and agree to rounding otherwise.
+  /// The fastest chunk shape for the batch's typical row length (padded: T; packed: ⌈N/B⌉):
+  /// chunks of 32 threads of 4 tokens up to 128 tokens, of 8 tokens from 129 to 256, 64
+  /// threads from 257 to 512, 32 again from 513 to 2048, and 256 threads (each storing its
+  /// partial scan between the passes) above. A batch and the same batch in the other layout
+  /// give bitwise equal outputs when both typical lengths pick the same shape, and agree to
+  /// rounding otherwise.
   adaptive,
   /// Chunks of one warp (256 tokens) for every batch: a padded batch and the same batch packed
   /// are cut and scanned identically, so their outputs and statistics are bitwise equal
