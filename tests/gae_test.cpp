@@ -286,6 +286,105 @@ TEMPLATE_LIST_TEST_CASE("gae: packed equals padded bitwise", "[gae][layout]", ba
   }
 }
 
+// Packed rows that keep their leading masked positions, of very different lengths: hundreds of
+// short rows and a few long ones whose first valid token lies far in, at the 256-position
+// boundary, or nowhere (on the CUDA backend a batch of short rows gets its anchors from a
+// thread per row, which hands a row not resolved in its first 256 positions to its warp, and
+// chunks of 32 threads x 4 tokens, or 8 under layout_invariant), against the float64 oracle of
+// the same rows right-padded (skip mode: trailing padding changes nothing before it). Short
+// rows with a masked prefix take two chunks each: more than the CUDA scans' chunk bound held
+// before 2026-11-24 (scan_anchored_bound in cuda/polo/gae.cuh).
+TEMPLATE_LIST_TEST_CASE("gae: ragged packed rows with masked prefixes", "[gae][layout]", backends) {
+  using Bk = TestType;
+  using S = typename Bk::memory_space;
+  auto g = test::rng(108);
+  INFO("seed " << test::base_seed());
+  const index_t B = 700, Tmax = 3000;
+  std::vector<index_t> len(B), first(B);
+  for (index_t i = 0; i < B; ++i) {
+    len[std::size_t(i)] = index_t(g() % 61);
+    first[std::size_t(i)] = len[std::size_t(i)] > 0 ? index_t(g() % std::uint64_t(len[std::size_t(i)])) : 0;
+  }
+  // (row, length, first valid position; = length: none); rows 3, 10, 20, 22 share a warp
+  for (auto [i, n, f] : {std::tuple<index_t, index_t, index_t>{3, 3000, 2000}, {10, 1200, 1200}, {20, 600, 256},
+                         {21, 600, 255}, {22, 257, 256}, {500, 3000, 2900}, {501, 257, 257}}) {
+    len[std::size_t(i)] = n;
+    first[std::size_t(i)] = f;
+  }
+  batch<float> b;
+  b.B = B;
+  b.Tn = Tmax;
+  b.m.assign(std::size_t(B * Tmax), 0);
+  auto r = test::cast<float>(test::normal(g, B * Tmax, 0.1, 1.0));
+  auto v = test::cast<float>(test::normal(g, B * Tmax, 0.3, 1.0));
+  b.r.assign(r.begin(), r.end());
+  b.v.assign(v.begin(), v.end());
+  std::vector<std::int64_t> offsets{0};
+  std::vector<std::uint8_t> pm;
+  std::vector<float> pr, pv;
+  long long valid = 0;
+  for (index_t i = 0; i < B; ++i) {
+    for (index_t t = 0; t < len[std::size_t(i)]; ++t) {
+      const std::size_t k = std::size_t(i * Tmax + t);
+      // the first valid position, then three in four valid
+      const bool on = t >= first[std::size_t(i)] && (t == first[std::size_t(i)] || g() % 4 != 0);
+      b.m[k] = on ? 1 : 0;
+      valid += on ? 1 : 0;
+      pm.push_back(b.m[k]);
+      pr.push_back(r[k]);
+      pv.push_back(v[k]);
+    }
+    offsets.push_back(offsets.back() + len[std::size_t(i)]);
+  }
+  const index_t N = index_t(offsets.back());
+  buffer<float, Bk> rb(pr), vb(pv);
+  buffer<std::uint8_t, Bk> mb(pm);
+  buffer<std::int64_t, Bk> ob(offsets);
+  packed<std::uint8_t, std::int64_t, S> L(ob.cview1(), N, mb.cview1());
+  // CUDA: also chunks of 32 x 8 tokens (scan_chunking::layout_invariant)
+  std::vector<Bk> bes{test::make_backend<Bk>()};
+  if constexpr (requires(Bk x) { x.scans; }) {
+    bes.push_back(bes[0]);
+    bes[1].scans = scan_chunking::layout_invariant;
+  }
+  for (std::size_t e = 0; e < bes.size(); ++e) {
+    for (auto fill : {masked_fill::zero, masked_fill::recursion})
+      for (auto lm : {gae_lambda_mode::fixed, gae_lambda_mode::length_adaptive}) {
+        const gae_config c{.gamma = 0.99, .lambda = 0.95, .fill = fill, .lambda_mode = lm};
+        const Bk& be = bes[e];
+        INFO(describe(c) << " backend variant " << e);
+        buffer<float, Bk> A(N, -7.0f), R(N, -7.0f);
+        const gae_stats st = gae(be, L, rb.cview1(), vb.cview1(), A.view1(), R.view1(), c);
+        const auto want = ref::gae(b.r, b.v, b.m, B, Tmax, c);
+        std::vector<double> wa, wr;
+        double asum = 0.0;
+        for (index_t i = 0; i < B; ++i)
+          for (index_t t = 0; t < len[std::size_t(i)]; ++t) {
+            const std::size_t k = std::size_t(i * Tmax + t);
+            wa.push_back(want.adv[k]);
+            wr.push_back(want.ret[k]);
+            if (b.m[k]) asum += want.adv[k];
+          }
+        test::require_close(A.to_host(), wa, 2e-5, 1e-5);
+        test::require_close(R.to_host(), wr, 2e-5, 1e-5);
+        CHECK(st.tokens == valid);
+        CHECK(st.advantages.count == valid);
+        CHECK(st.advantages.mean == Approx(asum / double(valid)).epsilon(1e-5).margin(1e-6));
+      }
+    // the discounted returns (carry: trailing padding changes nothing before it either)
+    INFO("discounted_returns, backend variant " << e);
+    buffer<float, Bk> R(N, -7.0f);
+    const returns_config rc{0.99, masked_fill::zero, returns_mask_mode::carry};
+    const auto st = discounted_returns(bes[e], L, rb.cview1(), R.view1(), rc);
+    const auto want = ref::returns(b.r, b.m, B, Tmax, 0.99, masked_fill::zero, returns_mask_mode::carry, nullptr);
+    std::vector<double> wr;
+    for (index_t i = 0; i < B; ++i)
+      for (index_t t = 0; t < len[std::size_t(i)]; ++t) wr.push_back(want.ret[std::size_t(i * Tmax + t)]);
+    test::require_close(R.to_host(), wr, 2e-5, 1e-5);
+    CHECK(st.tokens == valid);
+  }
+}
+
 TEMPLATE_LIST_TEST_CASE("gae: skip and through agree on right and left padding, differ on interior spans",
                         "[gae][semantics]", backends) {
   using Bk = TestType;

@@ -131,12 +131,17 @@ struct scan_regions {
   std::size_t temp_bytes = 0;
 };
 
-/// Chunks launched by the scans (rows cut at their first valid token): an upper bound.
+/// Chunks launched by the scans (rows cut at their first valid token): an upper bound. A row of
+/// length len whose first valid token is at f has ⌈f/S⌉ + ⌈(len - f)/S⌉ <= ⌊len/S⌋ + 2 chunks,
+/// so a packed batch has at most ⌊N/S⌋ + 2B. (Until 2026-11-24 this was ⌈N/S⌉ + B, which packed
+/// rows with masked prefixes, a prompt before each response, could exceed: the chunks past the
+/// bound were never launched and the scratch regions overlapped. tests/gae_test.cpp, "gae:
+/// ragged packed rows with masked prefixes".)
 template <TokenLayout L>
 index_t scan_anchored_bound(const L& layout, int S) {
   const index_t B = layout.num_seqs();
   if constexpr (L::is_packed)
-    return (layout.tokens + S - 1) / S + B;
+    return layout.tokens / S + 2 * B;
   else
     return layout.seq_len > 0 ? B * ((layout.seq_len + S - 1) / S + 1) : 0;
 }
@@ -667,7 +672,7 @@ namespace polo {
 /// S = K·NT tokens (NT = 32, 64 or 256 threads of K = 8 tokens, or 32 of 4 for rows of up to
 /// 128, from the typical row length; 32 x 8 under
 /// `be.scans == scan_chunking::layout_invariant`), with room for
-/// B·(⌈T/S⌉ + 1) chunks (padded) or ⌈N/S⌉ + B (packed); each takes about 160 bytes, plus 36
+/// B·(⌈T/S⌉ + 1) chunks (padded) or ⌊N/S⌋ + 2B (packed); each takes about 160 bytes, plus 36
 /// per thread for float (40 for double) at NT = 256 when rows span several chunks (T, or N/B
 /// packed, above 2048): about 4.6 bytes per float token. Plus
 /// about 130 bytes per sequence and cub's scan scratch. Host-only.
