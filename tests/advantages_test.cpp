@@ -330,15 +330,18 @@ TEMPLATE_LIST_TEST_CASE("broadcast to tokens: padded and packed agree bitwise wi
       auto got_tok = tok.to_host();
       test::require_close(got_tok, want_tok, 2e-5, 5e-5);
 
-      auto pk = test::pack(mask, Bn, T);
-      buffer<std::int64_t, B> off(pk.offsets);
-      buffer<std::uint8_t, B> pm(pk.mask);
-      buffer<float, B> ptok(pk.tokens(), -7.0f);
-      packed<std::uint8_t, std::int64_t, typename B::memory_space> play(off.cview1(), pk.tokens(), pm.cview1());
-      buffer<float, B> a2(Bn, -7.0f);
-      group_advantages(be, s.cview1(), contiguous_groups{4}, play, a2.view1(), ptok.view1());
-      CHECK(test::bitwise_equal(a.to_host(), a2.to_host()));
-      CHECK(test::bitwise_equal(pk.scatter(ptok.to_host(), 0.0f), got_tok));
+      for (bool prefix : {false, true}) {
+        INFO("packed rows keep their masked prefix: " << prefix);
+        auto pk = test::pack(mask, Bn, T, prefix);
+        buffer<std::int64_t, B> off(pk.offsets);
+        buffer<std::uint8_t, B> pm(pk.mask);
+        buffer<float, B> ptok(pk.tokens(), -7.0f);
+        packed<std::uint8_t, std::int64_t, typename B::memory_space> play(off.cview1(), pk.tokens(), pm.cview1());
+        buffer<float, B> a2(Bn, -7.0f);
+        group_advantages(be, s.cview1(), contiguous_groups{4}, play, a2.view1(), ptok.view1());
+        CHECK(test::bitwise_equal(a.to_host(), a2.to_host()));
+        CHECK(test::bitwise_equal(pk.scatter(ptok.to_host(), 0.0f), got_tok));
+      }
     }
   }
 }

@@ -81,9 +81,10 @@ gae_run<T> run_padded(const batch<T>& b, const gae_config& c, const std::vector<
 /// GAE on the packed form of the same batch; outputs scattered back to [B,T] (fill -7).
 template <class Bk, class T>
 gae_run<T> run_packed(const batch<T>& b, const gae_config& c, const std::vector<int>* trunc = nullptr,
-                      const std::vector<double>* boot = nullptr, const Bk& be = test::make_backend<Bk>()) {
+                      const std::vector<double>* boot = nullptr, const Bk& be = test::make_backend<Bk>(),
+                      bool prefix = false) {
   using S = typename Bk::memory_space;
-  auto pk = test::pack(b.m, b.B, b.Tn);
+  auto pk = test::pack(b.m, b.B, b.Tn, prefix);
   const index_t N = pk.tokens();
   buffer<T, Bk> r(pk.take(test::cast<T>(b.r))), v(pk.take(test::cast<T>(b.v))), A(N, T(-7)), R(N, T(-7));
   buffer<std::uint8_t, Bk> m(pk.mask);
@@ -274,6 +275,11 @@ TEMPLATE_LIST_TEST_CASE("gae: packed equals padded bitwise", "[gae][layout]", ba
           CHECK(test::bitwise_equal(sel(pad.R), sel(pk.R)));
           CHECK(pad.st.tokens == pk.st.tokens);
           CHECK(pad.st.advantages.mean == pk.st.advantages.mean);
+          // packed rows that keep their masked prefix (rows from position 0)
+          auto pp = run_packed<Bk, float>(b, c, nullptr, nullptr, test::make_backend<Bk>(), true);
+          CHECK(test::bitwise_equal(sel(pad.A), sel(pp.A)));
+          CHECK(test::bitwise_equal(sel(pad.R), sel(pp.R)));
+          CHECK(std::memcmp(&pad.st.advantages, &pp.st.advantages, sizeof(moments)) == 0);
           // With the bootstrap, "through" decays it across trailing padding in the padded form
           // (documented); skip is layout-independent.
           if (mode == gae_mask_mode::skip) {

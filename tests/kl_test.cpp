@@ -192,16 +192,19 @@ TEMPLATE_LIST_TEST_CASE("kl_penalized_rewards: packed == padded, masked NaN, pre
       auto pad = run_rewards<B, float>(c, 0.1, k);
       for (index_t j = 0; j < c.B * c.T; ++j)
         if (!c.mask[j]) CHECK(pad[j] == 0.0);
-      auto p = test::pack(c.mask, c.B, c.T);
-      buffer<float, B> r(test::cast<float>(p.take(c.r))), lo(test::cast<float>(p.take(c.lo))),
-          lr(test::cast<float>(p.take(c.lref))), out(p.tokens(), -7.f);
-      buffer<std::int64_t, B> off(p.offsets);
-      buffer<std::uint8_t, B> pm(p.mask);
-      packed<std::uint8_t, std::int64_t, typename B::memory_space> layout(off.cview1(), p.tokens(), pm.cview1());
-      kl_penalized_rewards(test::make_backend<B>(), layout, r.cview1(), lo.cview1(), lr.cview1(), out.view1(), 0.1, k);
-      auto h = out.to_host();
-      auto back = p.scatter(std::vector<double>(h.begin(), h.end()), 0.0);
-      CHECK(test::bitwise_equal(back, pad));
+      for (bool prefix : {false, true}) {
+        INFO("packed rows keep their masked prefix: " << prefix);
+        auto p = test::pack(c.mask, c.B, c.T, prefix);
+        buffer<float, B> r(test::cast<float>(p.take(c.r))), lo(test::cast<float>(p.take(c.lo))),
+            lr(test::cast<float>(p.take(c.lref))), out(p.tokens(), -7.f);
+        buffer<std::int64_t, B> off(p.offsets);
+        buffer<std::uint8_t, B> pm(p.mask);
+        packed<std::uint8_t, std::int64_t, typename B::memory_space> layout(off.cview1(), p.tokens(), pm.cview1());
+        kl_penalized_rewards(test::make_backend<B>(), layout, r.cview1(), lo.cview1(), lr.cview1(), out.view1(), 0.1, k);
+        auto h = out.to_host();
+        auto back = p.scatter(std::vector<double>(h.begin(), h.end()), 0.0);
+        CHECK(test::bitwise_equal(back, pad));
+      }
     }
   }
   SECTION("presets: verl k1 reward shaping, OpenRLHF k1 with output clamp 10, verl low_var_kl") {

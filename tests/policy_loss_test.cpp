@@ -62,11 +62,12 @@ lib_out run(const ref::batch& b, const policy_loss_config& c, const normalizers&
   return o;
 }
 
-/// The same batch packed (test::pack: each row trimmed to its first..last valid token).
+/// The same batch packed (test::pack: each row trimmed to its first..last valid token, or with
+/// `prefix` kept from position 0).
 template <class B, class T>
-lib_out run_packed(const ref::batch& b, const policy_loss_config& c, const normalizers& nz = {}) {
+lib_out run_packed(const ref::batch& b, const policy_loss_config& c, const normalizers& nz = {}, bool prefix = false) {
   auto mask = b.mask.empty() ? std::vector<std::uint8_t>(b.B * b.T, 1) : b.mask;
-  auto p = test::pack(mask, b.B, b.T);
+  auto p = test::pack(mask, b.B, b.T, prefix);
   buffer<T, B> lp(test::cast<T>(p.take(b.lp))), lo(test::cast<T>(p.take(b.lo))), adv(test::cast<T>(p.take(b.adv)));
   buffer<T, B> lr(test::cast<T>(b.lref.empty() ? std::vector<double>{} : p.take(b.lref)));
   buffer<T, B> g(p.tokens(), T(-7));
@@ -545,14 +546,17 @@ TEMPLATE_LIST_TEST_CASE("policy_loss edge cases", "[policy_loss][edge]", backend
       auto b = random_batch(g, 6, 9, pat);
       poison_masked(b);
       auto x = run<B, float>(b, c, norm_for(c, 1));
-      auto y = run_packed<B, float>(b, c, norm_for(c, 1));
-      CHECK(x.r.loss == y.r.loss);
-      CHECK(x.r.kl_loss == y.r.kl_loss);
-      CHECK(x.r.policy_parts == y.r.policy_parts);
-      CHECK(x.r.stats.approx_kl_k3 == y.r.stats.approx_kl_k3);
-      CHECK(x.r.stats.clip_upper == y.r.stats.clip_upper);
-      CHECK(x.r.stats.tokens == y.r.stats.tokens);
-      CHECK(test::bitwise_equal(x.grad, y.grad));
+      for (bool prefix : {false, true}) {  // packed rows from the first valid token, or from 0
+        INFO("packed rows keep their masked prefix: " << prefix);
+        auto y = run_packed<B, float>(b, c, norm_for(c, 1), prefix);
+        CHECK(x.r.loss == y.r.loss);
+        CHECK(x.r.kl_loss == y.r.kl_loss);
+        CHECK(x.r.policy_parts == y.r.policy_parts);
+        CHECK(x.r.stats.approx_kl_k3 == y.r.stats.approx_kl_k3);
+        CHECK(x.r.stats.clip_upper == y.r.stats.clip_upper);
+        CHECK(x.r.stats.tokens == y.r.stats.tokens);
+        CHECK(test::bitwise_equal(x.grad, y.grad));
+      }
     }
   }
   SECTION("strided [B,T] views (row stride > T, a slice of a wider buffer) equal dense ones bitwise") {

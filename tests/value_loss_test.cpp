@@ -257,27 +257,29 @@ TEMPLATE_LIST_TEST_CASE("value_loss: empty batches give loss 0 and gradient 0; p
 
   for (mask_pattern p : patterns) {
     auto bf = make_critic<float>(g, 7, 23, p);
-    auto pk = test::pack(bf.m, bf.B, bf.Tn);
-    for (auto clip : clips)
-      for (auto agg : aggs) {
-        value_loss_config c{.clip = clip, .clip_range = 0.2, .agg = agg};
-        normalizers nz{.constant = 9.0};
-        INFO(test::name(p) << " " << describe(c, nz));
-        auto pad = run<Bk, float>(bf, c, nz);
-        buffer<float, Bk> v(pk.take(test::cast<float>(bf.v))), vo(pk.take(test::cast<float>(bf.vo))),
-            R(pk.take(test::cast<float>(bf.R))), gr(pk.tokens(), -7.f);
-        buffer<std::uint8_t, Bk> m(pk.mask);
-        buffer<std::int64_t, Bk> off(pk.offsets);
-        packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), m.cview1());
-        auto st = value_loss(test::make_backend<Bk>(), P, v.cview1(), vo.cview1(), R.cview1(), gr.view1(), c, nz);
-        CHECK(st.loss == pad.st.loss);
-        CHECK(test::bitwise_equal(gr.to_host(), pk.take(pad.grad)));
-        // The no-gradient overload reports the same loss; the gradient may overwrite the values.
-        auto st2 = value_loss(test::make_backend<Bk>(), P, v.cview1(), vo.cview1(), R.cview1(), c, nz);
-        CHECK(st2.loss == st.loss);
-        value_loss(test::make_backend<Bk>(), P, v.cview1(), vo.cview1(), R.cview1(), v.view1(), c, nz);
-        CHECK(test::bitwise_equal(v.to_host(), gr.to_host()));
-      }
+    for (bool prefix : {false, true}) {
+      auto pk = test::pack(bf.m, bf.B, bf.Tn, prefix);
+      for (auto clip : clips)
+        for (auto agg : aggs) {
+          value_loss_config c{.clip = clip, .clip_range = 0.2, .agg = agg};
+          normalizers nz{.constant = 9.0};
+          INFO(test::name(p) << " " << describe(c, nz) << " packed rows keep their masked prefix: " << prefix);
+          auto pad = run<Bk, float>(bf, c, nz);
+          buffer<float, Bk> v(pk.take(test::cast<float>(bf.v))), vo(pk.take(test::cast<float>(bf.vo))),
+              R(pk.take(test::cast<float>(bf.R))), gr(pk.tokens(), -7.f);
+          buffer<std::uint8_t, Bk> m(pk.mask);
+          buffer<std::int64_t, Bk> off(pk.offsets);
+          packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), m.cview1());
+          auto st = value_loss(test::make_backend<Bk>(), P, v.cview1(), vo.cview1(), R.cview1(), gr.view1(), c, nz);
+          CHECK(st.loss == pad.st.loss);
+          CHECK(test::bitwise_equal(gr.to_host(), pk.take(pad.grad)));
+          // The no-gradient overload reports the same loss; the gradient may overwrite the values.
+          auto st2 = value_loss(test::make_backend<Bk>(), P, v.cview1(), vo.cview1(), R.cview1(), c, nz);
+          CHECK(st2.loss == st.loss);
+          value_loss(test::make_backend<Bk>(), P, v.cview1(), vo.cview1(), R.cview1(), v.view1(), c, nz);
+          CHECK(test::bitwise_equal(v.to_host(), gr.to_host()));
+        }
+    }
   }
 }
 

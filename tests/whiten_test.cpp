@@ -187,16 +187,19 @@ TEMPLATE_LIST_TEST_CASE("whiten: packed equals padded, in place, masked NaN", "[
       if (c.degenerate == whiten_degenerate::error) continue;
       INFO(test::name(p) << " " << describe(c));
       auto pad = run<Bk, float>(std::vector<double>(x.begin(), x.end()), m, B, Tn, c);
-      auto pk = test::pack(m, B, Tn);
-      buffer<float, Bk> px(pk.take(x)), pout(pk.tokens(), -7.f);
-      buffer<std::uint8_t, Bk> pm(pk.mask);
-      buffer<std::int64_t, Bk> off(pk.offsets);
-      packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
-      whiten(test::make_backend<Bk>(), P, px.cview1(), pout.view1(), c);
-      CHECK(test::bitwise_equal(pout.to_host(), pk.take(pad)));
-      // in place
-      whiten(test::make_backend<Bk>(), P, px.cview1(), px.view1(), c);
-      CHECK(test::bitwise_equal(px.to_host(), pout.to_host()));
+      for (bool prefix : {false, true}) {
+        INFO("packed rows keep their masked prefix: " << prefix);
+        auto pk = test::pack(m, B, Tn, prefix);
+        buffer<float, Bk> px(pk.take(x)), pout(pk.tokens(), -7.f);
+        buffer<std::uint8_t, Bk> pm(pk.mask);
+        buffer<std::int64_t, Bk> off(pk.offsets);
+        packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
+        whiten(test::make_backend<Bk>(), P, px.cview1(), pout.view1(), c);
+        CHECK(test::bitwise_equal(pout.to_host(), pk.take(pad)));
+        // in place
+        whiten(test::make_backend<Bk>(), P, px.cview1(), px.view1(), c);
+        CHECK(test::bitwise_equal(px.to_host(), pout.to_host()));
+      }
     }
   }
   // A NaN at a masked position never enters the statistics; under all_positions it stays at
@@ -244,21 +247,24 @@ TEMPLATE_LIST_TEST_CASE("whiten: long rows, packed equals padded", "[whiten][lay
     test::require_close(pad, want.out, 1e-5, 1e-5);
     CHECK(st.local.count == want.count);
     test::require_close(run<Bk, double>(xd, m, B, Tn, c), want.out, 1e-12, 1e-12);
-    auto pk = test::pack(m, B, Tn);
-    buffer<float, Bk> px(pk.take(x)), pout(pk.tokens(), -7.f);
-    buffer<std::uint8_t, Bk> pm(pk.mask);
-    buffer<std::int64_t, Bk> off(pk.offsets);
-    packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
-    const whiten_stats pst = whiten(test::make_backend<Bk>(), P, px.cview1(), pout.view1(), c);
-    CHECK(test::bitwise_equal(pout.to_host(), pk.take(pad)));
-    CHECK(std::memcmp(&pst.local, &st.local, sizeof(moments)) == 0);
-    buffer<float, Bk> xb(x);
-    buffer<std::uint8_t, Bk> mb(m);
-    padded<std::uint8_t, S> L(mb.cview2(B, Tn));
-    const moments a = masked_moments(test::make_backend<Bk>(), L, xb.cview2(B, Tn));
-    const moments b = masked_moments(test::make_backend<Bk>(), P, px.cview1());
-    CHECK(std::memcmp(&a, &b, sizeof(moments)) == 0);
-    CHECK(std::memcmp(&a, &st.local, sizeof(moments)) == 0);
+    for (bool prefix : {false, true}) {
+      INFO("packed rows keep their masked prefix: " << prefix);
+      auto pk = test::pack(m, B, Tn, prefix);
+      buffer<float, Bk> px(pk.take(x)), pout(pk.tokens(), -7.f);
+      buffer<std::uint8_t, Bk> pm(pk.mask);
+      buffer<std::int64_t, Bk> off(pk.offsets);
+      packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
+      const whiten_stats pst = whiten(test::make_backend<Bk>(), P, px.cview1(), pout.view1(), c);
+      CHECK(test::bitwise_equal(pout.to_host(), pk.take(pad)));
+      CHECK(std::memcmp(&pst.local, &st.local, sizeof(moments)) == 0);
+      buffer<float, Bk> xb(x);
+      buffer<std::uint8_t, Bk> mb(m);
+      padded<std::uint8_t, S> L(mb.cview2(B, Tn));
+      const moments a = masked_moments(test::make_backend<Bk>(), L, xb.cview2(B, Tn));
+      const moments b = masked_moments(test::make_backend<Bk>(), P, px.cview1());
+      CHECK(std::memcmp(&a, &b, sizeof(moments)) == 0);
+      CHECK(std::memcmp(&a, &st.local, sizeof(moments)) == 0);
+    }
   }
 }
 

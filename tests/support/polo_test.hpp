@@ -184,8 +184,10 @@ inline std::vector<std::uint8_t> make_mask(std::mt19937_64& g, index_t B, index_
 }
 
 /// A padded batch re-expressed as a packed one: each row keeps the span from its first to its
-/// last valid token (interior masked spans stay, marked by the packed mask); empty rows have
-/// length 0. `take` copies a padded [B,T] tensor into the packed [N] order.
+/// last valid token (interior masked spans stay, marked by the packed mask), or with
+/// `keep_prefix` from position 0 to its last valid token (a masked prefix, as a prompt before
+/// a response, stays too); empty rows have length 0. `take` copies a padded [B,T] tensor into
+/// the packed [N] order.
 struct packing {
   std::vector<std::int64_t> offsets;     // [B+1]
   std::vector<std::uint8_t> mask;        // [N]
@@ -211,7 +213,7 @@ struct packing {
   }
 };
 
-inline packing pack(const std::vector<std::uint8_t>& mask, index_t B, index_t T) {
+inline packing pack(const std::vector<std::uint8_t>& mask, index_t B, index_t T, bool keep_prefix = false) {
   packing p;
   p.B = B;
   p.T = T;
@@ -224,6 +226,7 @@ inline packing pack(const std::vector<std::uint8_t>& mask, index_t B, index_t T)
         hi = std::max(hi, t);
       }
     if (hi < 0) lo = 0, hi = -1;
+    if (keep_prefix) lo = 0;
     p.first.push_back(lo);
     for (index_t t = lo; t <= hi; ++t) p.mask.push_back(mask[i * T + t]);
     p.offsets.push_back(p.offsets.back() + (hi - lo + 1));
