@@ -2,8 +2,9 @@
 // SPDX-License-Identifier: Apache-2.0
 // CUDA benchmarks of GAE and the discounted returns (cuda/polo/gae.cuh) at B x T = 512 x 4096
 // and 1024 x 8192 (float, uint8 mask, ~10% right padding; BM_GaeLeftPadded_cuda: the same
-// padding on the left), plus one case of few long rows and one of many short rows, each with its ratio to a device copy of the same bytes measured in
-// this binary (x_copy). Bytes counted per token: the floor, every input read once and every
+// padding on the left; BM_GaePackedPrompt_cuda: those rows packed, each a masked prompt then
+// its response), plus one case of few long rows and one of many short rows, each with its
+// ratio to a device copy of the same bytes measured in this binary (x_copy). Bytes counted per token: the floor, every input read once and every
 // output written once (GAE: r, v, mask in, A, R out = 17 bytes; returns: r, mask in, R out = 9).
 // The Python loop baseline of ../shared/guide/PERFORMANCE.md (reverse loop over T in PyTorch,
 // H100) took 524 ms at 512 x 4096 and 980 ms at 1024 x 8192; `x_faster_than_python_loop`
@@ -78,6 +79,32 @@ void BM_GaeLeftPadded_cuda(benchmark::State& st) { run_gae(st, polo::gae_config{
 void BM_GaeLayoutInvariant_cuda(benchmark::State& st) {
   run_gae(st, polo::gae_config{}, false, polo::scan_chunking::layout_invariant);
 }
+// The same tokens as a packed batch of B rows of T, each row a masked prompt and then its
+// response (the left-padded mask), as a trainer that removes padding passes them: the packed
+// path's chunk table, anchors past the prompt and the prompts' leading chunks.
+void BM_GaePackedPrompt_cuda(benchmark::State& st) {
+  fixture f(st.range(0), st.range(1), true);
+  std::vector<std::int64_t> off(static_cast<std::size_t>(f.B + 1));
+  for (std::size_t i = 0; i < off.size(); ++i) off[i] = std::int64_t(i) * f.T;
+  const cb::device_buffer<std::int64_t> doff(off);
+  const polo::index_t N = f.B * f.T;
+  const polo::packed<std::uint8_t, std::int64_t, polo::device_space> lay(
+      polo::device_view_of<const std::int64_t>(doff.data(), f.B + 1),
+      N, polo::device_view_of<const std::uint8_t>(f.mask.data(), N));
+  const polo::cuda probe{};
+  cb::device_buffer<unsigned char> ws(polo::gae_workspace_bytes<float>(probe, lay));
+  polo::cuda be{.stream = f.stream, .workspace = ws.data(), .workspace_bytes = ws.size()};
+  cb::result_mode<polo::gae_stats> mode(st, be, st.range(2) != 0);
+  auto flat = [&](const cb::device_buffer<float>& x) { return polo::device_view_of<const float>(x.data(), N); };
+  cb::time_loop(st, f.stream, [&] {
+    polo::gae(be, lay, flat(f.r), flat(f.v), polo::device_view_of(f.A.data(), N), polo::device_view_of(f.R.data(), N),
+              polo::gae_config{});
+  });
+  polo::cuda_check(be);
+  cb::report(st, double(N) * 17.0);
+  const double py = python_loop_seconds(f.B, f.T);
+  if (py > 0) st.counters["x_faster_than_python_loop"] = py / (st.counters["median_us"].value * 1e-6);
+}
 void BM_GaeThrough_cuda(benchmark::State& st) { run_gae(st, polo::presets::openrlhf::gae); }
 void BM_GaeVapo_cuda(benchmark::State& st) { run_gae(st, polo::presets::nemo::gae_vapo); }
 
@@ -127,6 +154,7 @@ BENCHMARK(BM_GaeLayoutInvariant_cuda)
     ->Apply(seqlen_shapes)
     ->UseManualTime()
     ->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_GaePackedPrompt_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GaeThrough_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_GaeVapo_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);
 BENCHMARK(BM_DiscountedReturns_cuda)->Apply(cb::headline_sizes_both_modes)->UseManualTime()->Unit(benchmark::kMicrosecond);

@@ -1176,6 +1176,31 @@ __device__ __forceinline__ void scan_reduce_row_one(const scan_params<T, L, F>& 
   x.rsum += o.rsum;
 }
 
+/// A block of scan_reduce_rows rows' results merged in row order: one row block's partial.
+__device__ __forceinline__ scan_partial scan_merge_rows(const scan_partial* rows) {
+  scan_partial acc = rows[0];
+#pragma unroll
+  for (int k = 1; k < scan_reduce_rows; ++k) acc = scan_partial_op{}(acc, rows[k]);
+  return acc;
+}
+
+/// The row reduction's end: with `ticket`, the last block to finish (an integer ticket, after
+/// a fence publishing its partials) runs the final pass over the `nb` partials (`last`: a
+/// __shared__ flag of the block).
+template <class T, class L, class F>
+__device__ __forceinline__ void scan_reduce_last(const scan_params<T, L, F>& p, unsigned long long key, bool ticket,
+                                                 index_t nb, bool& last) {
+  if (!ticket) return;
+  if (threadIdx.x == 0) {
+    __threadfence();
+    last = atomicAdd(p.done, 1u) == gridDim.x - 1;
+  }
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  scan_final_block(p, key, nb);
+}
+
 /// One warp per row: lane l merges the row's main chunks l, l+32, ... in order (the leading
 /// chunks hold no valid token), then a fixed warp tree; the block's rows in order. Indexing by
 /// main chunk keeps a padded row and the same row packed on the same tree (trailing
@@ -1211,22 +1236,9 @@ __global__ void __launch_bounds__(32 * scan_reduce_rows) scan_reduce_kernel(scan
       sh[w] = x;
     }
     __syncthreads();
-    if (threadIdx.x == 0) {
-      scan_partial acc = sh[0];
-#pragma unroll
-      for (int k = 1; k < scan_reduce_rows; ++k) acc = scan_partial_op{}(acc, sh[k]);
-      p.partials[blockIdx.x] = acc;
-    }
+    if (threadIdx.x == 0) p.partials[blockIdx.x] = scan_merge_rows(&sh[0]);
   }
-  if (!ticket) return;
-  if (threadIdx.x == 0) {
-    __threadfence();
-    last = atomicAdd(p.done, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  scan_final_block(p, key, index_t(gridDim.x));
+  scan_reduce_last(p, key, ticket, index_t(gridDim.x), last);
 }
 
 /// The row reduction of batches of short rows (scan_short_rows): 256 rows per block, one thread
@@ -1279,23 +1291,10 @@ __global__ void __launch_bounds__(32 * scan_reduce_rows) scan_reduce_short_kerne
     __syncthreads();
     if (threadIdx.x < NT / scan_reduce_rows) {
       const index_t q = index_t(blockIdx.x) * (NT / scan_reduce_rows) + threadIdx.x;
-      if (q < nb) {
-        scan_partial acc = sh[threadIdx.x * scan_reduce_rows];
-#pragma unroll
-        for (int k = 1; k < scan_reduce_rows; ++k) acc = scan_partial_op{}(acc, sh[threadIdx.x * scan_reduce_rows + k]);
-        p.partials[q] = acc;
-      }
+      if (q < nb) p.partials[q] = scan_merge_rows(&sh[threadIdx.x * scan_reduce_rows]);
     }
   }
-  if (!ticket) return;
-  if (threadIdx.x == 0) {
-    __threadfence();
-    last = atomicAdd(p.done, 1u) == gridDim.x - 1;
-  }
-  __syncthreads();
-  if (!last) return;
-  __threadfence();
-  scan_final_block(p, key, nb);
+  scan_reduce_last(p, key, ticket, nb, last);
 }
 
 /// REINFORCE++'s degenerate-whitening gate: the batch's valid count (from the rows pass), and
