@@ -70,19 +70,11 @@ struct scan_shape {
 /// suffixes) above; 32 threads of K for every batch under scan_chunking::layout_invariant.
 /// Rows are cut at their first valid token, so two layouts with the same shape cut a row into
 /// the same chunks and scan it with the same trees; different shapes give other trees.
-template <TokenLayout L>
-index_t scan_typical_len(const L& layout) {
-  const index_t B = layout.num_seqs();
-  if constexpr (L::is_packed)
-    return B > 0 ? (layout.tokens + B - 1) / B : 0;
-  else
-    return layout.seq_len;
-}
 template <class T, TokenLayout L>
 scan_shape scan_shape_for(const cuda& be, const L& layout) {
   constexpr int K = scan_items_v<T>;
   if (be.scans == scan_chunking::layout_invariant) return {32, K};
-  const index_t typical = scan_typical_len(layout);
+  const index_t typical = kernels::scan_typical_len(layout);
   // Rows of up to 128 tokens: chunks of 32 threads x 8 tokens left half of each warp idle in
   // both passes (H100, GAE 65,536 x 128: kernel_breakdown.md, after-334e026/).
   if (typical <= 32 * scan_short_items) return {32, scan_short_items};

@@ -164,6 +164,17 @@ struct scan_result {
   double err_value = 0.0;
 };
 
+/// A batch's typical row length, which picks the scans' chunk shape and their short-row
+/// kernels: padded, T; packed, ⌈N/B⌉. Host-only.
+template <class L>
+index_t scan_typical_len(const L& layout) {
+  const index_t B = layout.num_seqs();
+  if constexpr (L::is_packed)
+    return B > 0 ? (layout.tokens + B - 1) / B : 0;
+  else
+    return layout.seq_len;
+}
+
 /// Chunk geometry: S tokens per chunk; padded rows have `per_row` chunks each, packed rows
 /// `start[i+1] - start[i]` (an exclusive scan of ceil(len_i / S), in scratch). With `first`
 /// (the scans), every row is cut at its first valid position f_i: ceil(f_i / S) chunks cover
@@ -672,7 +683,6 @@ __device__ __forceinline__ void scan_row_lambda(const scan_params<T, L, F>& p, i
 /// Whether row i (chunks [c0, c1)) is one chunk, or none, and no leading chunk: a short row,
 /// which enters with the row's own state (the tile walk of scan_row_warp would form it as
 /// identity maps applied to that state: the same bits).
-template <class L>
 __device__ __forceinline__ bool scan_row_single(const chunk_table& ct, index_t i, index_t c0, index_t c1) {
   return c1 - c0 == 0 || (c1 - c0 == 1 && lead_chunks(ct, i) == 0);
 }
@@ -710,7 +720,7 @@ __device__ __forceinline__ void scan_row_warp(const scan_params<T, L, F>& p, ind
   } else {
     const scan_row_head h = scan_row_begin(p, i, n, lane == 0);
     if (c1 <= c0) return;
-    if (scan_row_single<L>(p.chunks, i, c0, c1)) {
+    if (scan_row_single(p.chunks, i, c0, c1)) {
       if (lane == 0) p.state[c0] = scan_state{h.cnext, 0.0, 0.0, 0.0};
       return;
     }
@@ -821,7 +831,7 @@ __global__ void __launch_bounds__(256) scan_rows_short_kernel(scan_params<T, L, 
   bool single = false;
   if (row) {
     const index_t c0 = chunk_begin_of_row(p.layout, p.chunks, i), c1 = chunk_end_of_row(p.layout, p.chunks, i);
-    single = scan_row_single<L>(p.chunks, i, c0, c1);
+    single = scan_row_single(p.chunks, i, c0, c1);
     if (single) {
       const long long n = c1 > c0 ? p.summ[c0].count : 0;
       if constexpr (Phase == 0) {
@@ -1484,13 +1494,7 @@ cudaError_t launch_packed_chunk_table(const O* off, index_t stride, index_t B, i
 /// scan_reduce_short_kernel; the same values as a warp per row).
 template <class T, class L, class F>
 bool scan_short_rows(const scan_params<T, L, F>& p) {
-  const index_t B = p.chunks.rows;
-  index_t typical = 0;
-  if constexpr (L::is_packed)
-    typical = B > 0 ? (p.layout.tokens + B - 1) / B : 0;
-  else
-    typical = p.layout.seq_len;
-  return typical <= index_t(p.chunks.S);
+  return scan_typical_len(p.layout) <= index_t(p.chunks.S);
 }
 
 /// Enqueues the whole scan: [count pass, phase-0 rows] (length-adaptive λ), summary, rows,
@@ -1562,6 +1566,16 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
 
 // ---- row anchors and the chunk table of the scans ----------------------------------------------
 
+/// The index of the first valid flag of `mv`, or E.
+template <int E, class Mask>
+__device__ __forceinline__ int first_valid_of(const Mask (&mv)[E]) {
+  int hit = E;
+#pragma unroll
+  for (int k = E - 1; k >= 0; --k)
+    if (detail::is_valid(mv[k])) hit = k;
+  return hit;
+}
+
 /// The first valid position of mask row `m` at or after `from`, or `len` when there is none:
 /// the warp together, 16 consecutive positions per lane (vector loads where aligned), 512 per
 /// step, so a long masked prefix (left padding) takes a few steps, not one per 32 positions.
@@ -1572,10 +1586,7 @@ __device__ __forceinline__ index_t warp_first_valid(const Mask* m, index_t from,
   for (index_t t0 = from; t0 < len; t0 += 32 * E) {
     Mask mv[E];
     load_blocked<E>(m + t0, index_t(lane) * E, len - t0, mv, Mask(0));
-    int hit = E;  // this lane's first valid position, or E
-#pragma unroll
-    for (int k = E - 1; k >= 0; --k)
-      if (detail::is_valid(mv[k])) hit = k;
+    const int hit = first_valid_of(mv);  // this lane's first valid position, or E
     const unsigned ball = __ballot_sync(0xffffffffu, hit < E);
     if (ball != 0) {
       const int l = __ffs(ball) - 1;
@@ -1665,10 +1676,7 @@ __global__ void __launch_bounds__(256) scan_anchor_rows_kernel(L layout, int S, 
     for (index_t t0 = 0; t0 < head; t0 += E) {
       Mask mv[E];
       load_blocked<E>(m + t0, 0, head - t0, mv, Mask(0));
-      int hit = E;
-#pragma unroll
-      for (int k = E - 1; k >= 0; --k)
-        if (detail::is_valid(mv[k])) hit = k;
+      const int hit = first_valid_of(mv);
       if (hit < E) {
         f = t0 + hit;
         break;
@@ -1745,12 +1753,7 @@ cudaError_t launch_scan_chunk_table(const L& layout, int S, index_t* first, inde
                                     std::size_t temp_bytes, cudaStream_t stream, index_t* owner = nullptr,
                                     unsigned long long* err = nullptr, const unsigned long long* off_key = nullptr) {
   const index_t B = layout.num_seqs();
-  index_t typical = 0;
-  if constexpr (L::is_packed)
-    typical = B > 0 ? (layout.tokens + B - 1) / B : 0;
-  else
-    typical = layout.seq_len;
-  if (typical <= scan_anchor_thread_len)
+  if (scan_typical_len(layout) <= scan_anchor_thread_len)
     scan_anchor_rows_kernel<<<detail::grid_for(B + 1, 256), 256, 0, stream>>>(layout, S, first, cnt, err, off_key);
   else
     scan_anchor_kernel<<<detail::grid_for((B + 1) * 32, 256), 256, 0, stream>>>(layout, S, first, cnt, err, off_key);
