@@ -391,6 +391,73 @@ TEMPLATE_LIST_TEST_CASE("gae: ragged packed rows with masked prefixes", "[gae][l
   }
 }
 
+// Outputs that start off a 16-byte boundary (a caller's slice of a larger buffer, e.g. a
+// tensor view at an element offset): the CUDA apply pass stages the stores of such chunks in
+// shared memory (chunks of 256 threads: rows of more than 2,048 tokens) or stores element by
+// element (chunks of 32 and 64 threads), and under zero fill writes the leading
+// masked chunks of left-padded rows in its first launch. Every element of the views gets the
+// float64 oracle's value and the elements around them stay as they were, for A and R at
+// offsets of 0-3 elements (independently), padded (left padding: rows cut at their first
+// valid token, off the boundary) and packed with the masked prefix kept, in both fills.
+TEMPLATE_LIST_TEST_CASE("gae and discounted_returns write views at any element offset", "[gae][layout]", backends) {
+  using Bk = TestType;
+  using S = typename Bk::memory_space;
+  auto g = test::rng(9011);
+  constexpr index_t guard = 8;
+  for (auto [B, Tn] : {std::pair<index_t, index_t>{3, 5000}, {9, 400}, {40, 100}}) {
+    auto b = make_batch<float>(g, B, Tn, mask_pattern::left_pad);
+    auto pk = test::pack(b.m, B, Tn, true);
+    const index_t N = B * Tn, Np = pk.tokens();
+    buffer<float, Bk> r(test::cast<float>(b.r)), v(test::cast<float>(b.v));
+    buffer<float, Bk> pr(pk.take(test::cast<float>(b.r))), pv(pk.take(test::cast<float>(b.v)));
+    buffer<std::uint8_t, Bk> m(b.m), pm(pk.mask);
+    buffer<std::int64_t, Bk> off(pk.offsets);
+    padded<std::uint8_t, S> L(m.cview2(B, Tn));
+    packed<std::uint8_t, std::int64_t, S> P(off.cview1(), Np, pm.cview1());
+    for (auto fill : {masked_fill::zero, masked_fill::recursion}) {
+      const gae_config c{.gamma = 0.99, .lambda = 0.95, .fill = fill};
+      const returns_config rc{0.99, fill, returns_mask_mode::carry};
+      const auto want = ref::gae(b.r, b.v, b.m, B, Tn, c);
+      const auto want_r = ref::returns(b.r, b.m, B, Tn, 0.99, fill, returns_mask_mode::carry, nullptr);
+      for (index_t oa : {0, 1, 3})
+        for (index_t orr : {0, 2, 3}) {
+          INFO("B " << B << " T " << Tn << " fill " << int(fill) << " offsets A " << oa << " R " << orr);
+          // the views' elements, and the untouched guard elements around them
+          auto inside = [](const std::vector<float>& x, index_t o, index_t n) {
+            return std::vector<float>(x.begin() + o, x.begin() + o + n);
+          };
+          auto untouched = [](const std::vector<float>& x, index_t o, index_t n) {
+            for (index_t k = 0; k < index_t(x.size()); ++k)
+              if ((k < o || k >= o + n) && x[std::size_t(k)] != -7.f) return false;
+            return true;
+          };
+          buffer<float, Bk> A(N + guard, -7.f), R(N + guard, -7.f);
+          gae(test::make_backend<Bk>(), L, r.cview2(B, Tn), v.cview2(B, Tn), view<float, 2, S>{A.view1().data + oa, B, Tn, Tn},
+              view<float, 2, S>{R.view1().data + orr, B, Tn, Tn}, c);
+          auto ah = A.to_host(), rh = R.to_host();
+          test::require_close(inside(ah, oa, N), want.adv, 2e-5, 1e-5);
+          test::require_close(inside(rh, orr, N), want.ret, 2e-5, 1e-5);
+          CHECK(untouched(ah, oa, N));
+          CHECK(untouched(rh, orr, N));
+          buffer<float, Bk> pA(Np + guard, -7.f), pR(Np + guard, -7.f);
+          gae(test::make_backend<Bk>(), P, pr.cview1(), pv.cview1(), view<float, 1, S>{pA.view1().data + oa, Np, 1},
+              view<float, 1, S>{pR.view1().data + orr, Np, 1}, c);
+          auto pah = pA.to_host(), prh = pR.to_host();
+          test::require_close(inside(pah, oa, Np), pk.take(want.adv), 2e-5, 1e-5);
+          test::require_close(inside(prh, orr, Np), pk.take(want.ret), 2e-5, 1e-5);
+          CHECK(untouched(pah, oa, Np));
+          CHECK(untouched(prh, orr, Np));
+          buffer<float, Bk> R2(N + guard, -7.f);
+          discounted_returns(test::make_backend<Bk>(), L, r.cview2(B, Tn), view<float, 2, S>{R2.view1().data + orr, B, Tn, Tn},
+                             rc);
+          auto r2 = R2.to_host();
+          test::require_close(inside(r2, orr, N), want_r.ret, 2e-5, 1e-5);
+          CHECK(untouched(r2, orr, N));
+        }
+    }
+  }
+}
+
 TEMPLATE_LIST_TEST_CASE("gae: skip and through agree on right and left padding, differ on interior spans",
                         "[gae][semantics]", backends) {
   using Bk = TestType;

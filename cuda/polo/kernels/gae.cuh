@@ -870,27 +870,117 @@ __device__ __forceinline__ void merge_moments(moments& a, const moments& b) {
   a.count = n;
 }
 
+/// Whether chunks of NT threads stage the outputs of chunks that start off the vector boundary
+/// (scan_out_stash): chunks of 256 threads (rows above 2,048 tokens). H100, GAE with a masked
+/// prefix in every row (after-d13dbb8/ call 3): left padded 1024 x 8192 186 -> 177 us, 512 x
+/// 4096 77-78 -> 72-73; packed with a prompt 200 -> 193-194 and 87-88 -> 83-84 us. In one-warp
+/// chunks the staging code cost registers (spills of 40-190 bytes where there were 4-70) and
+/// 2-6% on rows of 128 to 2,048 tokens, in chunks of 64 threads 9% on rows of 512 (call 6), so
+/// they store element by element as before.
+template <int NT>
+inline constexpr bool scan_stages_stores = NT >= 256;
+
+/// A chunk's two outputs staged in shared memory (scan_out_stash), per chunk of NT threads x K
+/// (a token array of 2 * NT elements where the chunk shape does not stage).
+template <int NT, int K, class T>
+struct scan_store_buf {
+  T v[2 * NT * (scan_stages_stores<NT> ? K : 1)];
+};
+
+/// A chunk's stores of a staged output: the elements before dst's first 16-byte boundary,
+/// then 16-byte words, then the rest, evict-first (scan_apply_evict_first), from src[0, n).
+template <int NT, class T>
+__device__ __forceinline__ void scan_store_staged(T* dst, const T* src, int n, int tid) {
+  constexpr int per = 16 / int(sizeof(T));
+  const int mis = int((reinterpret_cast<std::uintptr_t>(dst) / sizeof(T)) % per);
+  const int h = mis == 0 ? 0 : (per - mis < n ? per - mis : n);
+  if (tid < h) __stcs(dst + tid, src[tid]);
+  const int nv = (n - h) / per;
+  uint4* dv = reinterpret_cast<uint4*>(dst + h);
+  for (int q = tid; q < nv; q += NT) {
+    T w[per];
+#pragma unroll
+    for (int e = 0; e < per; ++e) w[e] = src[h + q * per + e];
+    uint4 u;
+    std::memcpy(&u, w, 16);
+    __stcs(dv + q, u);
+  }
+  for (int q = h + nv * per + tid; q < n; q += NT) __stcs(dst + q, src[q]);
+}
+
+/// Stores a chunk's outputs, first part: thread tid's K consecutive values of `a` at da + k0
+/// (da null: no such output) and of `r` at dr + k0, of the chunk's n positions. A chunk whose
+/// outputs start on a 16-byte boundary stores them here as they are (store_blocked_as) and
+/// gets false. Otherwise (rows cut at a first valid position off the boundary: left padding, a
+/// prompt before each response) each thread would store its values one element at a time: in
+/// chunks that stage (scan_stages_stores) they go to `buf` (2 * NT * K elements) and the chunk
+/// gets true, and stores them with scan_out_flush once it holds little else in registers
+/// (after its statistics): a thread's K values of each output in 16-byte words. Staging in
+/// the same call, right after the values, spilled registers in every apply kernel.
+template <int NT, int K, class T>
+__device__ __forceinline__ bool scan_out_stash(T* da, T* dr, index_t k0, index_t n, const T (&a)[K], const T (&r)[K],
+                                               T* buf) {
+  constexpr int VB = vector_bytes_v<K, T>;
+  const auto addr = [](const T* q) { return reinterpret_cast<std::uintptr_t>(q); };
+  const bool aligned = addr(dr) % 16 == 0 && (da == nullptr || addr(da) % 16 == 0);
+  const bool whole = addr(dr) % sizeof(T) == 0 && (da == nullptr || addr(da) % sizeof(T) == 0);
+  if (!scan_stages_stores<NT> || VB < 16 || aligned || !whole) {
+    if (da != nullptr) store_blocked_as<K, scan_apply_evict_first>(da, k0, n, a);
+    store_blocked_as<K, scan_apply_evict_first>(dr, k0, n, r);
+    return false;
+  }
+  const int nk = items_in_range<K>(k0, n);
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    if (k < nk) {
+      buf[k0 + k] = a[k];
+      buf[NT * K + k0 + k] = r[k];
+    }
+  return true;
+}
+
+/// Second part, after scan_out_stash returned true (chunk-uniform): the staged outputs stored.
+template <int NT, int CPB, int K, class T>
+__device__ __forceinline__ void scan_out_flush(T* da, T* dr, index_t n, const T* buf, int tid) {
+  chunk_sync<CPB>();
+  if (da != nullptr) scan_store_staged<NT>(da, buf, int(n), tid);
+  scan_store_staged<NT>(dr, buf + NT * K, int(n), tid);
+}
+
 /// One chunk of the apply pass (c: its index in the chunk table); `tid` its thread, `sm` its
-/// shared row. Lead = false: every chunk but the leading masked ones (see chunk_table), which
-/// it appends to `p.lead` instead; the leftmost main chunk of each row records the state after
+/// shared row, `buf` its staging buffer (scan_out_stash). Lead = false: every chunk; a leading
+/// masked one (see chunk_table) is written as zeros under masked_fill::zero, and otherwise
+/// appended to `p.lead` instead; the leftmost main chunk of each row records the state after
 /// the row's first valid position. Lead = true: a leading chunk, the rightmost of a row
 /// entering with that exact state (so the echo of masked_fill::recursion equals the first
 /// valid value bit for bit).
 template <int NT, int CPB, int K, bool HasMask, bool Two, bool Lead, bool Stored, class T, class L, class F>
 __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, index_t c, int tid,
-                                                 chunk_smem<NT>& sm) {
+                                                 chunk_smem<NT>& sm, T* buf) {
   using Mask = typename L::mask_type;
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
   const index_t nlead = lead_chunks(p.chunks, i);
-  if (!Lead && j < nlead) {  // a leading chunk: for the second launch
-    if (tid == 0) p.lead[atomicAdd(p.lead_n, 1u)] = c;
-    return;
-  }
   const index_t len = p.layout.row_len(i);
   index_t t0 = 0, n = 0;
   chunk_span(p.chunks, i, j, len, t0, n);
   const index_t k0 = index_t(tid) * K;
+  if (!Lead && j < nlead) {  // a leading chunk (every position masked)
+    // Under zero fill its outputs are zeros whatever the state: written here, nothing read and
+    // no second launch (H100, after-d13dbb8/ call 3: GAE left padded 1024 x 8192 198 -> 186 us,
+    // packed with a prompt before each response 215 -> 200 us).
+    if (p.cfg.fill == masked_fill::zero) {
+      T zero[K];
+#pragma unroll
+      for (int k = 0; k < K; ++k) zero[k] = T(0);
+      T* da = p.kind == scan_kind::gae || p.base != nullptr ? p.layout.row_ptr(p.A, i) + t0 : nullptr;
+      T* dr = p.layout.row_ptr(p.R, i) + t0;
+      if (scan_out_stash<NT, K>(da, dr, k0, n, zero, zero, buf)) scan_out_flush<NT, CPB, K>(da, dr, n, buf, tid);
+      return;
+    }
+    if (tid == 0) p.lead[atomicAdd(p.lead_n, 1u)] = c;  // for the second launch
+    return;
+  }
   const int nk = items_in_range<K>(k0, n);
   const bool gae = p.kind == scan_kind::gae;
 
@@ -984,6 +1074,7 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
 
   T out_a[K], out_r[K];
   scan_chunk_stats cs{};
+  bool staged = false;  // the outputs wait in buf (scan_out_stash)
   if (gae) {
     const gae_mask_mode mode = p.cfg.mask;
     const masked_fill fill = p.cfg.fill;
@@ -1007,8 +1098,8 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
       out_a[k] = T(o.advantage);
       out_r[k] = T(o.ret);
     }
-    store_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.A, i) + t0, k0, n, out_a);
-    store_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.R, i) + t0, k0, n, out_r);
+    staged = scan_out_stash<NT, K>(p.layout.row_ptr(p.A, i) + t0, p.layout.row_ptr(p.R, i) + t0, k0, n, out_a, out_r,
+                                   buf);
     if (!Lead && j == nlead && nlead > 0 && tid == 0) p.exit_state[i] = scan_state{nxt, g, g2, 0.0};
   } else {
     const masked_fill fill = p.cfg.fill;
@@ -1020,8 +1111,8 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
       out_r[k] = T(o.ret);
       out_a[k] = T(o.advantage);
     }
-    store_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.R, i) + t0, k0, n, out_r);
-    if (p.base != nullptr) store_blocked_as<K, scan_apply_evict_first>(p.layout.row_ptr(p.A, i) + t0, k0, n, out_a);
+    staged = scan_out_stash<NT, K>(p.base != nullptr ? p.layout.row_ptr(p.A, i) + t0 : nullptr,
+                                   p.layout.row_ptr(p.R, i) + t0, k0, n, out_a, out_r, buf);
     if (!Lead && j == nlead && nlead > 0 && tid == 0) p.exit_state[i] = scan_state{0.0, g, 0.0, 0.0};
   }
   // Statistics of the chunk: exact two-pass moments per warp (the valid outputs' count and
@@ -1077,25 +1168,30 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
         },
         sm.template as<scan_chunk_stats>());
   if (tid == 0) p.cstats[c] = cs;
+  if (staged)
+    scan_out_flush<NT, CPB, K>(gae || p.base != nullptr ? p.layout.row_ptr(p.A, i) + t0 : nullptr,
+                               p.layout.row_ptr(p.R, i) + t0, n, buf, tid);
 }
 
 /// The apply pass. Lead = false: one chunk per warp (CPB > 1) or block, every chunk of the
 /// table. Lead = true (launched after, with at most POLO_CUDA_SCAN_LEAD_BLOCKS blocks): the
-/// leading chunks the first launch listed (none without left padding), strided over the grid.
+/// leading chunks the first launch listed (none without left padding or under zero fill),
+/// strided over the grid.
 template <int NT, int K, bool HasMask, bool Two, bool Lead, bool Stored, class T, class L, class F>
 __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kernel(scan_params<T, L, F> p) {
   constexpr int CPB = scan_cpb<NT>;
   __shared__ chunk_smem<NT> sm_all[CPB];
+  __shared__ scan_store_buf<NT, K, T> bufs[CPB];
   const int tid = CPB > 1 ? int(threadIdx.x & 31) : int(threadIdx.x);
   const int wic = CPB > 1 ? int(threadIdx.x >> 5) : 0;  // chunk of the block
   if (*p.err != no_error_key) return;  // the gate: an error was found, nothing is written
   if constexpr (Lead) {
     const index_t count = index_t(*p.lead_n);
     for (index_t q = index_t(blockIdx.x) * CPB + wic; q < count; q += index_t(gridDim.x) * CPB)
-      scan_apply_chunk<NT, CPB, K, HasMask, Two, true, Stored>(p, p.lead[q], tid, sm_all[wic]);
+      scan_apply_chunk<NT, CPB, K, HasMask, Two, true, Stored>(p, p.lead[q], tid, sm_all[wic], bufs[wic].v);
   } else {
     const index_t b = index_t(gridDim.x) - 1 - index_t(blockIdx.x);  // the summary pass's order reversed (see scan_apply_evict_first)
-    scan_apply_chunk<NT, CPB, K, HasMask, Two, false, Stored>(p, b * CPB + wic, tid, sm_all[wic]);
+    scan_apply_chunk<NT, CPB, K, HasMask, Two, false, Stored>(p, b * CPB + wic, tid, sm_all[wic], bufs[wic].v);
   }
 }
 
