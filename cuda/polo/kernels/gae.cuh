@@ -15,7 +15,8 @@
 ///
 ///     summary_kernel  one block per chunk: checks the inputs (non-finite values at valid
 ///                     positions -> a 64-bit error key, atomicMin on an integer: deterministic),
-///                     counts valid tokens, and composes the chunk's map (thread-serial over
+///                     counts valid tokens (the count and first error reduced per warp in
+///                     hardware, `redux.sync`), and composes the chunk's map (thread-serial over
 ///                     its K tokens, then a block suffix scan); in chunks of 256 threads of
 ///                     rows of several chunks, each thread stores the exclusive suffix of that
 ///                     scan (the maps of the threads to its right in the chunk) and the `next`
@@ -32,8 +33,8 @@
 ///                     first error (row, argument, position) with its value
 ///
 /// GAE's TD error at t needs `next`, the value handed on from the right (skip: the v of the
-/// next valid position; through: v'_{t+1}); it is resolved by a second suffix scan (nearest
-/// hand-off to the right) before the maps are formed. The one position of a chunk whose
+/// next valid position; through: v'_{t+1}); it is resolved by a selection (the nearest
+/// hand-off to the right: ballots and shuffles, chunk_nearest_right) before the maps are formed. The one position of a chunk whose
 /// `next` lies in another chunk (the boundary position) is kept raw in the summary, and its
 /// step is formed by rows_kernel once that value is known, so every step is formed from
 /// exactly the inputs the sequential recursion uses.
@@ -108,6 +109,23 @@ inline constexpr unsigned long long offsets_gate_key = gate_key - 1;
 
 /// Which recurrence a launch runs.
 enum class scan_kind : int { gae, returns };
+
+/// Which compiled form of the summary and apply passes runs a launch: `general` reads the
+/// recurrence and its options (mask mode, fill) at run time; `two` is GAE with two scans
+/// (gae_returns::value_lambda), options at run time; `gae_default` is GAE with one scan under
+/// gae_mask_mode::skip and masked_fill::zero (the defaults), fixed at compile time, so the
+/// per-token code of the other modes is not compiled into it. The values are the general
+/// form's: the same formulas, selected the same way.
+enum class scan_form : int { general, two, gae_default };
+
+/// The form a launch takes (host side).
+template <class P>
+scan_form scan_form_of(const P& p) {
+  if (p.two) return scan_form::two;
+  if (p.kind == scan_kind::gae && p.cfg.mask == gae_mask_mode::skip && p.cfg.fill == masked_fill::zero)
+    return scan_form::gae_default;
+  return scan_form::general;
+}
 
 /// What the summary pass records per chunk.
 struct scan_chunk_summary {
@@ -331,11 +349,6 @@ struct handoff {
   double v = 0.0;
   int has = 0, pad_ = 0;
 };
-struct handoff_op {
-  __device__ __forceinline__ handoff operator()(const handoff& near, const handoff& far) const {
-    return near.has ? near : far;
-  }
-};
 /// Two affine maps composed in parallel (advantages' and returns' decays).
 struct step_pair {
   detail::affine_step s1{}, s2{};
@@ -385,21 +398,68 @@ struct chunk_smem {
   }
 };
 
+/// The nearest hand-off on each thread's right within its chunk: thread i gets (v_j, 1) for the
+/// smallest j > i with has_j, or (0, 0) when there is none; `total` gets the chunk's own
+/// hand-off to the chunk on its left, (v_j, 1) for the smallest j with has_j, or (0, 0)
+/// (valid in thread 0). A selection, not arithmetic, so it needs no fixed tree: a ballot and
+/// two shuffles per warp, and one word per warp through shared memory (the warps' pass: each
+/// lane reads one warp's word, a ballot, one shuffle). This was a suffix scan of 16-byte
+/// (value, flag) pairs in Kogge-Stone steps and a fold over the warps on the right. The value
+/// is an input of T or 0 (gae_next_value), exact in T. Every thread of the chunk calls it; it
+/// ends with a barrier (orders the caller's shared memory), as the chunk scans do.
+template <int NT, int CPB, class T>
+__device__ __forceinline__ handoff chunk_nearest_right(T v, bool has, chunk_smem<NT>& sm, handoff& total) {
+  const int lane = int(threadIdx.x & 31);
+  const unsigned hb = __ballot_sync(0xffffffffu, has);
+  const unsigned above = lane == 31 ? 0u : hb & (0xffffffffu << (lane + 1));  // lanes on the right
+  const T v_right = __shfl_sync(0xffffffffu, v, above != 0u ? __ffs(int(above)) - 1 : lane);
+  const T v_low = __shfl_sync(0xffffffffu, v, hb != 0u ? __ffs(int(hb)) - 1 : 0);  // the warp's hand-off
+  handoff out{};
+  if (above != 0u) out = handoff{double(v_right), 1, 0};
+  if constexpr (CPB > 1 || NT == 32) {
+    total = hb != 0u ? handoff{double(v_low), 1, 0} : handoff{};
+    __syncwarp();
+    return out;
+  } else {
+    constexpr int warps = NT / 32;
+    static_assert(warps <= 32, "chunk_nearest_right: at most 32 warps");
+    struct word {
+      T v;
+      int has;
+    };
+    word* sw = sm.template as<word>();
+    const int warp = int(threadIdx.x >> 5);
+    if (lane == 0) sw[warp] = word{v_low, hb != 0u ? 1 : 0};
+    __syncthreads();
+    const word mine = lane < warps ? sw[lane] : word{T(0), 0};
+    const unsigned wb = __ballot_sync(0xffffffffu, mine.has != 0);
+    const unsigned w_above = warp == 31 ? 0u : wb & (0xffffffffu << (warp + 1));
+    const T v_far = __shfl_sync(0xffffffffu, mine.v, w_above != 0u ? __ffs(int(w_above)) - 1 : 0);
+    const T v_first = __shfl_sync(0xffffffffu, mine.v, wb != 0u ? __ffs(int(wb)) - 1 : 0);
+    total = wb != 0u ? handoff{double(v_first), 1, 0} : handoff{};
+    __syncthreads();
+    if (above == 0u && w_above != 0u) out = handoff{double(v_far), 1, 0};
+    return out;
+  }
+}
+
 /// GAE's `next` entering each thread from its right within the chunk (the nearest hand-off of
-/// the threads to its right: an exclusive suffix scan), from the `next` that this thread's
-/// items hand on to its left; `total` gets the chunk's own hand-off to the chunk on its left.
+/// the threads to its right), from the `next` that this thread's items hand on to its left;
+/// `total` gets the chunk's own hand-off to the chunk on its left.
 template <int NT, int CPB, int K, class T>
 __device__ __forceinline__ handoff chunk_handoff_right(gae_mask_mode mode, const bool (&valid)[K], const T (&v)[K],
                                                        int nk, chunk_smem<NT>& sm, handoff& total) {
-  handoff h{};
+  T hv = T(0);
+  bool has = false;
   const bool through = mode == gae_mask_mode::through;
 #pragma unroll
   for (int k = K - 1; k >= 0; --k) {
-    // a skipped (masked) position hands on what it received: gae_next_value leaves h.v as it is
-    h.v = k < nk ? detail::gae_next_value(mode, valid[k], double(v[k]), h.v) : h.v;
-    h.has |= (valid[k] || (through && k < nk)) ? 1 : 0;
+    // gae_next_value in T (its values are v or 0): a skipped (masked) position hands on what it
+    // received, `through` hands on 0
+    hv = k < nk ? (valid[k] ? v[k] : (through ? T(0) : hv)) : hv;
+    has = has || valid[k] || (through && k < nk);
   }
-  return chunk_suffix_exclusive<NT, CPB>(h, handoff{}, handoff_op{}, sm.template as<handoff>(), total);
+  return chunk_nearest_right<NT, CPB>(hv, has, sm, total);
 }
 
 // ---- per-token code of the summary and apply passes ------------------------------------------
@@ -454,11 +514,26 @@ __device__ __forceinline__ bool flag_set(const F* p, index_t stride, index_t i) 
   return p != nullptr && p[i * stride] != F(0);
 }
 
+/// The sum of a non-negative int over a chunk's threads (valid in thread 0; every lane of a
+/// one-warp chunk): the warps' sums in hardware (`redux.sync`), then block_fold_warps. Ends
+/// with a barrier, as the chunk scans do.
+template <int NT, int CPB>
+__device__ __forceinline__ int chunk_sum_int(int x, int* smem) {
+  const int w = int(__reduce_add_sync(0xffffffffu, unsigned(x)));
+  if constexpr (CPB == 1) {
+    return block_fold_warps<NT>(w, [](int a, int b) { return a + b; }, smem);
+  } else {
+    __syncwarp();
+    return w;
+  }
+}
+
 // ---- summary pass -------------------------------------------------------------------------------
 
-template <int NT, int K, bool HasMask, bool CountOnly, bool Two, bool Stored, class T, class L, class F>
+template <int NT, int K, bool HasMask, bool CountOnly, scan_form Form, bool Stored, class T, class L, class F>
 __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_kernel(scan_params<T, L, F> p) {
   constexpr int CPB = scan_cpb<NT>;
+  constexpr bool Two = Form == scan_form::two, Fixed = Form == scan_form::gae_default;
   __shared__ chunk_smem<NT> sm_all[CPB];
   const int tid = CPB > 1 ? int(threadIdx.x & 31) : int(threadIdx.x);
   const int wic = CPB > 1 ? int(threadIdx.x >> 5) : 0;  // chunk of the block
@@ -496,12 +571,12 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
 #pragma unroll
   for (int k = 0; k < K; ++k) cnt += valid[k] ? 1 : 0;
   if constexpr (CountOnly) {
-    cnt = chunk_reduce_fixed<NT, CPB>(cnt, [](int a, int b) { return a + b; }, sm.template as<int>());
+    cnt = chunk_sum_int<NT, CPB>(cnt, sm.template as<int>());
     if (tid == 0) p.summ[c].count = cnt;
     return;
   } else {
     // the inputs are loaded before the first block-wide step, so their latency overlaps it
-    const bool gae = p.kind == scan_kind::gae;
+    const bool gae = Fixed || p.kind == scan_kind::gae;
     T r[K], v[K];
     load_blocked<K>(p.layout.row_ptr(p.r, i) + t0, k0, n, r, T(0));
     if (gae) load_blocked<K>(p.layout.row_ptr(p.v, i) + t0, k0, n, v, T(0));
@@ -522,10 +597,14 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
       int count;
       unsigned code;
     };
-    const count_code cc = chunk_reduce_fixed<NT, CPB>(
-        count_code{cnt, code},
-        [](count_code a, const count_code& b) { return count_code{a.count + b.count, a.code < b.code ? a.code : b.code}; },
-        sm.template as<count_code>());
+    // (integers: the warps' reductions in hardware, any order gives the same values)
+    count_code cc{int(__reduce_add_sync(0xffffffffu, unsigned(cnt))), __reduce_min_sync(0xffffffffu, code)};
+    if constexpr (CPB == 1)
+      cc = block_fold_warps<NT>(
+          cc, [](count_code a, const count_code& b) { return count_code{a.count + b.count, a.code < b.code ? a.code : b.code}; },
+          sm.template as<count_code>());
+    else
+      __syncwarp();
     cnt = cc.count;
     if (tid == 0 && cc.code != ~0u)
       atomicMin(p.err, error_key(i, int(cc.code >> 30), t0 + index_t(cc.code & ((1u << 30) - 1u))));
@@ -544,7 +623,7 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
     step_pair mine{};
     handoff right_h{};
     if (gae) {
-      const gae_mask_mode mode = p.cfg.mask;
+      const gae_mask_mode mode = Fixed ? gae_mask_mode::skip : p.cfg.mask;
       const double lam = p.cfg.lambda_mode == gae_lambda_mode::fixed ? p.cfg.lambda : p.rows[i].lambda;
       const double gl = gamma * lam, gl2 = gamma * p.cfg.lambda_value;
       handoff tot_h;
@@ -954,10 +1033,14 @@ __device__ __forceinline__ void scan_out_flush(T* da, T* dr, index_t n, const T*
 /// the row's first valid position. Lead = true: a leading chunk, the rightmost of a row
 /// entering with that exact state (so the echo of masked_fill::recursion equals the first
 /// valid value bit for bit).
-template <int NT, int CPB, int K, bool HasMask, bool Two, bool Lead, bool Stored, class T, class L, class F>
+template <int NT, int CPB, int K, bool HasMask, scan_form Form, bool Lead, bool Stored, class T, class L, class F>
 __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, index_t c, int tid,
                                                  chunk_smem<NT>& sm, T* buf) {
   using Mask = typename L::mask_type;
+  constexpr bool Two = Form == scan_form::two, Fixed = Form == scan_form::gae_default;
+  const bool gae = Fixed || p.kind == scan_kind::gae;
+  const gae_mask_mode mode = Fixed ? gae_mask_mode::skip : p.cfg.mask;
+  const masked_fill fill = Fixed ? masked_fill::zero : p.cfg.fill;
   index_t i = 0, j = 0;
   if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
   const index_t nlead = lead_chunks(p.chunks, i);
@@ -969,11 +1052,11 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     // Under zero fill its outputs are zeros whatever the state: written here, nothing read and
     // no second launch (H100, after-d13dbb8/ call 3: GAE left padded 1024 x 8192 198 -> 186 us,
     // packed with a prompt before each response 215 -> 200 us).
-    if (p.cfg.fill == masked_fill::zero) {
+    if (fill == masked_fill::zero) {
       T zero[K];
 #pragma unroll
       for (int k = 0; k < K; ++k) zero[k] = T(0);
-      T* da = p.kind == scan_kind::gae || p.base != nullptr ? p.layout.row_ptr(p.A, i) + t0 : nullptr;
+      T* da = gae || p.base != nullptr ? p.layout.row_ptr(p.A, i) + t0 : nullptr;
       T* dr = p.layout.row_ptr(p.R, i) + t0;
       if (scan_out_stash<NT, K>(da, dr, k0, n, zero, zero, buf)) scan_out_flush<NT, CPB, K>(da, dr, n, buf, tid);
       return;
@@ -982,7 +1065,6 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     return;
   }
   const int nk = items_in_range<K>(k0, n);
-  const bool gae = p.kind == scan_kind::gae;
 
   bool valid[K];
   if constexpr (HasMask) {
@@ -1011,7 +1093,6 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     if (gae) {
       const int bt = p.summ[c].bt;
       if (int(tid) < bt) {
-        const gae_mask_mode mode = p.cfg.mask;
         const bool valid_p = p.summ[c].valid_p != 0;
         const double r_p = p.summ[c].r_p, v_p = p.summ[c].v_p;
         g = detail::affine_apply(
@@ -1031,7 +1112,6 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
     // the same inputs) while it applies them, so no per-token map is kept in registers.
     step_pair mine{};
     if (gae) {
-      const gae_mask_mode mode = p.cfg.mask;
       handoff tot_h;
       const handoff right = chunk_handoff_right<NT, CPB, K>(mode, valid, v, nk, sm, tot_h);
       nxt0 = right.has ? right.v : in.next;
@@ -1076,8 +1156,6 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
   scan_chunk_stats cs{};
   bool staged = false;  // the outputs wait in buf (scan_out_stash)
   if (gae) {
-    const gae_mask_mode mode = p.cfg.mask;
-    const masked_fill fill = p.cfg.fill;
     double nxt = nxt0;
 #pragma unroll
     for (int k = K - 1; k >= 0; --k) {
@@ -1102,7 +1180,6 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
                                    buf);
     if (!Lead && j == nlead && nlead > 0 && tid == 0) p.exit_state[i] = scan_state{nxt, g, g2, 0.0};
   } else {
-    const masked_fill fill = p.cfg.fill;
     const double b = p.base != nullptr ? double(p.base[i * p.base_stride]) : 0.0;
 #pragma unroll
     for (int k = K - 1; k >= 0; --k) {
@@ -1177,7 +1254,7 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
 /// table. Lead = true (launched after, with at most POLO_CUDA_SCAN_LEAD_BLOCKS blocks): the
 /// leading chunks the first launch listed (none without left padding or under zero fill),
 /// strided over the grid.
-template <int NT, int K, bool HasMask, bool Two, bool Lead, bool Stored, class T, class L, class F>
+template <int NT, int K, bool HasMask, scan_form Form, bool Lead, bool Stored, class T, class L, class F>
 __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kernel(scan_params<T, L, F> p) {
   constexpr int CPB = scan_cpb<NT>;
   __shared__ chunk_smem<NT> sm_all[CPB];
@@ -1188,10 +1265,10 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
   if constexpr (Lead) {
     const index_t count = index_t(*p.lead_n);
     for (index_t q = index_t(blockIdx.x) * CPB + wic; q < count; q += index_t(gridDim.x) * CPB)
-      scan_apply_chunk<NT, CPB, K, HasMask, Two, true, Stored>(p, p.lead[q], tid, sm_all[wic], bufs[wic].v);
+      scan_apply_chunk<NT, CPB, K, HasMask, Form, true, Stored>(p, p.lead[q], tid, sm_all[wic], bufs[wic].v);
   } else {
     const index_t b = index_t(gridDim.x) - 1 - index_t(blockIdx.x);  // the summary pass's order reversed (see scan_apply_evict_first)
-    scan_apply_chunk<NT, CPB, K, HasMask, Two, false, Stored>(p, b * CPB + wic, tid, sm_all[wic], bufs[wic].v);
+    scan_apply_chunk<NT, CPB, K, HasMask, Form, false, Stored>(p, b * CPB + wic, tid, sm_all[wic], bufs[wic].v);
   }
 }
 
@@ -1606,12 +1683,12 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
   const unsigned row_grid = detail::grid_for(p.chunks.rows * (short_rows ? 1 : 32), 256);
   const unsigned red_grid = detail::grid_for(p.chunks.rows, scan_reduce_rows);  // the partials
   const bool has_mask = !p.layout.mask.is_null();
-  auto run = [&](auto hm, auto two) -> cudaError_t {
+  auto run = [&](auto hm, auto form) -> cudaError_t {
     constexpr bool HM = decltype(hm)::value;
-    constexpr bool Two = decltype(two)::value;
+    constexpr scan_form Form = decltype(form)::value;
     if (grid > 0) {
       if (p.kind == scan_kind::gae && p.cfg.lambda_mode == gae_lambda_mode::length_adaptive) {
-        scan_summary_kernel<NT, K, HM, true, false, false><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
+        scan_summary_kernel<NT, K, HM, true, scan_form::general, false><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
         POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
         if (short_rows)
           scan_rows_short_kernel<0><<<row_grid, 256, 0, stream>>>(p);
@@ -1619,7 +1696,7 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
           scan_rows_kernel<0><<<row_grid, 256, 0, stream>>>(p);
         POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
       }
-      scan_summary_kernel<NT, K, HM, false, Two, Stored><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
+      scan_summary_kernel<NT, K, HM, false, Form, Stored><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     if (p.chunks.rows > 0) {
@@ -1634,10 +1711,14 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
     if (grid > 0) {
-      scan_apply_kernel<NT, K, HM, Two, false, Stored><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
-      if (HM) {
-        const index_t lead_grid = grid < POLO_CUDA_SCAN_LEAD_BLOCKS ? grid : index_t(POLO_CUDA_SCAN_LEAD_BLOCKS);
-        scan_apply_kernel<NT, K, HM, Two, true, Stored><<<unsigned(lead_grid), NT * CPB, 0, stream>>>(p);
+      scan_apply_kernel<NT, K, HM, Form, false, Stored><<<unsigned(grid), NT * CPB, 0, stream>>>(p);
+      // the leading chunks' launch; under zero fill the first launch wrote them (it lists none),
+      // so the form fixed to zero fill has no such kernel
+      if constexpr (HM && Form != scan_form::gae_default) {
+        if (p.cfg.fill != masked_fill::zero) {
+          const index_t lead_grid = grid < POLO_CUDA_SCAN_LEAD_BLOCKS ? grid : index_t(POLO_CUDA_SCAN_LEAD_BLOCKS);
+          scan_apply_kernel<NT, K, HM, Form, true, Stored><<<unsigned(lead_grid), NT * CPB, 0, stream>>>(p);
+        }
       }
       POLO_CUDA_RETURN_IF_ERROR(cudaGetLastError());
     }
@@ -1655,9 +1736,16 @@ cudaError_t launch_scan(const scan_params<T, L, F>& p, cudaStream_t stream) {
     return launch_dependent(scan_fold_kernel<T, L, F>, dim3(static_cast<unsigned>(fold_blocks(red_grid, 256))),
                             dim3(256), stream, p, index_t(red_grid));
   };
+  using general = std::integral_constant<scan_form, scan_form::general>;
+  using two = std::integral_constant<scan_form, scan_form::two>;
+  using gae_default = std::integral_constant<scan_form, scan_form::gae_default>;
+  const scan_form form = scan_form_of(p);
+  // (without a mask every position is valid: the general form, whose mask-mode code is dead)
   if (has_mask)
-    return p.two ? run(std::true_type{}, std::true_type{}) : run(std::true_type{}, std::false_type{});
-  return p.two ? run(std::false_type{}, std::true_type{}) : run(std::false_type{}, std::false_type{});
+    return form == scan_form::two           ? run(std::true_type{}, two{})
+           : form == scan_form::gae_default ? run(std::true_type{}, gae_default{})
+                                            : run(std::true_type{}, general{});
+  return form == scan_form::two ? run(std::false_type{}, two{}) : run(std::false_type{}, general{});
 }
 
 // ---- row anchors and the chunk table of the scans ----------------------------------------------

@@ -100,7 +100,7 @@ __device__ __forceinline__ S block_reduce_fixed(S x, Op op, S* smem) {
   return block_fold_warps<NT>(warp_reduce_fixed(x, op), op, smem);
 }
 
-/// Chunk-level forms of the two trees above for kernels that run CPB chunks per block: CPB = 1
+/// Chunk-level form of the suffix scan above for kernels that run CPB chunks per block: CPB = 1
 /// is the block of NT threads (the functions above); CPB > 1 needs NT = 32 (one warp per
 /// chunk): the same lane trees with warp barriers only, so each warp's chunk is independent of
 /// its neighbours (and a warp may leave early). Results are those of the CPB = 1 form on a
@@ -144,18 +144,6 @@ __device__ __forceinline__ S chunk_suffix_exclusive(S x, const S& identity, Op o
     total = op(shfl_idx_struct(incl, 0), identity);
     __syncwarp();  // like the block form, ends with a barrier (orders the caller's shared memory)
     return op(excl, identity);
-  }
-}
-
-template <int NT, int CPB, class S, class Op>
-__device__ __forceinline__ S chunk_reduce_fixed(S x, Op op, S* smem) {
-  if constexpr (CPB == 1) {
-    return block_reduce_fixed<NT>(x, op, smem);
-  } else {
-    static_assert(NT == 32, "chunk_reduce_fixed: several chunks per block need one warp per chunk");
-    x = warp_reduce_fixed(x, op);
-    __syncwarp();
-    return shfl_idx_struct(x, 0);
   }
 }
 
