@@ -74,14 +74,23 @@
 #include "polo/kernels/scan.cuh"
 
 /// Tuning knobs (compile-time): tokens per thread of the scans, the minimum resident blocks
-/// per multiprocessor the summary and apply kernels are compiled for (caps their registers),
-/// and the most blocks of the apply pass's second launch (the leading chunks of left-padded
-/// rows, strided over its grid: without left padding its blocks find an empty list).
+/// per multiprocessor the scan kernels are compiled for (caps their registers:
+/// POLO_CUDA_SCAN_SUMMARY_MIN_BLOCKS for the summary pass, see scan_summary_min_blocks;
+/// POLO_CUDA_SCAN_APPLY_MIN_BLOCKS for the apply pass; POLO_CUDA_SCAN_MIN_BLOCKS for the
+/// two-scan summary pass and as the apply pass's default), and the most blocks of the apply
+/// pass's second launch (the leading chunks of left-padded rows under masked_fill::recursion,
+/// strided over its grid: without left padding its blocks find an empty list).
 #ifndef POLO_CUDA_SCAN_ITEMS
 #define POLO_CUDA_SCAN_ITEMS 8
 #endif
 #ifndef POLO_CUDA_SCAN_MIN_BLOCKS
 #define POLO_CUDA_SCAN_MIN_BLOCKS 4
+#endif
+#ifndef POLO_CUDA_SCAN_SUMMARY_MIN_BLOCKS
+#define POLO_CUDA_SCAN_SUMMARY_MIN_BLOCKS 6
+#endif
+#ifndef POLO_CUDA_SCAN_APPLY_MIN_BLOCKS
+#define POLO_CUDA_SCAN_APPLY_MIN_BLOCKS 5
 #endif
 #ifndef POLO_CUDA_SCAN_LEAD_BLOCKS
 #define POLO_CUDA_SCAN_LEAD_BLOCKS 1024
@@ -117,6 +126,26 @@ enum class scan_kind : int { gae, returns };
 /// per-token code of the other modes is not compiled into it. The values are the general
 /// form's: the same formulas, selected the same way.
 enum class scan_form : int { general, two, gae_default };
+
+/// Minimum resident blocks per multiprocessor the summary kernel of each form is compiled for
+/// (caps its registers): POLO_CUDA_SCAN_SUMMARY_MIN_BLOCKS (6, at most 40 registers) for the
+/// general and default forms, whose summary pass is bound by issuing instructions and gains
+/// from the warps (H100, GAE 1024 x 8192 141 -> 137-138 us, discounted returns 115 -> 111;
+/// 5 blocks: 138), POLO_CUDA_SCAN_MIN_BLOCKS (4) for the two-scan form and for layouts
+/// without a mask, which would spill 270 and 80 bytes under 40 registers.
+template <scan_form Form, bool HasMask>
+inline constexpr int scan_summary_min_blocks =
+    Form != scan_form::two && HasMask ? POLO_CUDA_SCAN_SUMMARY_MIN_BLOCKS : POLO_CUDA_SCAN_MIN_BLOCKS;
+
+/// The same for the apply kernel: POLO_CUDA_SCAN_APPLY_MIN_BLOCKS (5, at most 48 registers) for
+/// the first launch over chunks of 256 threads (H100, GAE 1024 x 8192 137 -> 132-133 us, 8 x
+/// 1,048,576 158-159 -> 154, left padded 152-153 -> 146-147, VAPO 177-180 -> 171; 4 bytes of
+/// spill in the default form), POLO_CUDA_SCAN_MIN_BLOCKS (4) for blocks of one-warp chunks and
+/// for the leading chunks' launch (which spill 50 to 200 bytes under 48 registers) and for
+/// chunks of 64 threads.
+template <int NT, bool Lead>
+inline constexpr int scan_apply_min_blocks =
+    NT >= 256 && !Lead ? POLO_CUDA_SCAN_APPLY_MIN_BLOCKS : POLO_CUDA_SCAN_MIN_BLOCKS;
 
 /// The form a launch takes (host side).
 template <class P>
@@ -209,7 +238,7 @@ struct chunk_table {
   index_t bound = 0;               ///< chunks launched (an upper bound with a table)
   int S = 0;
   int S_shift = 0;  ///< log2(S) with `first` (the scans' S is a power of two), else unused
-  /// [start[rows]] row of each chunk (the scans: O(1) `locate_chunk`; needs `start`), or null
+  /// [start[rows]] row of each chunk (the scans: O(1) `place_chunk`; needs `start`), or null
   /// (binary search in `start`).
   const index_t* owner = nullptr;
 };
@@ -293,55 +322,61 @@ __device__ __forceinline__ index_t chunk_end_of_row(const L& layout, const chunk
   else
     return (i + 1) * ct.per_row;
 }
-/// Row and chunk-within-row of chunk c; false when c is past the last chunk (or, padded with
-/// `first`, past its row's last chunk).
+/// Where chunk c lies: its row i, its index j in the row, the row's leading chunks `nlead`
+/// (see chunk_table; 0 without `first`), the row's length, and the chunk's first position t0
+/// and length n. False when c is past the last chunk (or, padded with `first`, past its
+/// row's last chunk). The row's first valid position is loaded once (it was loaded, and
+/// turned into chunk counts, once per question: H100 source counters put about a third of the
+/// apply pass's instructions per thread here, after-d13dbb8/).
+struct chunk_place {
+  index_t i = 0, j = 0, nlead = 0, len = 0, t0 = 0, n = 0;
+};
 template <class L>
-__device__ __forceinline__ bool locate_chunk(const L& layout, const chunk_table& ct, index_t c, index_t& row,
-                                             index_t& j) {
+__device__ __forceinline__ bool place_chunk(const L& layout, const chunk_table& ct, index_t c, chunk_place& q) {
+  index_t i = 0, j = 0;
   if (ct.owner != nullptr) {
     if (c >= ct.start[ct.rows]) return false;
-    const index_t i = ct.owner[c];
-    row = i;
+    i = ct.owner[c];
     j = c - ct.start[i];
-    return true;
-  }
-  if (L::is_packed || ct.start != nullptr) {
+  } else if (L::is_packed || ct.start != nullptr) {
     if (c >= ct.start[ct.rows]) return false;
     index_t lo = 0, hi = ct.rows;  // largest i with start[i] <= c
     while (hi - lo > 1) {
       index_t mid = (lo + hi) / 2;
       if (ct.start[mid] <= c) lo = mid; else hi = mid;
     }
-    row = lo;
+    i = lo;
     j = c - ct.start[lo];
-    return true;
   } else {
     if (ct.per_row == 0) return false;
     // 32-bit division when the slots fit (always in practice): a fraction of a 64-bit one's cost
-    row = ct.bound <= index_t(0xffffffffu) ? index_t(unsigned(c) / unsigned(ct.per_row)) : c / ct.per_row;
-    j = c - row * ct.per_row;
-    if (row >= ct.rows) return false;
-    return ct.first == nullptr || j < anchored_chunks(ct.first[row], layout.row_len(row), ct);
+    i = ct.bound <= index_t(0xffffffffu) ? index_t(unsigned(c) / unsigned(ct.per_row)) : c / ct.per_row;
+    j = c - i * ct.per_row;
+    if (i >= ct.rows) return false;
   }
-}
-/// First position t0 and length n of chunk j of row i (of length len).
-__device__ __forceinline__ void chunk_span(const chunk_table& ct, index_t i, index_t j, index_t len, index_t& t0,
-                                           index_t& n) {
+  const index_t len = layout.row_len(i);
   const index_t S = ct.S;
+  q.i = i;
+  q.j = j;
+  q.len = len;
   if (ct.first == nullptr) {
-    t0 = j * S;
-    n = len - t0 < S ? len - t0 : S;
-    return;
+    q.nlead = 0;
+    q.t0 = j * S;
+    q.n = len - q.t0 < S ? len - q.t0 : S;
+    return true;
   }
   const index_t f = ct.first[i];
   const index_t nlead = ceil_chunks(f, ct);
+  if (!(L::is_packed || ct.start != nullptr) && j >= nlead + ceil_chunks(len - f, ct)) return false;
+  q.nlead = nlead;
   if (j < nlead) {
-    t0 = j * S;
-    n = f - t0 < S ? f - t0 : S;
+    q.t0 = j * S;
+    q.n = f - q.t0 < S ? f - q.t0 : S;
   } else {
-    t0 = f + (j - nlead) * S;
-    n = len - t0 < S ? len - t0 : S;
+    q.t0 = f + (j - nlead) * S;
+    q.n = len - q.t0 < S ? len - q.t0 : S;
   }
+  return true;
 }
 
 /// Nearest hand-off to the right: `has` and the value.
@@ -531,7 +566,7 @@ __device__ __forceinline__ int chunk_sum_int(int x, int* smem) {
 // ---- summary pass -------------------------------------------------------------------------------
 
 template <int NT, int K, bool HasMask, bool CountOnly, scan_form Form, bool Stored, class T, class L, class F>
-__global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_summary_kernel(scan_params<T, L, F> p) {
+__global__ void __launch_bounds__(NT * scan_cpb<NT>, scan_summary_min_blocks<Form, HasMask>) scan_summary_kernel(scan_params<T, L, F> p) {
   constexpr int CPB = scan_cpb<NT>;
   constexpr bool Two = Form == scan_form::two, Fixed = Form == scan_form::gae_default;
   __shared__ chunk_smem<NT> sm_all[CPB];
@@ -540,17 +575,15 @@ __global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) 
   chunk_smem<NT>& sm = sm_all[wic];
   using Mask = typename L::mask_type;
   const index_t c = index_t(blockIdx.x) * CPB + wic;
-  index_t i = 0, j = 0;
-  if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
-  const index_t len = p.layout.row_len(i);
-  index_t t0 = 0, n = 0;
-  chunk_span(p.chunks, i, j, len, t0, n);
+  chunk_place q;
+  if (!place_chunk(p.layout, p.chunks, c, q)) return;
+  const index_t i = q.i, j = q.j, t0 = q.t0, n = q.n;
   const index_t k0 = index_t(tid) * K;
   // A leading chunk (all masked: it ends at the row's first valid position) counts nothing,
   // checks nothing and, skipping masked positions, composes identities: its summary is known
   // without reading it.
   if constexpr (HasMask) {
-    if ((CountOnly || (p.kind == scan_kind::gae && p.cfg.mask == gae_mask_mode::skip)) && j < lead_chunks(p.chunks, i)) {
+    if ((CountOnly || (p.kind == scan_kind::gae && p.cfg.mask == gae_mask_mode::skip)) && j < q.nlead) {
       if (tid == 0) p.summ[c] = scan_chunk_summary{};
       return;
     }
@@ -1041,12 +1074,9 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
   const bool gae = Fixed || p.kind == scan_kind::gae;
   const gae_mask_mode mode = Fixed ? gae_mask_mode::skip : p.cfg.mask;
   const masked_fill fill = Fixed ? masked_fill::zero : p.cfg.fill;
-  index_t i = 0, j = 0;
-  if (!locate_chunk(p.layout, p.chunks, c, i, j)) return;
-  const index_t nlead = lead_chunks(p.chunks, i);
-  const index_t len = p.layout.row_len(i);
-  index_t t0 = 0, n = 0;
-  chunk_span(p.chunks, i, j, len, t0, n);
+  chunk_place q;
+  if (!place_chunk(p.layout, p.chunks, c, q)) return;
+  const index_t i = q.i, j = q.j, nlead = q.nlead, t0 = q.t0, n = q.n;
   const index_t k0 = index_t(tid) * K;
   if (!Lead && j < nlead) {  // a leading chunk (every position masked)
     // Under zero fill its outputs are zeros whatever the state: written here, nothing read and
@@ -1255,7 +1285,7 @@ __device__ __forceinline__ void scan_apply_chunk(const scan_params<T, L, F>& p, 
 /// leading chunks the first launch listed (none without left padding or under zero fill),
 /// strided over the grid.
 template <int NT, int K, bool HasMask, scan_form Form, bool Lead, bool Stored, class T, class L, class F>
-__global__ void __launch_bounds__(NT * scan_cpb<NT>, POLO_CUDA_SCAN_MIN_BLOCKS) scan_apply_kernel(scan_params<T, L, F> p) {
+__global__ void __launch_bounds__(NT * scan_cpb<NT>, scan_apply_min_blocks<NT, Lead>) scan_apply_kernel(scan_params<T, L, F> p) {
   constexpr int CPB = scan_cpb<NT>;
   __shared__ chunk_smem<NT> sm_all[CPB];
   __shared__ scan_store_buf<NT, K, T> bufs[CPB];
