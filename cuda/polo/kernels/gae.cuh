@@ -322,10 +322,14 @@ __device__ __forceinline__ index_t chunk_end_of_row(const L& layout, const chunk
   else
     return (i + 1) * ct.per_row;
 }
-/// The row i of chunk c and its index j in the row, or false when c is past the last chunk
-/// (the row's own chunk count, padded with `first`, is the caller's to check).
+/// Row and chunk-within-row of chunk c; false when c is past the last chunk (or, padded with
+/// `first`, past its row's last chunk). The objective's and KL shaping's kernels; the scans use
+/// place_chunk, which repeats this lookup inline: written as one helper that both call, the
+/// compiler materialized its result and the scans' kernels grew by 16 to 40 instructions and
+/// 32 bytes of stack (sm_90, CUDA 13.0), so each keeps its own copy.
 template <class L>
-__device__ __forceinline__ bool chunk_row_of(const chunk_table& ct, index_t c, index_t& row, index_t& j) {
+__device__ __forceinline__ bool locate_chunk(const L& layout, const chunk_table& ct, index_t c, index_t& row,
+                                             index_t& j) {
   if (ct.owner != nullptr) {
     if (c >= ct.start[ct.rows]) return false;
     const index_t i = ct.owner[c];
@@ -343,44 +347,53 @@ __device__ __forceinline__ bool chunk_row_of(const chunk_table& ct, index_t c, i
     row = lo;
     j = c - ct.start[lo];
     return true;
+  } else {
+    if (ct.per_row == 0) return false;
+    // 32-bit division when the slots fit (always in practice): a fraction of a 64-bit one's cost
+    row = ct.bound <= index_t(0xffffffffu) ? index_t(unsigned(c) / unsigned(ct.per_row)) : c / ct.per_row;
+    j = c - row * ct.per_row;
+    if (row >= ct.rows) return false;
+    return ct.first == nullptr || j < anchored_chunks(ct.first[row], layout.row_len(row), ct);
   }
-  if (ct.per_row == 0) return false;
-  // 32-bit division when the slots fit (always in practice): a fraction of a 64-bit one's cost
-  row = ct.bound <= index_t(0xffffffffu) ? index_t(unsigned(c) / unsigned(ct.per_row)) : c / ct.per_row;
-  j = c - row * ct.per_row;
-  return row < ct.rows;
-}
-
-/// Row and chunk-within-row of chunk c; false when c is past the last chunk (or, padded with
-/// `first`, past its row's last chunk). (The objective's and KL shaping's kernels; the scans
-/// use place_chunk.)
-template <class L>
-__device__ __forceinline__ bool locate_chunk(const L& layout, const chunk_table& ct, index_t c, index_t& row,
-                                             index_t& j) {
-  if (!chunk_row_of<L>(ct, c, row, j)) return false;
-  if (L::is_packed || ct.start != nullptr) return true;
-  return ct.first == nullptr || j < anchored_chunks(ct.first[row], layout.row_len(row), ct);
 }
 
 /// Where chunk c lies: its row i, its index j in the row, the row's leading chunks `nlead`
-/// (see chunk_table; 0 without `first`), the row's length, and the chunk's first position t0
+/// (see chunk_table; 0 without `first`), and the chunk's first position t0
 /// and length n. False when c is past the last chunk (or, padded with `first`, past its
 /// row's last chunk). The row's first valid position is loaded once (locate_chunk, the
 /// leading-chunk count and the span each loaded it and turned it into chunk counts: H100
 /// source counters put about a third of the apply pass's instructions per thread there,
 /// after-d13dbb8/).
 struct chunk_place {
-  index_t i = 0, j = 0, nlead = 0, len = 0, t0 = 0, n = 0;
+  index_t i = 0, j = 0, nlead = 0, t0 = 0, n = 0;
 };
 template <class L>
 __device__ __forceinline__ bool place_chunk(const L& layout, const chunk_table& ct, index_t c, chunk_place& q) {
   index_t i = 0, j = 0;
-  if (!chunk_row_of<L>(ct, c, i, j)) return false;
+  if (ct.owner != nullptr) {
+    if (c >= ct.start[ct.rows]) return false;
+    i = ct.owner[c];
+    j = c - ct.start[i];
+  } else if (L::is_packed || ct.start != nullptr) {
+    if (c >= ct.start[ct.rows]) return false;
+    index_t lo = 0, hi = ct.rows;  // largest i with start[i] <= c
+    while (hi - lo > 1) {
+      index_t mid = (lo + hi) / 2;
+      if (ct.start[mid] <= c) lo = mid; else hi = mid;
+    }
+    i = lo;
+    j = c - ct.start[lo];
+  } else {
+    if (ct.per_row == 0) return false;
+    // 32-bit division when the slots fit (always in practice): a fraction of a 64-bit one's cost
+    i = ct.bound <= index_t(0xffffffffu) ? index_t(unsigned(c) / unsigned(ct.per_row)) : c / ct.per_row;
+    j = c - i * ct.per_row;
+    if (i >= ct.rows) return false;
+  }
   const index_t len = layout.row_len(i);
   const index_t S = ct.S;
   q.i = i;
   q.j = j;
-  q.len = len;
   if (ct.first == nullptr) {
     q.nlead = 0;
     q.t0 = j * S;
