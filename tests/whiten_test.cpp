@@ -266,6 +266,36 @@ TEMPLATE_LIST_TEST_CASE("whiten: long rows, packed equals padded", "[whiten][lay
       CHECK(std::memcmp(&a, &st.local, sizeof(moments)) == 0);
     }
   }
+  // Non-finite valid values in long rows (the CUDA block pass notes one, then finds the first
+  // in the row): two in row 3 (whole row; steps 0 and 1), one in row 4, and the masked NaN of
+  // row 0 before them. The first valid one is named, in both layouts, and nothing is written.
+  auto bad = x;
+  bad[std::size_t(3 * Tn + 4500)] = std::numeric_limits<float>::quiet_NaN();
+  bad[std::size_t(3 * Tn + 4000)] = std::numeric_limits<float>::infinity();
+  bad[std::size_t(4 * Tn + 4799)] = std::numeric_limits<float>::quiet_NaN();
+  {
+    buffer<float, Bk> xb(bad), out(B * Tn, -7.f);
+    buffer<std::uint8_t, Bk> mb(m);
+    padded<std::uint8_t, S> L(mb.cview2(B, Tn));
+    try {
+      whiten(test::make_backend<Bk>(), L, xb.cview2(B, Tn), out.view2(B, Tn));
+      FAIL("no throw");
+    } catch (const nonfinite_error& e) {
+      CHECK(e.index() == 3 * Tn + 4000);
+    }
+    CHECK(out.to_host() == std::vector<float>(std::size_t(B * Tn), -7.f));
+    auto pk = test::pack(m, B, Tn, false);
+    buffer<float, Bk> px(pk.take(bad)), pout(pk.tokens(), -7.f);
+    buffer<std::uint8_t, Bk> pm(pk.mask);
+    buffer<std::int64_t, Bk> off(pk.offsets);
+    packed<std::uint8_t, std::int64_t, S> P(off.cview1(), pk.tokens(), pm.cview1());
+    try {
+      masked_moments(test::make_backend<Bk>(), P, px.cview1());
+      FAIL("no throw");
+    } catch (const nonfinite_error& e) {
+      CHECK(e.index() == pk.offsets[3] + 4000);  // row 3 starts with a valid token
+    }
+  }
 }
 
 TEMPLATE_LIST_TEST_CASE("whiten: errors write nothing", "[whiten][errors]", backends) {

@@ -3,8 +3,9 @@
 #pragma once
 /// \file
 /// CUDA implementation of <polo/whiten.hpp> (`masked_moments`, `whiten`): the same statistics
-/// as the CPU backend to rounding (moments in double: one pass per row with per-thread shifted
-/// sums, merged with Chan's update in fixed trees, where the CPU takes two passes per row), the
+/// as the CPU backend to rounding (moments in double: one pass per row with sums shifted by the
+/// row's first valid value, added in fixed trees, then the rows merged with Chan's update in a
+/// fixed tree, where the CPU takes two passes per row), the
 /// same per-token map, errors and messages.
 ///
 /// Synchronization: both entries return host values. By default each synchronizes the tag's

@@ -106,16 +106,6 @@ __device__ __forceinline__ double to_double(T x) {
   else
     return double(static_cast<float>(x));
 }
-/// Whether a stored value is finite, as |x| <= the largest finite value: one compare (with
-/// the absolute value as an operand modifier) that chains into the next check's predicate,
-/// where detail::is_finite's x - x == x - x takes a subtraction and a compare. NaN fails.
-template <class T>
-__device__ __forceinline__ bool finite_of(T x) {
-  if constexpr (std::is_same_v<T, double>)
-    return ::fabs(x) <= 1.7976931348623157e308;
-  else
-    return ::fabsf(static_cast<float>(x)) <= 3.40282347e38f;
-}
 
 /// Per-chunk result of the count (and sequence-level prep) pass.
 struct pl_chunk_prep {

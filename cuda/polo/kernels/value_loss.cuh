@@ -20,9 +20,11 @@
 ///                                 f = 0), then one pass: thread k takes quads of 4
 ///                                 consecutive positions f + (u·256 + k)·4 + e + 2048·j in
 ///                                 order (vector loads, 2 quads of each input in flight), sums
-///                                 L, (v − R)², #clipped in double; the threads' sums meet in a
-///                                 fixed tree; first non-finite valid value of each input,
-///                                 valid count n_i. A row whose valid tokens all lie within
+///                                 L, (v − R)² in double and the valid and clipped counts; the
+///                                 threads' sums meet in a fixed tree. A thread only notes that
+///                                 a valid input was non-finite: the first of each input is
+///                                 found by reading that row again (value_loss_find_bad), off
+///                                 the per-token path. A row whose valid tokens all lie within
 ///                                 1024 positions of f is handed to one warp
 ///                                 (value_loss_row_warp) instead, whichever kernel meets it, so
 ///                                 a row's bits depend only on its valid tokens (padded ==
@@ -51,6 +53,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "polo/aggregation.hpp"
 #include "polo/core/backend.hpp"
@@ -93,11 +96,13 @@ inline constexpr int value_loss_warp_span = 1024;
 /// Most blocks that stride over the listed long rows (statistics and gradient).
 inline constexpr int value_loss_long_blocks = 1024;
 
-/// Running fold of rows: counts, Neumaier sums, and the first row with an error.
+/// Running fold of rows: counts, Neumaier sums, and the index of the first row with an error
+/// (LLONG_MAX: none; its first non-finite values are read back from the row's result when
+/// the fold publishes, so the fold's trees carry 8 bytes for them instead of the row).
 struct value_loss_fold {
   index_t tokens = 0, sequences = 0;
   detail::neumaier_sum num{}, clipped{}, sq{};
-  value_loss_row first_bad{};
+  long long bad_row = LLONG_MAX;
 };
 
 template <class T, class L>
@@ -117,29 +122,91 @@ struct value_loss_params {
 
 #if defined(__CUDACC__)
 
-POLO_HD_INLINE value_loss_row merge_rows(value_loss_row a, const value_loss_row& b) {
+/// A group's running sums over the valid tokens it takes in the statistics pass: the loss and
+/// squared-error terms in double, added in the order of the positions, and the valid and
+/// clipped counts. A thread keeps them with per-step integer counts and one flag for a
+/// non-finite valid input (value_loss_acc); the first such value of each input is found only
+/// in a row that has one (value_loss_find_bad), off the per-token path.
+struct value_loss_part {
+  double loss = 0.0, sq = 0.0;
+  long long n = 0, clipped = 0;
+};
+
+POLO_HD_INLINE value_loss_part merge_parts(value_loss_part a, const value_loss_part& b) {
+  a.loss += b.loss;
+  a.sq += b.sq;
   a.n += b.n;
-  a.s.loss += b.s.loss;
-  a.s.sq += b.s.sq;
-  a.s.clipped += b.s.clipped;
-  for (int k = 0; k < 3; ++k)
-    if (b.bad[k] < a.bad[k]) a.bad[k] = b.bad[k];
+  a.clipped += b.clipped;
   return a;
 }
 
-/// Adds one valid token to a row's result: its first non-finite value of each input (flat
-/// index), the loss, squared error and clip terms, the count.
-template <class T>
-__device__ __forceinline__ void value_loss_add(value_loss_row& r, const value_loss_config& cfg, bool clipping, T cr,
-                                               T v, T old, T rt, long long flat) {
-  if (!detail::is_finite(v) && r.bad[0] == LLONG_MAX) r.bad[0] = flat;
-  if (clipping && !detail::is_finite(old) && r.bad[1] == LLONG_MAX) r.bad[1] = flat;
-  if (!detail::is_finite(rt) && r.bad[2] == LLONG_MAX) r.bad[2] = flat;
-  const detail::value_term term = detail::value_loss_term<T>(v, old, rt, cfg.clip, cr);
-  r.s.loss += term.loss;
-  r.s.sq += term.sq;
-  r.s.clipped += term.clipped ? 1.0 : 0.0;
-  ++r.n;
+/// A thread's accumulator of the statistics pass (see value_loss_part).
+struct value_loss_acc {
+  value_loss_part s{};
+  bool nonfinite = false;
+#if defined(__CUDACC__)
+  /// One valid token: the non-finite flag (v, R, and v_old when clipping), the terms.
+  template <class T>
+  __device__ __forceinline__ void add(const value_loss_config& cfg, bool clipping, T cr, T v, T old, T rt, int& n,
+                                      int& clipped) {
+    nonfinite = nonfinite || !finite_of(v) || !finite_of(rt) || (clipping && !finite_of(old));
+    const detail::value_term term = detail::value_loss_term<T>(v, old, rt, cfg.clip, cr);
+    s.loss += term.loss;
+    s.sq += term.sq;
+    clipped += term.clipped ? 1 : 0;
+    ++n;
+  }
+#endif
+};
+
+/// The row's result from its folded part (the counts exact as doubles, as the fold wants them)
+/// and the first non-finite values `bad`.
+POLO_HD_INLINE value_loss_row row_of_part(const value_loss_part& s, const long long (&bad)[3]) {
+  value_loss_row r;
+  r.n = static_cast<index_t>(s.n);
+  r.s.loss = s.loss;
+  r.s.sq = s.sq;
+  r.s.clipped = double(s.clipped);
+  for (int k = 0; k < 3; ++k) r.bad[k] = bad[k];
+  return r;
+}
+
+/// Row i's first non-finite valid value of each input over the positions [f, end) (flat
+/// indices, LLONG_MAX for none), by a group of S threads (this one of rank `rank`; S = 32: a
+/// warp, S = 256: the block, with `sh3` three shared slots). Called only for a row whose pass
+/// found one: a minimum, so any assignment of positions to threads gives the same indices.
+template <int S, class T, class L>
+__device__ void value_loss_find_bad(const value_loss_params<T, L>& p, index_t i, index_t f, index_t end,
+                                    long long flat0, int rank, long long (&bad)[3], unsigned long long* sh3) {
+  const T* vr = p.layout.row_ptr(p.v, i);
+  const T* vor = p.layout.row_ptr(p.vo, i);
+  const T* rr = p.layout.row_ptr(p.ret, i);
+  const auto* m = p.layout.mask_row(i);
+  const bool clipping = p.cfg.clip != value_clip::none;
+  for (int k = 0; k < 3; ++k) bad[k] = LLONG_MAX;
+  for (index_t t = f + rank; t < end; t += S) {
+    if (m != nullptr && !detail::is_valid(m[t])) continue;
+    const long long at = flat0 + static_cast<long long>(t);
+    if (bad[0] == LLONG_MAX && !finite_of(vr[t])) bad[0] = at;
+    if (clipping && bad[1] == LLONG_MAX && !finite_of(vor[t])) bad[1] = at;
+    if (bad[2] == LLONG_MAX && !finite_of(rr[t])) bad[2] = at;
+  }
+  for (int k = 0; k < 3; ++k)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const long long other = __shfl_xor_sync(0xffffffffu, bad[k], o);
+      bad[k] = other < bad[k] ? other : bad[k];
+    }
+  if constexpr (S > 32) {
+    if (threadIdx.x == 0)
+      for (int k = 0; k < 3; ++k) sh3[k] = LLONG_MAX;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0)
+      for (int k = 0; k < 3; ++k)
+        if (bad[k] != LLONG_MAX) atomicMin(&sh3[k], static_cast<unsigned long long>(bad[k]));
+    __syncthreads();
+    for (int k = 0; k < 3; ++k) bad[k] = static_cast<long long>(sh3[k]);
+  }
 }
 
 /// Row i's sums, count and first non-finite values when its valid tokens all lie in [f, end)
@@ -164,7 +231,7 @@ __device__ void value_loss_row_warp(const value_loss_params<T, L>& p, index_t i,
   const bool vv = detail::is_aligned(vr + f, sizeof(T) * Q), vvo = detail::is_aligned(vor + f, sizeof(T) * Q),
              vrt = detail::is_aligned(rr + f, sizeof(T) * Q);
   const bool vm = m != nullptr && detail::is_aligned(m + f, sizeof(M) * Q);
-  value_loss_row r;
+  value_loss_acc acc;
 #pragma unroll 1
   for (int k = 0; k < rounds; ++k) {
     if (f + index_t(k * U) * 32 * Q >= end) break;  // warp-uniform
@@ -178,28 +245,36 @@ __device__ void value_loss_row_warp(const value_loss_params<T, L>& p, index_t i,
       if (clipping) load_quad<Q>(vor, pos, end, vvo, vo[u]);
       if (m != nullptr) load_quad<Q>(m, pos, end, vm, mk[u]);
     }
+    int n = 0, clipped = 0;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      const index_t pos = f + (index_t(k * U + u) * 32 + lane) * Q;
 #pragma unroll
       for (int e = 0; e < Q; ++e) {
-        const index_t pos = f + (index_t(k * U + u) * 32 + lane) * Q + e;
-        if (pos >= end || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
-        value_loss_add<T>(r, p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e],
-                          flat0 + static_cast<long long>(pos));
+        if (pos + e >= end || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
+        acc.add<T>(p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e], n, clipped);
       }
     }
+    acc.s.n += n;
+    acc.s.clipped += clipped;
   }
-  const value_loss_row total =
-      warp_tree_fold(r, [](const value_loss_row& a, const value_loss_row& b) { return merge_rows(a, b); });
-  if (lane == 0) p.rows[i] = total;
+  long long bad[3] = {LLONG_MAX, LLONG_MAX, LLONG_MAX};
+  if (__any_sync(0xffffffffu, acc.nonfinite)) value_loss_find_bad<32>(p, i, f, end, flat0, lane, bad, nullptr);
+  const value_loss_part total = warp_tree_fold(acc.s, [](const value_loss_part& a, const value_loss_part& b) {
+    return merge_parts(a, b);
+  });
+  if (lane == 0) p.rows[i] = row_of_part(total, bad);
 }
 
 /// Row i's sums, count and first non-finite values (the whole block) -> p.rows[i]; a row
 /// whose valid tokens all lie within value_loss_warp_span positions of its first is handed to
-/// one warp (value_loss_row_warp), as value_loss_short_rows_kernel reduces it.
+/// one warp (value_loss_row_warp), as value_loss_short_rows_kernel reduces it. Steps that lie
+/// wholly inside the row take no per-token bounds test, and whether a valid token lies at or
+/// past f + value_loss_warp_span is known from its quad (the span is one quad per thread).
 template <class T, class L>
 __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i,
-                                     detail::shared_array<value_loss_row, value_loss_threads>& sh, int* sh_first) {
+                                     detail::shared_array<value_loss_part, value_loss_threads>& sh, int* sh_first,
+                                     unsigned long long* sh3) {
   const int tid = threadIdx.x;
   const index_t len = p.layout.row_len(i);
   const T* vr = p.layout.row_ptr(p.v, i);
@@ -209,8 +284,10 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
   const bool clipping = p.cfg.clip != value_clip::none;
   const T cr = T(p.cfg.clip_range);
   using M = typename L::mask_type;
-  constexpr int Q = value_loss_quad, U = value_loss_stats_unroll;
-  constexpr index_t step = index_t(value_loss_threads) * Q * U;
+  constexpr int Q = value_loss_quad, U = value_loss_stats_unroll, NT = value_loss_threads;
+  constexpr index_t step = index_t(NT) * Q * U;
+  constexpr index_t W = value_loss_warp_span;
+  static_assert(W == index_t(NT) * Q, "value_loss_row_stats: the warp span is the first quad of each thread");
   T v[U][Q], vo[U][Q], rt[U][Q];
   M mk[U][Q];
   auto load = [&](index_t c) {
@@ -219,7 +296,7 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
     const bool vm = m != nullptr && detail::is_aligned(m + c, sizeof(M) * Q);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const index_t pos = c + (index_t(u) * value_loss_threads + tid) * Q;
+      const index_t pos = c + (index_t(u) * NT + tid) * Q;
       // masked positions are loaded too: the loads overlap the mask's
       load_quad<Q>(vr, pos, len, vv, v[u]);
       load_quad<Q>(rr, pos, len, vrt, rt[u]);
@@ -228,25 +305,35 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
     }
   };
   if (len > 0) load(0);  // speculative: most rows start with a valid token (f == 0)
-  const index_t f = m == nullptr ? 0 : row_first_valid<value_loss_threads>(
+  const index_t f = m == nullptr ? 0 : row_first_valid<NT>(
                                            len, [&](index_t t) { return detail::is_valid(m[t]); }, sh_first);
   const long long flat0 = static_cast<long long>(detail::flat_index(p.layout, i, 0));
-  constexpr index_t W = value_loss_warp_span;
   bool far = false;  // a valid token at or past f + W: reduced by the block
-  value_loss_row r;
-  for (index_t c = f; c < len; c += step) {
-    if (c != 0) load(c);
+  value_loss_acc acc;
+  // The valid tokens of one step (bounds tested per token only in the row's last step).
+  auto sums = [&](index_t c, auto whole) {
+    constexpr bool Whole = decltype(whole)::value;
+    const bool later = c != f;  // every position of a later step lies at or past f + W
+    int n = 0, clipped = 0;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      const index_t pos = c + (index_t(u) * NT + tid) * Q;
 #pragma unroll
       for (int e = 0; e < Q; ++e) {
-        const index_t pos = c + (index_t(u) * value_loss_threads + tid) * Q + e;
-        if (pos >= len || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
-        value_loss_add<T>(r, p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e],
-                          flat0 + static_cast<long long>(pos));
-        far = far || pos >= f + W;
+        if (!Whole && pos + e >= len) continue;
+        if (m != nullptr && !detail::is_valid(mk[u][e])) continue;
+        acc.add<T>(p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e], n, clipped);
+        if (u > 0) far = true;
+        else far = far || later;
       }
     }
+    acc.s.n += n;
+    acc.s.clipped += clipped;
+  };
+  for (index_t c = f; c < len; c += step) {
+    if (c != 0) load(c);
+    if (c + step <= len) sums(c, std::true_type{});
+    else sums(c, std::false_type{});
   }
   allow_dependent_launch();  // this block's loads are done: the gradient kernel may be scheduled
   // A short row (the test looks at valid tokens only, so both layouts decide alike) gets the
@@ -255,9 +342,11 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
     if (tid < 32) value_loss_row_warp(p, i, f, len < f + W ? len : f + W, flat0);
     return;
   }
-  const value_loss_row total = block_tree_fold<value_loss_threads>(
-      r, [](const value_loss_row& a, const value_loss_row& b) { return merge_rows(a, b); }, sh);
-  if (tid == 0) p.rows[i] = total;
+  long long bad[3] = {LLONG_MAX, LLONG_MAX, LLONG_MAX};
+  if (__syncthreads_or(acc.nonfinite ? 1 : 0) != 0) value_loss_find_bad<NT>(p, i, f, len, flat0, tid, bad, sh3);
+  const value_loss_part total = block_tree_fold<NT>(
+      acc.s, [](const value_loss_part& a, const value_loss_part& b) { return merge_parts(a, b); }, sh);
+  if (tid == 0) p.rows[i] = row_of_part(total, bad);
 }
 
 POLO_HD_INLINE detail::neumaier_sum merge_neumaier(detail::neumaier_sum a, const detail::neumaier_sum& b) {
@@ -266,9 +355,9 @@ POLO_HD_INLINE detail::neumaier_sum merge_neumaier(detail::neumaier_sum a, const
   return a;
 }
 
-/// Row r's part of the fold: its counts, its loss (divided by its count for
-/// seq_mean_token_mean), clip count and squared error, and its errors.
-POLO_HD_INLINE value_loss_fold value_loss_fold_of(const value_loss_row& r, bool seq_mean) {
+/// Row q's part of the fold (r = its result): its counts, its loss (divided by its count for
+/// seq_mean_token_mean), clip count and squared error, and whether it has an error.
+POLO_HD_INLINE value_loss_fold value_loss_fold_of(const value_loss_row& r, index_t q, bool seq_mean) {
   value_loss_fold o;
   o.tokens = r.n;
   o.sequences = r.n > 0 ? 1 : 0;
@@ -277,7 +366,7 @@ POLO_HD_INLINE value_loss_fold value_loss_fold_of(const value_loss_row& r, bool 
     o.clipped.add(r.s.clipped);
     o.sq.add(r.s.sq);
   }
-  o.first_bad = r;
+  if (r.any_bad()) o.bad_row = static_cast<long long>(q);
   return o;
 }
 
@@ -289,7 +378,7 @@ struct value_loss_fold_merge {
     a.num = merge_neumaier(a.num, b.num);
     a.clipped = merge_neumaier(a.clipped, b.clipped);
     a.sq = merge_neumaier(a.sq, b.sq);
-    if (!a.first_bad.any_bad()) a.first_bad = b.first_bad;
+    if (b.bad_row < a.bad_row) a.bad_row = b.bad_row;
     return a;
   }
 };
@@ -299,12 +388,13 @@ struct value_loss_fold_merge {
 template <class T, class L>
 __device__ void value_loss_publish(const value_loss_params<T, L>& p, const value_loss_fold& f) {
   cuda::status err = resolve_offsets(p.layout, read_offsets_check(p.check), detail::entry_value_loss);
-  if (err.code == detail::status_ok && f.first_bad.any_bad()) {
+  if (err.code == detail::status_ok && f.bad_row != LLONG_MAX) {
+    const value_loss_row bad = p.rows[f.bad_row];
     for (int k = 0; k < 3; ++k) {
-      if (f.first_bad.bad[k] != LLONG_MAX) {
+      if (bad.bad[k] != LLONG_MAX) {
         err.code = detail::status_nonfinite_arg;
         err.a = detail::arg_values + k;
-        err.index = f.first_bad.bad[k];
+        err.index = bad.bad[k];
         const auto& x = k == 0 ? p.v : (k == 1 ? p.vo : p.ret);
         err.value = double(at_flat(p.layout, x, err.index));
         break;
@@ -355,9 +445,10 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_short_rows_kern
 /// Either way a short row goes to one warp (value_loss_row_stats).
 template <bool Listed, class T, class L>
 __global__ void __launch_bounds__(value_loss_threads, 4) value_loss_rows_kernel(value_loss_params<T, L> p) {
-  __shared__ detail::shared_array<value_loss_row, value_loss_threads> sh;
+  __shared__ detail::shared_array<value_loss_part, value_loss_threads> sh;
   __shared__ int sh_first[value_loss_threads / 32];
-  block_rows<Listed>(p, [&](index_t i) { value_loss_row_stats(p, i, sh, sh_first); });
+  __shared__ unsigned long long sh_bad[3];
+  block_rows<Listed>(p, [&](index_t i) { value_loss_row_stats(p, i, sh, sh_first, sh_bad); });
 }
 
 /// The rows' results folded in a fixed tree over the row index (grid_tree_fold: 256 rows per
@@ -373,7 +464,7 @@ __global__ void __launch_bounds__(value_loss_threads) value_loss_fold_kernel(val
   const bool seq_mean = p.cfg.agg == aggregation::seq_mean_token_mean;
   value_loss_fold total;
   if (grid_tree_fold<value_loss_threads>(
-          p.layout.num_seqs(), [&](index_t q) { return value_loss_fold_of(p.rows[q], seq_mean); },
+          p.layout.num_seqs(), [&](index_t q) { return value_loss_fold_of(p.rows[q], q, seq_mean); },
           value_loss_fold_merge{}, value_loss_fold{}, p.chunks, &p.check->blocks_done, sh, &sh_last, &total) &&
       threadIdx.x == 0)
     value_loss_publish(p, total);

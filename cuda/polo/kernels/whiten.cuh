@@ -11,8 +11,8 @@
 ///                             whiten_warp_span = 1024 tokens) one warp per row, 8 rows per
 ///                             block: packed offsets, the first valid position f, and a short
 ///                             row (no valid token at or past f + 1024) reduced by the warp:
-///                             lane l takes the quads f + (u·32 + l)·4 + e in order, shifted
-///                             sums, Chan merges in a fixed warp tree; long rows listed for
+///                             lane l takes the quads f + (u·32 + l)·4 + e in order, sums
+///                             shifted by x[f], a fixed warp tree; long rows listed for
 ///                             whiten_rows_kernel. (Rows of 256 tokens at 2^23 tokens, H100:
 ///                             506 -> 215 us for whiten.)
 ///     whiten_rows_kernel      one block per row (listed rows, or every row of a batch of long
@@ -22,10 +22,12 @@
 ///                             then ONE pass over the row: thread k takes quads of 4
 ///                             consecutive positions f + (u·256 + k)·4 + e + 4096·j in order
 ///                             (4 vector loads in flight),
-///                             keeps shifted sums (x0 = its first value, Σd, Σd², d = x − x0)
-///                             and its first non-finite valid value; per-thread moments are
-///                             merged with Chan's update in a fixed tree (layout-independent:
-///                             the assignment depends only on the position relative to f).
+///                             keeps sums shifted by the row's first valid value x[f] (n, Σd,
+///                             Σd², d = x − x[f]: whiten_part) and whether a valid value was
+///                             non-finite; the threads' sums meet in a fixed tree of additions
+///                             (layout-independent: the assignment depends only on the
+///                             position relative to f), and only a row with a non-finite value
+///                             is read again for the first one (whiten_find_bad).
 ///     whiten_fold_kernel      the rows merged with Chan's update in a fixed tree over the row
 ///                             index (grid_tree_fold: 256 rows per block, then the blocks'
 ///                             results in the last block), the first error resolved (offsets,
@@ -48,6 +50,7 @@
 
 #include <climits>
 #include <cstdint>
+#include <type_traits>
 
 #include "polo/aggregation.hpp"
 #include "polo/core/backend.hpp"
@@ -92,32 +95,48 @@ struct whiten_row_merge {
   }
 };
 
-/// The running state of both row reductions: shifted sums of the valid values in position order
-/// (x0 = the first, Σd and Σd² with d = x − x0) and the first non-finite one's flat index.
-struct whiten_sums {
-  index_t n = 0;
-  double x0 = 0.0, s1 = 0.0, s2 = 0.0;
-  long long bad = LLONG_MAX;
-#if defined(__CUDACC__)
-  __device__ __forceinline__ void add(double xv, long long flat) {
-    if (!detail::is_finite(xv) && bad == LLONG_MAX) bad = flat;
-    if (n == 0) x0 = xv;
-    const double d = xv - x0;
-    s1 += d;
-    s2 += d * d;
-    ++n;
+/// A group's sums over the valid values of one row in the statistics pass, all shifted by the
+/// same value x0 (the row's first valid value): the count, Σd and Σd² with d = x − x0, in
+/// position order per thread. Plain sums, so the threads meet in a fixed tree of additions
+/// (no division per merge); the row's moments follow once (whiten_part::row). The shift is
+/// a value of the row, so Σd² − (Σd)²/n cancels only as much as the row's mean lies from it
+/// in units of its spread.
+struct whiten_part {
+  long long n = 0;
+  double s1 = 0.0, s2 = 0.0;
+  POLO_HD_INLINE whiten_part& operator+=(const whiten_part& b) {
+    n += b.n;
+    s1 += b.s1;
+    s2 += b.s2;
+    return *this;
   }
-  /// The moments of the values added, and the first non-finite one.
-  __device__ __forceinline__ whiten_row row() const {
+  /// The moments of the values summed (shift x0), and `bad`, the first non-finite one.
+  [[nodiscard]] POLO_HD_INLINE whiten_row row(double x0, long long bad) const {
     whiten_row r;
     if (n > 0) {
-      r.m.count = n;
+      r.m.count = static_cast<index_t>(n);
       r.m.mean = x0 + s1 / double(n);
       const double m2 = s2 - s1 * (s1 / double(n));
       r.m.m2 = m2 > 0.0 ? m2 : 0.0;
     }
     r.bad = bad;
     return r;
+  }
+};
+
+/// A thread's accumulator of the statistics pass: its part and whether any valid value was
+/// non-finite (the first one is found afterwards, only in a row that has one:
+/// whiten_find_bad).
+struct whiten_acc {
+  whiten_part s{};
+  bool nonfinite = false;
+#if defined(__CUDACC__)
+  template <class T>
+  __device__ __forceinline__ void add(T xv, double x0) {
+    nonfinite = nonfinite || !finite_of(xv);
+    const double d = double(xv) - x0;
+    s.s1 += d;
+    s.s2 += d * d;
   }
 #endif
 };
@@ -154,7 +173,8 @@ struct whiten_apply_params {
 
 template <class T, class L>
 __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
-                                 detail::shared_array<whiten_row, whiten_threads>& sh, int* sh_first);
+                                 detail::shared_array<whiten_part, whiten_threads>& sh, int* sh_first,
+                                 unsigned long long* sh1);
 
 template <class T, class L, class M>
 __device__ void whiten_row_warp(const whiten_stats_params<T, L>& p, index_t i, const T* xr, const M* m, index_t f,
@@ -191,17 +211,47 @@ __global__ void __launch_bounds__(whiten_threads) whiten_short_rows_kernel(white
 /// short row handed to one warp inside whiten_row_stats.
 template <bool Listed, class T, class L>
 __global__ void __launch_bounds__(whiten_threads, 4) whiten_rows_kernel(whiten_stats_params<T, L> p) {
-  __shared__ detail::shared_array<whiten_row, whiten_threads> sh;
+  __shared__ detail::shared_array<whiten_part, whiten_threads> sh;
   __shared__ int sh_first[whiten_threads / 32];
-  block_rows<Listed>(p, [&](index_t i) { whiten_row_stats(p, i, sh, sh_first); });
+  __shared__ unsigned long long sh_bad;
+  block_rows<Listed>(p, [&](index_t i) { whiten_row_stats(p, i, sh, sh_first, &sh_bad); });
+}
+
+/// Row i's first non-finite valid value (flat index; LLONG_MAX: none) over the positions
+/// [f, end), by a group of S threads (this one of rank `rank`; S = 32: a warp, S = 256: the
+/// block, with `sh1` a shared slot). Called only for a row whose pass found one: a minimum, so
+/// any assignment of positions to threads gives the same index.
+template <int S, class T, class M>
+__device__ long long whiten_find_bad(const T* xr, const M* m, index_t f, index_t end, long long flat0, int rank,
+                                     unsigned long long* sh1) {
+  long long bad = LLONG_MAX;
+  for (index_t t = f + rank; t < end; t += S) {
+    if (m != nullptr && !detail::is_valid(m[t])) continue;
+    if (!finite_of(xr[t])) {
+      bad = flat0 + static_cast<long long>(t);
+      break;
+    }
+  }
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const long long other = __shfl_xor_sync(0xffffffffu, bad, o);
+    bad = other < bad ? other : bad;
+  }
+  if constexpr (S > 32) {
+    if (threadIdx.x == 0) *sh1 = LLONG_MAX;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0 && bad != LLONG_MAX) atomicMin(sh1, static_cast<unsigned long long>(bad));
+    __syncthreads();
+    bad = static_cast<long long>(*sh1);
+  }
+  return bad;
 }
 
 /// Row i's moments and first non-finite valid value when its valid tokens all lie in [f, end)
-/// (end - f <= whiten_warp_span), by one warp -> p.rows[i]. Lane l takes the
-/// quads of positions f + (u·32 + l)·4 + e in order (u < span / 128; one vector load per quad
-/// where aligned), keeps shifted sums as the block pass does, and the lanes' moments merge with
-/// Chan's update in a fixed warp tree. Depends only on positions relative to f: packed ==
-/// padded.
+/// (end - f <= whiten_warp_span), by one warp -> p.rows[i]. Lane l takes the quads of
+/// positions f + (u·32 + l)·4 + e in order (u < span / 128; one vector load per quad where
+/// aligned), sums d = x − x[f] and d² (whiten_part), and the lanes' sums meet in a fixed warp
+/// tree. Depends only on positions relative to f: packed == padded.
 template <class T, class L, class M>
 __device__ void whiten_row_warp(const whiten_stats_params<T, L>& p, index_t i, const T* xr, const M* m, index_t f,
                                 index_t end, index_t flat0) {
@@ -211,7 +261,8 @@ __device__ void whiten_row_warp(const whiten_stats_params<T, L>& p, index_t i, c
   const int lane = int(threadIdx.x & 31);
   const bool vx = detail::is_aligned(xr + f, sizeof(T) * Q);
   const bool vm = m != nullptr && detail::is_aligned(m + f, sizeof(M) * Q);
-  whiten_sums acc;
+  const double x0 = f < end ? double(xr[f]) : 0.0;  // the shift: the row's first valid value
+  whiten_acc acc;
 #pragma unroll 1
   for (int r = 0; r < rounds; ++r) {
     if (f + index_t(r * U) * 32 * Q >= end) break;  // warp-uniform
@@ -223,31 +274,43 @@ __device__ void whiten_row_warp(const whiten_stats_params<T, L>& p, index_t i, c
       load_quad<Q>(xr, pos, end, vx, v[u]);
       if (m != nullptr) load_quad<Q>(m, pos, end, vm, mk[u]);
     }
+    int n = 0;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      const index_t pos = f + (index_t(r * U + u) * 32 + lane) * Q;
 #pragma unroll
       for (int e = 0; e < Q; ++e) {
-        const index_t pos = f + (index_t(r * U + u) * 32 + lane) * Q + e;
-        if (pos >= end || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
-        acc.add(double(v[u][e]), static_cast<long long>(flat0 + pos));
+        if (pos + e >= end || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
+        acc.add(v[u][e], x0);
+        ++n;
       }
     }
+    acc.s.n += n;
   }
-  const whiten_row row = warp_tree_fold(acc.row(), whiten_row_merge{});
-  if (lane == 0) p.rows[i] = row;
+  long long bad = LLONG_MAX;
+  if (__any_sync(0xffffffffu, acc.nonfinite))
+    bad = whiten_find_bad<32>(xr, m, f, end, static_cast<long long>(flat0), lane, nullptr);
+  const whiten_part total = warp_tree_fold(acc.s, [](whiten_part a, const whiten_part& b) { return a += b; });
+  if (lane == 0) p.rows[i] = total.row(x0, bad);
 }
 
-/// Row i's moments and first non-finite value (the whole block) -> p.rows[i].
+/// Row i's moments and first non-finite value (the whole block) -> p.rows[i]: sums shifted by
+/// the row's first valid value (whiten_part) in a fixed block tree. Steps that lie wholly
+/// inside the row take no per-token bounds test, and whether a valid token lies at or past
+/// f + whiten_warp_span is known from its quad (the span is one quad per thread).
 template <class T, class L>
 __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
-                                 detail::shared_array<whiten_row, whiten_threads>& sh, int* sh_first) {
+                                 detail::shared_array<whiten_part, whiten_threads>& sh, int* sh_first,
+                                 unsigned long long* sh1) {
   const int tid = threadIdx.x;
   const index_t len = p.layout.row_len(i);
   const T* xr = p.layout.row_ptr(p.x, i);
   const auto* m = p.layout.mask_row(i);
   using M = typename L::mask_type;
-  constexpr int Q = whiten_quad, U = whiten_unroll;
-  constexpr index_t step = index_t(whiten_threads) * Q * U;
+  constexpr int Q = whiten_quad, U = whiten_unroll, NT = whiten_threads;
+  constexpr index_t step = index_t(NT) * Q * U;
+  constexpr index_t W = whiten_warp_span;
+  static_assert(W == index_t(NT) * Q, "whiten_row_stats: the warp span is the first quad of each thread");
   T v[U][Q];
   M mk[U][Q];
   auto load = [&](index_t c) {
@@ -255,30 +318,42 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
     const bool vm = m != nullptr && detail::is_aligned(m + c, sizeof(M) * Q);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const index_t pos = c + (index_t(u) * whiten_threads + tid) * Q;
+      const index_t pos = c + (index_t(u) * NT + tid) * Q;
       load_quad<Q>(xr, pos, len, vx, v[u]);  // masked positions too: the load overlaps the mask's
       if (m != nullptr) load_quad<Q>(m, pos, len, vm, mk[u]);
     }
   };
   if (len > 0) load(0);  // speculative: most rows start with a valid token (f == 0)
-  const index_t f = m == nullptr ? 0 : row_first_valid<whiten_threads>(
+  const index_t f = m == nullptr ? 0 : row_first_valid<NT>(
                                            len, [&](index_t t) { return detail::is_valid(m[t]); }, sh_first);
   const index_t flat0 = static_cast<index_t>(detail::flat_index(p.layout, i, 0));
-  whiten_sums acc;
-  constexpr index_t W = whiten_warp_span;
+  const double x0 = f < len ? double(xr[f]) : 0.0;  // the shift: the row's first valid value
+  whiten_acc acc;
   bool far = false;  // a valid token at or past f + W: a long row (whiten_short_rows_kernel's test)
-  for (index_t c = f; c < len; c += step) {
-    if (c != 0) load(c);
+  // The valid values of one step (bounds tested per token only in the row's last step).
+  auto sums = [&](index_t c, auto whole) {
+    constexpr bool Whole = decltype(whole)::value;
+    const bool later = c != f;  // every position of a later step lies at or past f + W
+    int n = 0;
 #pragma unroll
     for (int u = 0; u < U; ++u) {
+      const index_t pos = c + (index_t(u) * NT + tid) * Q;
 #pragma unroll
       for (int e = 0; e < Q; ++e) {
-        const index_t pos = c + (index_t(u) * whiten_threads + tid) * Q + e;
-        if (pos >= len || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
-        acc.add(double(v[u][e]), static_cast<long long>(flat0 + pos));
-        far = far || pos >= f + W;
+        if (!Whole && pos + e >= len) continue;
+        if (m != nullptr && !detail::is_valid(mk[u][e])) continue;
+        acc.add(v[u][e], x0);
+        ++n;
+        if (u > 0) far = true;
+        else far = far || later;
       }
     }
+    acc.s.n += n;
+  };
+  for (index_t c = f; c < len; c += step) {
+    if (c != 0) load(c);
+    if (c + step <= len) sums(c, std::true_type{});
+    else sums(c, std::false_type{});
   }
   allow_dependent_launch();  // this block's loads are done: the apply kernel may be scheduled
   // A short row (no valid token at or past f + W, the same test in both layouts) is reduced by
@@ -288,8 +363,12 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
     if (tid < 32) whiten_row_warp(p, i, xr, m, f, len < f + W ? len : f + W, flat0);
     return;
   }
-  const whiten_row total = block_tree_fold<whiten_threads>(acc.row(), whiten_row_merge{}, sh);
-  if (tid == 0) p.rows[i] = total;
+  long long bad = LLONG_MAX;
+  if (__syncthreads_or(acc.nonfinite ? 1 : 0) != 0)
+    bad = whiten_find_bad<NT>(xr, m, f, len, static_cast<long long>(flat0), tid, sh1);
+  const whiten_part total =
+      block_tree_fold<NT>(acc.s, [](whiten_part a, const whiten_part& b) { return a += b; }, sh);
+  if (tid == 0) p.rows[i] = total.row(x0, bad);
 }
 
 /// From the merge of every row: the first error resolved (offsets, non-finite, degenerate),
