@@ -175,6 +175,47 @@ __device__ __forceinline__ bool finite_of(T x) {
     return ::fabsf(static_cast<float>(x)) <= 3.40282347e38f;
 }
 
+/// The unsigned integer of X's size (1, 2, 4 or 8 bytes), for the cache-hinted loads and
+/// stores below (CUDA's __ldcs / __stcs have no overload for every element type, e.g. bool).
+template <class X>
+using bits_of = std::conditional_t<
+    sizeof(X) == 1, unsigned char,
+    std::conditional_t<sizeof(X) == 2, unsigned short,
+                       std::conditional_t<sizeof(X) == 4, unsigned int, unsigned long long>>>;
+
+/// *p loaded evict-first (`ld.global.cs`): for a value the call reads for the last time, so
+/// that it does not push out of L2 the inputs still to be read again. Any trivially copyable
+/// type of 1, 2, 4 or 8 bytes.
+template <class X>
+__device__ __forceinline__ X load_last_use(const X* p) {
+  static_assert(std::is_trivially_copyable_v<X> && (sizeof(X) == 1 || sizeof(X) == 2 || sizeof(X) == 4 ||
+                                                    sizeof(X) == 8),
+                "load_last_use: a trivially copyable type of 1, 2, 4 or 8 bytes");
+  if constexpr (std::is_arithmetic_v<X> && !std::is_same_v<X, bool>) {
+    return __ldcs(p);
+  } else {
+    const bits_of<X> u = __ldcs(reinterpret_cast<const bits_of<X>*>(p));
+    X x;
+    memcpy(&x, &u, sizeof(X));
+    return x;
+  }
+}
+
+/// *p = x stored evict-first (`st.global.cs`): an output the call does not read again.
+template <class X>
+__device__ __forceinline__ void store_streaming(X* p, const X& x) {
+  static_assert(std::is_trivially_copyable_v<X> && (sizeof(X) == 1 || sizeof(X) == 2 || sizeof(X) == 4 ||
+                                                    sizeof(X) == 8),
+                "store_streaming: a trivially copyable type of 1, 2, 4 or 8 bytes");
+  if constexpr (std::is_arithmetic_v<X> && !std::is_same_v<X, bool>) {
+    __stcs(p, x);
+  } else {
+    bits_of<X> u;
+    memcpy(&u, &x, sizeof(X));
+    __stcs(reinterpret_cast<bits_of<X>*>(p), u);
+  }
+}
+
 /// Q consecutive elements, aligned for one vector load.
 template <int Q, class T>
 struct alignas(sizeof(T) * Q) quad_of {

@@ -486,7 +486,8 @@ cudaError_t launch_value_loss_stats(const value_loss_params<T, L>& p, cudaStream
 /// `rank`): grad = coef · w_i · dL/dv at valid positions, 0 at masked ones, U positions in
 /// flight per thread. Wait: the caller has not waited for the statistics yet (padded rows):
 /// the first positions are loaded, then grid_dependency_wait, and nothing is written if the
-/// statistics' error is set.
+/// statistics' error is set. Inputs are loaded and the gradient stored evict-first
+/// (load_last_use, store_streaming: the call's last use of each).
 template <int S, bool Wait, class T, class L>
 __device__ __forceinline__ void value_loss_grad_range(const value_loss_params<T, L>& p, index_t i, index_t lo,
                                                       index_t hi, int rank) {
@@ -505,10 +506,10 @@ __device__ __forceinline__ void value_loss_grad_range(const value_loss_params<T,
     for (int u = 0; u < U; ++u) {
       const index_t t = c + index_t(u) * S;
       const bool in = t < hi;
-      v[u] = in ? vr[t] : T(0);
-      rt[u] = in ? rr[t] : T(0);
-      vo[u] = in && clipping ? vor[t] : v[u];
-      ok[u] = in && (m == nullptr || detail::is_valid(m[t]));
+      v[u] = in ? load_last_use(vr + t) : T(0);
+      rt[u] = in ? load_last_use(rr + t) : T(0);
+      vo[u] = in && clipping ? load_last_use(vor + t) : v[u];
+      ok[u] = in && (m == nullptr || detail::is_valid(load_last_use(m + t)));
     }
   };
   index_t c = lo + rank;
@@ -525,11 +526,11 @@ __device__ __forceinline__ void value_loss_grad_range(const value_loss_params<T,
       const index_t t = c + index_t(u) * S;
       if (t >= hi) continue;
       if (!ok[u]) {
-        g[t] = T(0);
+        store_streaming(g + t, T(0));
         continue;
       }
       const detail::value_term term = detail::value_loss_term<T>(v[u], vo[u], rt[u], p.cfg.clip, cr);
-      g[t] = T(w * term.grad);
+      store_streaming(g + t, T(w * term.grad));
     }
   }
 }

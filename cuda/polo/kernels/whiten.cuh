@@ -440,7 +440,9 @@ cudaError_t launch_whiten_stats(const whiten_stats_params<T, L>& p, cudaStream_t
 /// of S threads, this one of rank `rank`: out = whiten_token(valid, x, μ, 1/D), U positions in
 /// flight per thread. Loads the first positions, then waits for the preceding kernel
 /// (grid_dependency_wait: the inputs are never written by it) and writes nothing if the slot's
-/// error is set.
+/// error is set. Inputs are loaded and outputs stored evict-first (load_last_use,
+/// store_streaming: neither pushes out of L2 the inputs still to be read; H100, 1024 x 8192:
+/// 61.2 -> 59.0 us, 256 x 32768 67.7 -> 62.9).
 template <int S, class T, class L, class M>
 __device__ __forceinline__ void whiten_apply_range(const whiten_apply_params<T, L>& p, const T* xr, T* o, const M* m,
                                                    index_t lo, index_t hi, int rank) {
@@ -451,8 +453,8 @@ __device__ __forceinline__ void whiten_apply_range(const whiten_apply_params<T, 
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t t = c + index_t(u) * S;
-      v[u] = t < hi ? xr[t] : T(0);
-      ok[u] = t < hi && (m == nullptr || detail::is_valid(m[t]));
+      v[u] = t < hi ? load_last_use(xr + t) : T(0);
+      ok[u] = t < hi && (m == nullptr || detail::is_valid(load_last_use(m + t)));
     }
   };
   index_t c = lo + rank;
@@ -468,7 +470,7 @@ __device__ __forceinline__ void whiten_apply_range(const whiten_apply_params<T, 
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t t = c + index_t(u) * S;
-      if (t < hi) o[t] = static_cast<T>(detail::whiten_token(ok[u], double(v[u]), w, p.cfg));
+      if (t < hi) store_streaming(o + t, static_cast<T>(detail::whiten_token(ok[u], double(v[u]), w, p.cfg)));
     }
   }
 }
