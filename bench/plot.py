@@ -9,8 +9,9 @@
                measured on the GPU, dashed, and on the CPU, dotted)
   seqlen.png   the same against the sequence length T at 2^22 tokens
   summary.md   the tables printed here: a compact table for the README (the largest headline
-               size), polo against PyTorch at the headline sizes (512 x 4096, 1024 x 8192),
-               and one GRPO step against one PPO step in time and memory
+               size), the primitives' own benchmarks (asynchronous, each beside the copy floor
+               its binary measured), polo against PyTorch at the headline sizes (512 x 4096,
+               1024 x 8192), and one GRPO step against one PPO step in time and memory
 
 Inputs in the folder: torch_baseline.json (bench/torch_baseline.py), the Google Benchmark JSON
 files of polo's benchmarks (any *.json with a "benchmarks" list; the records of
@@ -226,6 +227,53 @@ def readme_table(tab, sizes, copy_bps, bytes_per_token, bytes_per_seq):
         notes.append(txt + ".")
     return (B, T), header, rows, notes
 
+# The primitives' own benchmarks (bench/<primitive>_bench.cu): the asynchronous call (no host
+# synchronization, warm L2) of each at B x T, and the copy floor of its bytes measured by the same
+# binary (BM_CopyFloor_<bytes>). Names: (JSON file, benchmark, floor benchmark, what it runs).
+OWN_BENCHES = [
+    ("group_advantages", "advantages_bench_cuda.json", "BM_GroupAdvantagesTokens_cuda/{B}/{T}/1",
+     "BM_CopyFloor_advantage_bytes/{B}/{T}", "G = 16, token broadcast"),
+    ("policy_loss", "policy_loss_bench_cuda.json", "BM_PolicyLossKl_cuda/{B}/{T}/1",
+     "BM_CopyFloor_policy_loss_bytes/{B}/{T}", "dual clip + k3 KL, nonfinite = error"),
+    ("policy_loss", "policy_loss_bench_cuda.json", "BM_PolicyLossKlSkip_cuda/{B}/{T}/1",
+     "BM_CopyFloor_policy_loss_bytes/{B}/{T}", "the same, nonfinite = skip"),
+    ("gae", "gae_bench_cuda.json", "BM_Gae_cuda/{B}/{T}/1", "BM_CopyFloor_gae_bytes/{B}/{T}", "defaults"),
+    ("whiten", "whiten_bench_cuda.json", "BM_Whiten_cuda/{B}/{T}/1", "BM_CopyFloor_whiten_bytes/{B}/{T}",
+     "moments + write"),
+    ("masked_moments", "whiten_bench_cuda.json", "BM_MaskedMoments_cuda/{B}/{T}/1",
+     "BM_CopyFloor_moments_bytes/{B}/{T}", "moments only"),
+    ("value_loss", "value_loss_bench_cuda.json", "BM_ValueLoss_cuda/{B}/{T}/1/1",
+     "BM_CopyFloor_value_loss_bytes/{B}/{T}", "clipped, loss + gradient"),
+]
+
+
+def own_table(folder, sizes):
+    """Rows of the primitives' own asynchronous benchmarks at each headline size: time, the copy
+    floor its binary measured, and the ratio."""
+    docs, rows = {}, []
+    for prim, fname, name, floor, what in OWN_BENCHES:
+        if fname not in docs:
+            doc = load_json(os.path.join(folder, fname))
+            docs[fname] = {}
+            if isinstance(doc, dict):
+                for b in doc.get("benchmarks", []):
+                    if b.get("run_type") == "aggregate" or b.get("error_occurred"):
+                        continue
+                    key = b.get("run_name", b.get("name", "")).replace("/manual_time", "")
+                    docs[fname][key] = float(b["real_time"]) * time_unit_seconds(b.get("time_unit", "ns"))
+        got = docs[fname]
+        cells = [f"`{prim}`", what]
+        found = False
+        for B, T in sizes:
+            t, f = got.get(name.format(B=B, T=T)), got.get(floor.format(B=B, T=T))
+            found = found or t is not None
+            cells.append(f"{fmt_time(t)} ({fmt_ratio(t / f)})" if t and f else fmt_time(t))
+        if found:
+            rows.append(cells)
+    header = ["primitive", "what"] + [f"{B} x {T} (x floor)" for B, T in sizes]
+    return header, rows
+
+
 def step_table(tab, sizes):
     header = ["B x T", "implementation", "GRPO step", "PPO step", "PPO/GRPO time", "GRPO memory", "PPO memory",
               "PPO/GRPO memory"]
@@ -364,6 +412,12 @@ def main(argv):
         for n in notes:
             print(n)
         print()
+    h3, r3 = own_table(folder, sizes)
+    if r3:
+        print("The primitives' own benchmarks (asynchronous, warm L2; x floor: over the copy of the same bytes "
+              "in the same binary):")
+        print(plain(h3, r3))
+        print()
     print("Per primitive (median; ratio = PyTorch time / polo time, above 1 polo is faster):")
     print(plain(h1, r1))
     print()
@@ -380,6 +434,13 @@ def main(argv):
                "time over polo CUDA's (above 1, polo is faster). Steps: the RL math of one step "
                "(docs/benchmarks.md).", "", markdown(h0, r0), ""]
         md += [f"- {n}" for n in notes] + ([""] if notes else [])
+    if r3:
+        md += ["## The primitives' own benchmarks", "",
+               "Each primitive's own benchmark binary (bench/<primitive>_bench.cu), asynchronous mode: no host "
+               "synchronization (the statistics stay on the device), inputs warm in L2, Google Benchmark's "
+               "time per call; `x floor` is that time over a copy of the primitive's bytes measured by the "
+               "same binary. The table above times the same primitives the suite's way (a host "
+               "synchronization per call, L2 flushed before each).", "", markdown(h3, r3), ""]
     md += ["## Per primitive", "",
            "Median times; `eager/polo` is PyTorch eager's time over polo's (above 1, polo is faster); "
            "`x floor` is polo's time over the memory floor measured in the same binary; `CPU x copy` "
