@@ -216,6 +216,30 @@ __device__ __forceinline__ void store_streaming(X* p, const X& x) {
   }
 }
 
+/// The minimum over a group of S threads (S = 32: a warp; S = 256: the block, which then
+/// needs `sh`, N shared slots) of each of N indices (LLONG_MAX: none), returned to every
+/// thread: the first non-finite value of a row, whichever thread found it. Call from the
+/// whole group.
+template <int S, int N>
+__device__ void group_min_index(long long (&x)[N], unsigned long long* sh) {
+  for (int k = 0; k < N; ++k)
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      const long long other = __shfl_xor_sync(0xffffffffu, x[k], o);
+      x[k] = other < x[k] ? other : x[k];
+    }
+  if constexpr (S > 32) {
+    if (threadIdx.x == 0)
+      for (int k = 0; k < N; ++k) sh[k] = LLONG_MAX;
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0)
+      for (int k = 0; k < N; ++k)
+        if (x[k] != LLONG_MAX) atomicMin(&sh[k], static_cast<unsigned long long>(x[k]));
+    __syncthreads();
+    for (int k = 0; k < N; ++k) x[k] = static_cast<long long>(sh[k]);
+  }
+}
+
 /// Q consecutive elements, aligned for one vector load.
 template <int Q, class T>
 struct alignas(sizeof(T) * Q) quad_of {
@@ -234,6 +258,30 @@ __device__ __forceinline__ void load_quad(const T* base, index_t pos, index_t le
   } else {
 #pragma unroll
     for (int e = 0; e < Q; ++e) out[e] = pos + e < len ? base[pos + e] : T(0);
+  }
+}
+
+/// The valid positions of one step of a block-per-row pass (thread `tid` of NT, U quads of Q
+/// positions c + (u·NT + tid)·Q + e, their mask `mk` loaded by the caller; `m` null: no mask):
+/// calls add(u, e) for each, in that order, testing the bound len only when !Whole (a step
+/// that lies wholly inside the row needs none). Sets `far` when one of them lies at or past
+/// f + NT·Q, the one-warp span of whiten and value_loss: in the row's first step (c == f) the
+/// first quad of each thread lies below it, every other position at or past it.
+template <int NT, int Q, int U, bool Whole, class M, class Add>
+__device__ __forceinline__ void step_valid(index_t c, index_t f, index_t len, int tid, const M* m,
+                                           const M (&mk)[U][Q], bool& far, Add&& add) {
+  const bool later = c != f;
+#pragma unroll
+  for (int u = 0; u < U; ++u) {
+    const index_t pos = c + (index_t(u) * NT + tid) * Q;
+#pragma unroll
+    for (int e = 0; e < Q; ++e) {
+      if (!Whole && pos + e >= len) continue;
+      if (m != nullptr && !detail::is_valid(mk[u][e])) continue;
+      add(u, e);
+      if (u > 0) far = true;
+      else far = far || later;
+    }
   }
 }
 

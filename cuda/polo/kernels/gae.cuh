@@ -363,7 +363,9 @@ __device__ __forceinline__ bool locate_chunk(const L& layout, const chunk_table&
 /// row's last chunk). The row's first valid position is loaded once (locate_chunk, the
 /// leading-chunk count and the span each loaded it and turned it into chunk counts: H100
 /// source counters put about a third of the apply pass's instructions per thread there,
-/// after-d13dbb8/).
+/// after-d13dbb8/). Its row lookup repeats locate_chunk's on purpose: a helper shared by both
+/// (0ab986a) made the compiler materialize its result, 16-40 more instructions and 32 bytes
+/// more stack per scan kernel (after-b1ec916/ call 8); keep the two in step.
 struct chunk_place {
   index_t i = 0, j = 0, nlead = 0, t0 = 0, n = 0;
 };

@@ -191,22 +191,7 @@ __device__ void value_loss_find_bad(const value_loss_params<T, L>& p, index_t i,
     if (clipping && bad[1] == LLONG_MAX && !finite_of(vor[t])) bad[1] = at;
     if (bad[2] == LLONG_MAX && !finite_of(rr[t])) bad[2] = at;
   }
-  for (int k = 0; k < 3; ++k)
-#pragma unroll
-    for (int o = 16; o > 0; o >>= 1) {
-      const long long other = __shfl_xor_sync(0xffffffffu, bad[k], o);
-      bad[k] = other < bad[k] ? other : bad[k];
-    }
-  if constexpr (S > 32) {
-    if (threadIdx.x == 0)
-      for (int k = 0; k < 3; ++k) sh3[k] = LLONG_MAX;
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0)
-      for (int k = 0; k < 3; ++k)
-        if (bad[k] != LLONG_MAX) atomicMin(&sh3[k], static_cast<unsigned long long>(bad[k]));
-    __syncthreads();
-    for (int k = 0; k < 3; ++k) bad[k] = static_cast<long long>(sh3[k]);
-  }
+  group_min_index<S>(bad, sh3);
 }
 
 /// Row i's sums, count and first non-finite values when its valid tokens all lie in [f, end)
@@ -312,21 +297,10 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
   value_loss_acc acc;
   // The valid tokens of one step (bounds tested per token only in the row's last step).
   auto sums = [&](index_t c, auto whole) {
-    constexpr bool Whole = decltype(whole)::value;
-    const bool later = c != f;  // every position of a later step lies at or past f + W
     int n = 0, clipped = 0;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const index_t pos = c + (index_t(u) * NT + tid) * Q;
-#pragma unroll
-      for (int e = 0; e < Q; ++e) {
-        if (!Whole && pos + e >= len) continue;
-        if (m != nullptr && !detail::is_valid(mk[u][e])) continue;
-        acc.add<T>(p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e], n, clipped);
-        if (u > 0) far = true;
-        else far = far || later;
-      }
-    }
+    step_valid<NT, Q, U, decltype(whole)::value>(c, f, len, tid, m, mk, far, [&](int u, int e) {
+      acc.add<T>(p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e], n, clipped);
+    });
     acc.s.n += n;
     acc.s.clipped += clipped;
   };

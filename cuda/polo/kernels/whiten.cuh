@@ -224,27 +224,16 @@ __global__ void __launch_bounds__(whiten_threads, 4) whiten_rows_kernel(whiten_s
 template <int S, class T, class M>
 __device__ long long whiten_find_bad(const T* xr, const M* m, index_t f, index_t end, long long flat0, int rank,
                                      unsigned long long* sh1) {
-  long long bad = LLONG_MAX;
+  long long bad[1] = {LLONG_MAX};
   for (index_t t = f + rank; t < end; t += S) {
     if (m != nullptr && !detail::is_valid(m[t])) continue;
     if (!finite_of(xr[t])) {
-      bad = flat0 + static_cast<long long>(t);
+      bad[0] = flat0 + static_cast<long long>(t);
       break;
     }
   }
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const long long other = __shfl_xor_sync(0xffffffffu, bad, o);
-    bad = other < bad ? other : bad;
-  }
-  if constexpr (S > 32) {
-    if (threadIdx.x == 0) *sh1 = LLONG_MAX;
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0 && bad != LLONG_MAX) atomicMin(sh1, static_cast<unsigned long long>(bad));
-    __syncthreads();
-    bad = static_cast<long long>(*sh1);
-  }
-  return bad;
+  group_min_index<S>(bad, sh1);
+  return bad[0];
 }
 
 /// Row i's moments and first non-finite valid value when its valid tokens all lie in [f, end)
@@ -332,22 +321,11 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
   bool far = false;  // a valid token at or past f + W: a long row (whiten_short_rows_kernel's test)
   // The valid values of one step (bounds tested per token only in the row's last step).
   auto sums = [&](index_t c, auto whole) {
-    constexpr bool Whole = decltype(whole)::value;
-    const bool later = c != f;  // every position of a later step lies at or past f + W
     int n = 0;
-#pragma unroll
-    for (int u = 0; u < U; ++u) {
-      const index_t pos = c + (index_t(u) * NT + tid) * Q;
-#pragma unroll
-      for (int e = 0; e < Q; ++e) {
-        if (!Whole && pos + e >= len) continue;
-        if (m != nullptr && !detail::is_valid(mk[u][e])) continue;
-        acc.add(v[u][e], x0);
-        ++n;
-        if (u > 0) far = true;
-        else far = far || later;
-      }
-    }
+    step_valid<NT, Q, U, decltype(whole)::value>(c, f, len, tid, m, mk, far, [&](int u, int e) {
+      acc.add(v[u][e], x0);
+      ++n;
+    });
     acc.s.n += n;
   };
   for (index_t c = f; c < len; c += step) {
