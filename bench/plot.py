@@ -437,10 +437,11 @@ def main(argv):
     if r3:
         md += ["## The primitives' own benchmarks", "",
                "Each primitive's own benchmark binary (bench/<primitive>_bench.cu), asynchronous mode: no host "
-               "synchronization (the statistics stay on the device), inputs warm in L2, Google Benchmark's "
-               "time per call; `x floor` is that time over a copy of the primitive's bytes measured by the "
-               "same binary. The table above times the same primitives the suite's way (a host "
-               "synchronization per call, L2 flushed before each).", "", markdown(h3, r3), ""]
+               "synchronization (the statistics stay on the device), Google Benchmark's time per call (the "
+               "L2 flushed before each, outside the timed region); `x floor` is that time over a copy of the "
+               "primitive's bytes measured by the same binary. The table above times the same primitives "
+               "the suite's way (a host synchronization per call, the L2 flushed before each too).", "",
+               markdown(h3, r3), ""]
     md += ["## Per primitive", "",
            "Median times; `eager/polo` is PyTorch eager's time over polo's (above 1, polo is faster); "
            "`x floor` is polo's time over the memory floor measured in the same binary; `CPU x copy` "

@@ -261,27 +261,67 @@ __device__ __forceinline__ void load_quad(const T* base, index_t pos, index_t le
   }
 }
 
-/// The valid positions of one step of a block-per-row pass (thread `tid` of NT, U quads of Q
-/// positions c + (u·NT + tid)·Q + e, their mask `mk` loaded by the caller; `m` null: no mask):
-/// calls add(u, e) for each, in that order, testing the bound len only when !Whole (a step
-/// that lies wholly inside the row needs none). Sets `far` when one of them lies at or past
-/// f + NT·Q, the one-warp span of whiten and value_loss: in the row's first step (c == f) the
-/// first quad of each thread lies below it, every other position at or past it.
+/// The mask entries of a quad of Q consecutive positions, as a row pass keeps them between
+/// its loads and its sums: the Q elements (any mask type), or for a 1-byte integral or bool
+/// mask and Q = 4 one 32-bit word (one register instead of four, which lets a pass keep the
+/// next step's loads in flight while it sums the current one). valid(e): is_valid of entry e.
+template <class M, int Q>
+struct mask_quad {
+  M x[Q];
+  [[nodiscard]] POLO_HD_INLINE bool valid(int e) const { return detail::is_valid(x[e]); }
+};
+template <class M>
+  requires(sizeof(M) == 1 && (std::is_integral_v<M> || std::is_same_v<M, bool>))
+struct mask_quad<M, 4> {
+  unsigned w;
+  [[nodiscard]] POLO_HD_INLINE bool valid(int e) const { return (w & (0xffu << (8 * e))) != 0u; }
+};
+
+/// The mask entries base[pos .. pos+Q) (0 past len) into a mask_quad: one vector load when
+/// `vec` (base + pos aligned to Q elements) and the quad is whole, else element by element.
+template <int Q, class M>
+__device__ __forceinline__ void load_mask_quad(const M* base, index_t pos, index_t len, bool vec, mask_quad<M, Q>& out) {
+  if constexpr (requires { out.w; }) {
+    if (vec && pos + Q <= len) {
+      out.w = *reinterpret_cast<const unsigned*>(base + pos);
+    } else {
+      unsigned w = 0;
+#pragma unroll
+      for (int e = 0; e < Q; ++e)
+        if (pos + e < len) w |= unsigned(*reinterpret_cast<const unsigned char*>(base + pos + e)) << (8 * e);
+      out.w = w;
+    }
+  } else {
+    load_quad<Q>(base, pos, len, vec, out.x);
+  }
+}
+
+/// Every position of one step of a block-per-row pass (thread `tid` of NT, U quads of Q
+/// positions c + (u·NT + tid)·Q + e, their mask `mk` loaded by the caller with
+/// load_mask_quad; `m` null: no mask),
+/// in increasing order: calls add(u, e, ok) for each, with ok = the position is valid (inside
+/// the row, tested only when !Whole: a step that lies wholly inside the row needs no bound, and
+/// its mask says valid). `add` folds a position that is not ok as a neutral value, without a
+/// branch: the per-token work has no divergence to reconverge (H100, whiten's statistics:
+/// about 18 instructions per token with a branch per position, ~10 without). Sets `far` when a
+/// valid position lies at or past f + NT·Q, the one-warp span of whiten and value_loss: in the
+/// row's first step (c == f) the first quad of each thread lies below it, every other position
+/// at or past it.
 template <int NT, int Q, int U, bool Whole, class M, class Add>
-__device__ __forceinline__ void step_valid(index_t c, index_t f, index_t len, int tid, const M* m,
-                                           const M (&mk)[U][Q], bool& far, Add&& add) {
+__device__ __forceinline__ void step_each(index_t c, index_t f, index_t len, int tid, const M* m,
+                                          const mask_quad<M, Q> (&mk)[U], bool& far, Add&& add) {
   const bool later = c != f;
 #pragma unroll
   for (int u = 0; u < U; ++u) {
     const index_t pos = c + (index_t(u) * NT + tid) * Q;
+    bool any = false;
 #pragma unroll
     for (int e = 0; e < Q; ++e) {
-      if (!Whole && pos + e >= len) continue;
-      if (m != nullptr && !detail::is_valid(mk[u][e])) continue;
-      add(u, e);
-      if (u > 0) far = true;
-      else far = far || later;
+      const bool ok = (Whole || pos + e < len) && (m == nullptr || mk[u].valid(e));
+      add(u, e, ok);
+      any = any || ok;
     }
+    if (u > 0 || later) far = far || any;
   }
 }
 
@@ -520,6 +560,19 @@ __device__ cuda::status resolve_offsets(const L& layout, const offsets_check& ch
     }
   }
   return s;
+}
+
+/// resolve_offsets of the check at `chk`, read only for a packed layout (a padded one has no
+/// offsets: no atomics on the fold's last thread's path). One thread.
+template <class L>
+__device__ cuda::status resolve_offsets(const L& layout, offsets_check* chk, int entry) {
+  if constexpr (L::is_packed) {
+    return resolve_offsets(layout, read_offsets_check(chk), entry);
+  } else {
+    cuda::status s;
+    s.entry = entry;
+    return s;
+  }
 }
 
 /// Programmatic dependent launch (sm_90+): a write kernel that follows a statistics kernel on

@@ -20,9 +20,11 @@
 ///                                 f = 0), then one pass: thread k takes quads of 4
 ///                                 consecutive positions f + (u·256 + k)·4 + e + 2048·j in
 ///                                 order (vector loads, 2 quads of each input in flight), sums
-///                                 L, (v − R)² in double and the valid and clipped counts; the
-///                                 threads' sums meet in a fixed tree. A thread only notes that
-///                                 a valid input was non-finite: the first of each input is
+///                                 L, (v − R)² in double and the valid and clipped counts,
+///                                 every position folded without a branch (one not valid adds
+///                                 an exact 0: step_each); the threads' sums meet in a fixed
+///                                 tree. A non-finite valid input shows in the sums (v_old
+///                                 tested per token when clipping): the first of each input is
 ///                                 found by reading that row again (value_loss_find_bad), off
 ///                                 the per-token path. A row whose valid tokens all lie within
 ///                                 1024 positions of f is handed to one warp
@@ -88,7 +90,10 @@ struct value_loss_row {
 inline constexpr int value_loss_unroll = 4;  ///< positions in flight per thread (gradient pass)
 inline constexpr int value_loss_quad = 4;    ///< consecutive positions per load (statistics pass)
 inline constexpr int value_loss_stats_unroll = 2;  ///< quads in flight per thread (statistics pass)
-inline constexpr int value_loss_warp_unroll = 4;   ///< quads in flight per lane (one-warp rows)
+/// Quads in flight per lane in one-warp rows: a round covers 256 positions, so a row of 256
+/// does no work past its end (every position is folded without a branch; with 4 quads per
+/// round rows of 256 took 152 instead of 112 us at 2^23 tokens on an H100).
+inline constexpr int value_loss_warp_unroll = 2;
 /// Rows of at most this many positions are reduced by one warp (value_loss_short_rows_kernel,
 /// 8 rows per block), and so is any row whose valid tokens all lie within this many positions
 /// of its first (value_loss_rows_kernel hands it over): the path depends on the valid tokens only.
@@ -140,21 +145,30 @@ POLO_HD_INLINE value_loss_part merge_parts(value_loss_part a, const value_loss_p
   return a;
 }
 
-/// A thread's accumulator of the statistics pass (see value_loss_part).
+/// A thread's accumulator of the statistics pass (see value_loss_part). Every position of its
+/// quads is folded without a branch (add_if: a position that is not valid enters as v = v_old
+/// = R = 0, whose term is exactly 0 and not clipped, even where its values are NaN), and
+/// whether a valid input was non-finite is read once, at the end (nonfinite): (v − R)² in
+/// double is non-finite when v or R is (for double inputs also on an overflow, and the row is
+/// then read again for nothing: value_loss_find_bad finds no index), and v_old, which a NaN
+/// could leave out of the loss, is tested per token when clipping.
 struct value_loss_acc {
   value_loss_part s{};
-  bool nonfinite = false;
+  bool old_nonfinite = false;
 #if defined(__CUDACC__)
-  /// One valid token: the non-finite flag (v, R, and v_old when clipping), the terms.
   template <class T>
-  __device__ __forceinline__ void add(const value_loss_config& cfg, bool clipping, T cr, T v, T old, T rt, int& n,
-                                      int& clipped) {
-    nonfinite = nonfinite || !finite_of(v) || !finite_of(rt) || (clipping && !finite_of(old));
-    const detail::value_term term = detail::value_loss_term<T>(v, old, rt, cfg.clip, cr);
+  __device__ __forceinline__ void add_if(bool ok, const value_loss_config& cfg, bool clipping, T cr, T v, T old, T rt,
+                                         int& n, int& clipped) {
+    const T vz = ok ? v : T(0), oz = ok ? old : T(0), rz = ok ? rt : T(0);
+    if (clipping) old_nonfinite = old_nonfinite || !finite_of(oz);
+    const detail::value_term term = detail::value_loss_term<T>(vz, oz, rz, cfg.clip, cr);
     s.loss += term.loss;
     s.sq += term.sq;
     clipped += term.clipped ? 1 : 0;
-    ++n;
+    n += ok ? 1 : 0;
+  }
+  [[nodiscard]] __device__ __forceinline__ bool nonfinite() const {
+    return old_nonfinite || !isfinite(s.sq) || !isfinite(s.loss);
   }
 #endif
 };
@@ -235,16 +249,15 @@ __device__ void value_loss_row_warp(const value_loss_params<T, L>& p, index_t i,
     for (int u = 0; u < U; ++u) {
       const index_t pos = f + (index_t(k * U + u) * 32 + lane) * Q;
 #pragma unroll
-      for (int e = 0; e < Q; ++e) {
-        if (pos + e >= end || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
-        acc.add<T>(p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e], n, clipped);
-      }
+      for (int e = 0; e < Q; ++e)
+        acc.add_if<T>(pos + e < end && (m == nullptr || detail::is_valid(mk[u][e])), p.cfg, clipping, cr, v[u][e],
+                      clipping ? vo[u][e] : v[u][e], rt[u][e], n, clipped);
     }
     acc.s.n += n;
     acc.s.clipped += clipped;
   }
   long long bad[3] = {LLONG_MAX, LLONG_MAX, LLONG_MAX};
-  if (__any_sync(0xffffffffu, acc.nonfinite)) value_loss_find_bad<32>(p, i, f, end, flat0, lane, bad, nullptr);
+  if (__any_sync(0xffffffffu, acc.nonfinite())) value_loss_find_bad<32>(p, i, f, end, flat0, lane, bad, nullptr);
   const value_loss_part total = warp_tree_fold(acc.s, [](const value_loss_part& a, const value_loss_part& b) {
     return merge_parts(a, b);
   });
@@ -273,8 +286,10 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
   constexpr index_t step = index_t(NT) * Q * U;
   constexpr index_t W = value_loss_warp_span;
   static_assert(W == index_t(NT) * Q, "value_loss_row_stats: the warp span is the first quad of each thread");
+  // (Loading the next step while summing this one, as whiten does, measured no faster here:
+  // 104 -> 107 us at 1024 x 8192 with one quad per step, 3 blocks per SM with two.)
   T v[U][Q], vo[U][Q], rt[U][Q];
-  M mk[U][Q];
+  mask_quad<M, Q> mk[U];
   auto load = [&](index_t c) {
     const bool vv = detail::is_aligned(vr + c, sizeof(T) * Q), vvo = detail::is_aligned(vor + c, sizeof(T) * Q),
                vrt = detail::is_aligned(rr + c, sizeof(T) * Q);
@@ -286,7 +301,7 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
       load_quad<Q>(vr, pos, len, vv, v[u]);
       load_quad<Q>(rr, pos, len, vrt, rt[u]);
       if (clipping) load_quad<Q>(vor, pos, len, vvo, vo[u]);
-      if (m != nullptr) load_quad<Q>(m, pos, len, vm, mk[u]);
+      if (m != nullptr) load_mask_quad<Q>(m, pos, len, vm, mk[u]);
     }
   };
   if (len > 0) load(0);  // speculative: most rows start with a valid token (f == 0)
@@ -298,8 +313,8 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
   // The valid tokens of one step (bounds tested per token only in the row's last step).
   auto sums = [&](index_t c, auto whole) {
     int n = 0, clipped = 0;
-    step_valid<NT, Q, U, decltype(whole)::value>(c, f, len, tid, m, mk, far, [&](int u, int e) {
-      acc.add<T>(p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e], n, clipped);
+    step_each<NT, Q, U, decltype(whole)::value>(c, f, len, tid, m, mk, far, [&](int u, int e, bool ok) {
+      acc.add_if<T>(ok, p.cfg, clipping, cr, v[u][e], clipping ? vo[u][e] : v[u][e], rt[u][e], n, clipped);
     });
     acc.s.n += n;
     acc.s.clipped += clipped;
@@ -317,7 +332,7 @@ __device__ void value_loss_row_stats(const value_loss_params<T, L>& p, index_t i
     return;
   }
   long long bad[3] = {LLONG_MAX, LLONG_MAX, LLONG_MAX};
-  if (__syncthreads_or(acc.nonfinite ? 1 : 0) != 0) value_loss_find_bad<NT>(p, i, f, len, flat0, tid, bad, sh3);
+  if (__syncthreads_or(acc.nonfinite() ? 1 : 0) != 0) value_loss_find_bad<NT>(p, i, f, len, flat0, tid, bad, sh3);
   const value_loss_part total = block_tree_fold<NT>(
       acc.s, [](const value_loss_part& a, const value_loss_part& b) { return merge_parts(a, b); }, sh);
   if (tid == 0) p.rows[i] = row_of_part(total, bad);
@@ -361,7 +376,7 @@ struct value_loss_fold_merge {
 /// non-finite value), the divisor (-> p.divisor) and value_loss_stats, published. One thread.
 template <class T, class L>
 __device__ void value_loss_publish(const value_loss_params<T, L>& p, const value_loss_fold& f) {
-  cuda::status err = resolve_offsets(p.layout, read_offsets_check(p.check), detail::entry_value_loss);
+  cuda::status err = resolve_offsets(p.layout, p.check, detail::entry_value_loss);
   if (err.code == detail::status_ok && f.bad_row != LLONG_MAX) {
     const value_loss_row bad = p.rows[f.bad_row];
     for (int k = 0; k < 3; ++k) {

@@ -20,14 +20,19 @@
 ///                             row's bits never depend on the kernel): packed offsets of the row, its first valid
 ///                             position f (the first step's loads issued before, for f = 0),
 ///                             then ONE pass over the row: thread k takes quads of 4
-///                             consecutive positions f + (u·256 + k)·4 + e + 4096·j in order
-///                             (4 vector loads in flight),
+///                             consecutive positions f + (u·256 + k)·4 + e + 2048·j in order
+///                             (u < 2; the next step's two quads are loaded while a step is
+///                             summed, masks kept as one word per quad: mask_quad. H100,
+///                             1024 x 8192: 59.0 -> 55.4 us for whiten against 4 quads per
+///                             step loaded after the sums; 2 quads also make a one-warp round
+///                             256 positions: rows of 256 76.4 -> 62.7),
 ///                             keeps sums shifted by the row's first valid value x[f] (n, Σd,
-///                             Σd², d = x − x[f]: whiten_part) and whether a valid value was
-///                             non-finite; the threads' sums meet in a fixed tree of additions
-///                             (layout-independent: the assignment depends only on the
-///                             position relative to f), and only a row with a non-finite value
-///                             is read again for the first one (whiten_find_bad).
+///                             Σd², d = x − x[f]: whiten_part), every position folded without
+///                             a branch (one not valid adds 0: step_each); the threads' sums
+///                             meet in a fixed tree of additions (layout-independent: the
+///                             assignment depends only on the position relative to f), and
+///                             only a row whose sums came out non-finite is read again for the
+///                             first non-finite value (whiten_find_bad).
 ///     whiten_fold_kernel      the rows merged with Chan's update in a fixed tree over the row
 ///                             index (grid_tree_fold: 256 rows per block, then the blocks'
 ///                             results in the last block), the first error resolved (offsets,
@@ -67,7 +72,7 @@ namespace polo::kernels {
 
 inline constexpr int whiten_threads = 256;  ///< block of every whiten kernel
 inline constexpr int whiten_quad = 4;        ///< consecutive positions per load (stats pass)
-inline constexpr int whiten_unroll = 4;      ///< quads in flight per thread (stats pass)
+inline constexpr int whiten_unroll = 2;      ///< quads per thread per step (stats pass; twice that in flight)
 inline constexpr int whiten_apply_unroll = 4;
 /// Padded rows of at most this many positions are written by one warp each (whiten_apply_rows_kernel),
 /// longer ones by (row, slice) blocks. H100, 2^23 tokens: one warp per row 74.4 us at T = 1024
@@ -124,20 +129,23 @@ struct whiten_part {
   }
 };
 
-/// A thread's accumulator of the statistics pass: its part and whether any valid value was
-/// non-finite (the first one is found afterwards, only in a row that has one:
-/// whiten_find_bad).
+/// A thread's accumulator of the statistics pass: its part (the caller counts the valid
+/// positions of a step in an int). Every position of its quads is folded without a branch
+/// (add_if: a position that is not valid adds exactly 0, even where
+/// its value is NaN), and whether a valid value was non-finite is read from the sums once, at
+/// the end (nonfinite: d = x − x0 in double is finite for every finite float, so a non-finite
+/// sum means a non-finite valid value; for double inputs it may also mean an overflow, and the
+/// row is then read again for nothing: whiten_find_bad finds no index).
 struct whiten_acc {
   whiten_part s{};
-  bool nonfinite = false;
 #if defined(__CUDACC__)
   template <class T>
-  __device__ __forceinline__ void add(T xv, double x0) {
-    nonfinite = nonfinite || !finite_of(xv);
-    const double d = double(xv) - x0;
+  __device__ __forceinline__ void add_if(bool ok, T xv, double x0) {
+    const double d = ok ? double(xv) - x0 : 0.0;
     s.s1 += d;
     s.s2 += d * d;
   }
+  [[nodiscard]] __device__ __forceinline__ bool nonfinite() const { return !isfinite(s.s1) || !isfinite(s.s2); }
 #endif
 };
 
@@ -269,15 +277,15 @@ __device__ void whiten_row_warp(const whiten_stats_params<T, L>& p, index_t i, c
       const index_t pos = f + (index_t(r * U + u) * 32 + lane) * Q;
 #pragma unroll
       for (int e = 0; e < Q; ++e) {
-        if (pos + e >= end || (m != nullptr && !detail::is_valid(mk[u][e]))) continue;
-        acc.add(v[u][e], x0);
-        ++n;
+        const bool ok = pos + e < end && (m == nullptr || detail::is_valid(mk[u][e]));
+        acc.add_if(ok, v[u][e], x0);
+        n += ok ? 1 : 0;
       }
     }
     acc.s.n += n;
   }
   long long bad = LLONG_MAX;
-  if (__any_sync(0xffffffffu, acc.nonfinite))
+  if (__any_sync(0xffffffffu, acc.nonfinite()))
     bad = whiten_find_bad<32>(xr, m, f, end, static_cast<long long>(flat0), lane, nullptr);
   const whiten_part total = warp_tree_fold(acc.s, [](whiten_part a, const whiten_part& b) { return a += b; });
   if (lane == 0) p.rows[i] = total.row(x0, bad);
@@ -300,19 +308,20 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
   constexpr index_t step = index_t(NT) * Q * U;
   constexpr index_t W = whiten_warp_span;
   static_assert(W == index_t(NT) * Q, "whiten_row_stats: the warp span is the first quad of each thread");
-  T v[U][Q];
-  M mk[U][Q];
-  auto load = [&](index_t c) {
+  // Two steps' registers: the next step's loads are in flight while this one is summed.
+  T v[U][Q], vn[U][Q];
+  mask_quad<M, Q> mk[U], mkn[U];
+  auto load = [&](index_t c, T(&xv)[U][Q], mask_quad<M, Q>(&mq)[U]) {
     const bool vx = detail::is_aligned(xr + c, sizeof(T) * Q);
     const bool vm = m != nullptr && detail::is_aligned(m + c, sizeof(M) * Q);
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const index_t pos = c + (index_t(u) * NT + tid) * Q;
-      load_quad<Q>(xr, pos, len, vx, v[u]);  // masked positions too: the load overlaps the mask's
-      if (m != nullptr) load_quad<Q>(m, pos, len, vm, mk[u]);
+      load_quad<Q>(xr, pos, len, vx, xv[u]);  // masked positions too: the load overlaps the mask's
+      if (m != nullptr) load_mask_quad<Q>(m, pos, len, vm, mq[u]);
     }
   };
-  if (len > 0) load(0);  // speculative: most rows start with a valid token (f == 0)
+  if (len > 0) load(0, v, mk);  // speculative: most rows start with a valid token (f == 0)
   const index_t f = m == nullptr ? 0 : row_first_valid<NT>(
                                            len, [&](index_t t) { return detail::is_valid(m[t]); }, sh_first);
   const index_t flat0 = static_cast<index_t>(detail::flat_index(p.layout, i, 0));
@@ -322,16 +331,26 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
   // The valid values of one step (bounds tested per token only in the row's last step).
   auto sums = [&](index_t c, auto whole) {
     int n = 0;
-    step_valid<NT, Q, U, decltype(whole)::value>(c, f, len, tid, m, mk, far, [&](int u, int e) {
-      acc.add(v[u][e], x0);
-      ++n;
+    step_each<NT, Q, U, decltype(whole)::value>(c, f, len, tid, m, mk, far, [&](int u, int e, bool ok) {
+      acc.add_if(ok, v[u][e], x0);
+      n += ok ? 1 : 0;
     });
     acc.s.n += n;
   };
   for (index_t c = f; c < len; c += step) {
-    if (c != 0) load(c);
+    if (c == f && c != 0) load(c, v, mk);  // the first step, when the speculative loads missed it
+    const bool more = c + step < len;
+    if (more) load(c + step, vn, mkn);
     if (c + step <= len) sums(c, std::true_type{});
     else sums(c, std::false_type{});
+    if (more) {
+#pragma unroll
+      for (int u = 0; u < U; ++u) {
+        mk[u] = mkn[u];
+#pragma unroll
+        for (int e = 0; e < Q; ++e) v[u][e] = vn[u][e];
+      }
+    }
   }
   allow_dependent_launch();  // this block's loads are done: the apply kernel may be scheduled
   // A short row (no valid token at or past f + W, the same test in both layouts) is reduced by
@@ -342,7 +361,7 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
     return;
   }
   long long bad = LLONG_MAX;
-  if (__syncthreads_or(acc.nonfinite ? 1 : 0) != 0)
+  if (__syncthreads_or(acc.nonfinite() ? 1 : 0) != 0)
     bad = whiten_find_bad<NT>(xr, m, f, len, static_cast<long long>(flat0), tid, sh1);
   const whiten_part total =
       block_tree_fold<NT>(acc.s, [](whiten_part a, const whiten_part& b) { return a += b; }, sh);
@@ -353,7 +372,7 @@ __device__ void whiten_row_stats(const whiten_stats_params<T, L>& p, index_t i,
 /// the coefficients, published. One thread.
 template <class T, class L>
 __device__ void whiten_publish(const whiten_stats_params<T, L>& p, const whiten_row& total) {
-  cuda::status err = resolve_offsets(p.layout, read_offsets_check(p.check), p.entry);
+  cuda::status err = resolve_offsets(p.layout, p.check, p.entry);
   whiten_stats st;
   if (err.code == detail::status_ok) {
     st.local = total.m;
