@@ -300,12 +300,12 @@ __device__ __forceinline__ void load_mask_quad(const M* base, index_t pos, index
 /// positions c + (u·NT + tid)·Q + e, their mask `mk` loaded by the caller with load_mask_quad;
 /// `m` null: no mask), in increasing order: calls add(u, e, ok) for each, with ok = the
 /// position is valid (inside the row, tested only when !Whole: a step that lies wholly inside
-/// the row needs no bound, and its mask says valid). `add` folds a position that is not ok as a neutral value, without a
-/// branch: the per-token work has no divergence to reconverge (H100, whiten's statistics:
-/// about 18 instructions per token with a branch per position, ~10 without). Sets `far` when a
-/// valid position lies at or past f + NT·Q, the one-warp span of whiten and value_loss: in the
-/// row's first step (c == f) the first quad of each thread lies below it, every other position
-/// at or past it.
+/// the row needs no bound, and its mask says valid). `add` folds a position that is not ok as
+/// a neutral value, without a branch: the per-token work has no divergence to reconverge
+/// (H100, whiten's statistics: about 18 instructions per token with a branch per position,
+/// ~10 without). Sets `far` when a valid position lies at or past f + NT·Q, the one-warp span
+/// of whiten and value_loss: in the row's first step (c == f) the first quad of each thread
+/// lies below it, every other position at or past it.
 template <int NT, int Q, int U, bool Whole, class M, class Add>
 __device__ __forceinline__ void step_each(index_t c, index_t f, index_t len, int tid, const M* m,
                                           const mask_quad<M, Q> (&mk)[U], bool& far, Add&& add) {
