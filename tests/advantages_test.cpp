@@ -255,6 +255,137 @@ TEMPLATE_LIST_TEST_CASE("group_advantages edge cases", "[advantages][edge]", bac
   }
 }
 
+namespace {
+
+/// Scores of B sequences in contiguous groups of G with exact ties, continuous values, inf
+/// scattered, and (when there are enough groups) a constant group, a group with one finite
+/// member and a group with none.
+std::vector<double> shaped_scores(std::mt19937_64& g, index_t B, index_t G) {
+  const double nan = std::numeric_limits<double>::quiet_NaN(), inf = std::numeric_limits<double>::infinity();
+  auto s = test::discrete(g, B, {0.0, 0.5, 1.0});
+  auto n = test::normal(g, B, 0.2, 1.5);
+  for (index_t i = 0; i < B; ++i)
+    if (i % 3 == 1) s[i] = n[i];
+  const index_t groups = B / G;
+  if (groups >= 2)
+    for (index_t i = G; i < 2 * G; ++i) s[i] = 0.25;  // group 1: constant
+  if (groups >= 3 && G >= 2)
+    for (index_t i = 2 * G + 1; i < 3 * G; ++i) s[i] = nan;  // group 2: one scoreable member
+  if (groups >= 4)
+    for (index_t i = 3 * G; i < 4 * G; ++i) s[i] = -inf;  // group 3: none
+  for (index_t i = 5 * G + 2; i < B; i += 97) s[i] = (i % 2) ? inf : nan;
+  return s;
+}
+
+/// What group_stats should say about `s` in contiguous groups of G, in float64 (the moments
+/// straight from their definitions, the σ sum from each group's two-pass std).
+struct naive_group_stats {
+  index_t empty = 0, singleton = 0, nonfinite = 0, std_count = 0, count = 0;
+  double mean = 0.0, m2 = 0.0, std_sum = 0.0;
+};
+naive_group_stats naive_stats(const std::vector<double>& s, index_t G, std_kind k) {
+  naive_group_stats r;
+  std::vector<double> all;
+  for (index_t g = 0; g * G < index_t(s.size()); ++g) {
+    std::vector<double> m;
+    for (index_t i = g * G; i < (g + 1) * G; ++i) {
+      if (std::isfinite(s[i])) {
+        m.push_back(s[i]);
+        all.push_back(s[i]);
+      } else {
+        ++r.nonfinite;
+      }
+    }
+    if (m.empty()) ++r.empty;
+    if (m.size() == 1) ++r.singleton;
+    if (m.size() >= 2) {
+      bool defined = false;
+      r.std_sum += ref::std_of(m, k, defined);
+      ++r.std_count;
+    }
+  }
+  r.count = index_t(all.size());
+  for (double x : all) r.mean += x / double(all.size());
+  for (double x : all) r.m2 += (x - r.mean) * (x - r.mean);
+  return r;
+}
+
+}  // namespace
+
+TEMPLATE_LIST_TEST_CASE("group_advantages over every contiguous group size and batch size", "[advantages][shapes]",
+                        backends) {
+  // On the GPU: batches of up to 2048 sequences in one block (groups of up to 32 share a warp,
+  // larger ones take a warp in chunks of 32), larger batches in several kernels.
+  using B = TestType;
+  auto g = test::rng(21);
+  INFO("seed " << test::base_seed());
+  std::vector<advantage_config> configs(4);
+  for (auto& c : configs) c.nonfinite = nonfinite_policy::zero_advantage;
+  configs[0].singleton = singleton_rule::zero;
+  configs[1].baseline = baseline_kind::leave_one_out;
+  configs[1].scale = scale_kind::leave_one_out_std;
+  configs[1].std = std_kind::population;
+  configs[1].eps_mode = eps_placement::inside_sqrt;
+  configs[1].eps = 1e-8;
+  configs[1].singleton = singleton_rule::raw;
+  configs[2].scale = scale_kind::batch_std;
+  configs[2].singleton = singleton_rule::raw;
+  configs[2].zero_variance = zero_variance_rule::divide;
+  configs[3].nonfinite = nonfinite_policy::error;
+  configs[3].singleton = singleton_rule::zero;
+  std::vector<std::pair<index_t, index_t>> shapes;  // (B, G)
+  for (index_t G : {1, 3, 8, 16, 17, 31, 32, 33, 64, 100, 128, 129, 700, 2048}) {
+    shapes.emplace_back(G == 2048 ? G : 2 * G, G);
+    if (2048 / G > 2) shapes.emplace_back(G * (2048 / G), G);
+    if (G == 1 || G == 16 || G == 100) shapes.emplace_back(G * (2048 / G + 1), G);
+  }
+  std::size_t k = 0;
+  for (const auto& [Bn, G] : shapes) {
+    const advantage_config& c = configs[k++ % configs.size()];
+    INFO("B " << Bn << " G " << G << " config " << describe(c));
+    const auto scores = shaped_scores(g, Bn, G);
+    const auto want = ref::group_advantages(scores, contiguous_labels(Bn, G), c);
+    if (want.nonfinite_error) {
+      index_t first = 0;
+      while (std::isfinite(scores[first])) ++first;
+      buffer<float, B> s(test::cast<float>(scores));
+      buffer<float, B> a(Bn, -7.0f);
+      try {
+        group_advantages(test::make_backend<B>(), s.cview1(), contiguous_groups{G}, a.view1(), c);
+        FAIL("expected nonfinite_error");
+      } catch (const nonfinite_error& e) {
+        CHECK(e.index() == first);
+      }
+      CHECK(test::bitwise_equal(a.to_host(), std::vector<float>(std::size_t(Bn), -7.0f)));
+      continue;
+    }
+    const auto expect = naive_stats(scores, G, c.std);
+    group_stats st;
+    const auto got = run<B, double>(scores, nullptr, G, c, &st);
+    test::require_close(got, want.adv);
+    test::require_close(run<B, float>(scores, nullptr, G, c), want.adv, 2e-5, 5e-5);
+    CHECK(st.sequences == Bn);
+    CHECK(st.groups == Bn / G);
+    CHECK(st.empty_groups == expect.empty);
+    CHECK(st.singleton_groups == expect.singleton);
+    CHECK(st.zero_std_groups == want.zero_std_groups);
+    CHECK(st.nonfinite_scores == expect.nonfinite);
+    CHECK(st.scores.count == expect.count);
+    CHECK(st.scores.mean == Approx(expect.mean).epsilon(1e-12).margin(1e-12));
+    CHECK(st.scores.m2 == Approx(expect.m2).epsilon(1e-11));
+    CHECK(st.group_std.count == expect.std_count);
+    CHECK(st.group_std.sum == Approx(expect.std_sum).epsilon(1e-11));
+    double asum = 0.0;
+    for (double x : want.adv) asum += x;
+    CHECK(st.advantage.count == Bn);
+    CHECK(st.advantage.sum == Approx(asum).margin(1e-9 * double(Bn)));
+    // Run to run: the same bits, advantages and statistics.
+    group_stats st2;
+    CHECK(test::bitwise_equal(got, run<B, double>(scores, nullptr, G, c, &st2)));
+    CHECK(std::memcmp(&st, &st2, sizeof st) == 0);
+  }
+}
+
 TEMPLATE_LIST_TEST_CASE("group statistics combine exactly across micro-batches and ranks", "[advantages][split]", backends) {
   using B = TestType;
   auto g = test::rng(11);

@@ -265,6 +265,81 @@ TEST_CASE("async: group_advantages publishes the synchronous statistics; bad off
   CHECK(check_message(e2.be()) == off_msg);
 }
 
+TEST_CASE("async: the one-block group_advantages releases the broadcast early; the same bits and errors",
+          "[async][advantages]") {
+  // B <= 2048 in contiguous groups: the broadcast's blocks start on the kernel's flag, before it
+  // folds the statistics (broadcast_params::ready). Long rows keep the broadcast running while
+  // the statistics are folded.
+  auto g = test::rng(1109);
+  INFO("seed " << test::base_seed());
+  const index_t Tn = 2048, G = 16;
+  advantage_config batch_std = presets::trl::grpo_batch_std;  // σ needs the batch M2 before A
+  for (index_t B : {index_t(1024), index_t(2048)}) {
+    auto sc = test::cast<float>(test::normal(g, B, 0.5, 2.0));
+    buffer<float, Bk> s(sc);
+    buffer<std::uint8_t, Bk> m(test::make_mask(g, B, Tn, test::mask_pattern::right_pad));
+    padded<std::uint8_t, S> L(m.cview2(B, Tn));
+    for (const advantage_config& c : {advantage_config{}, presets::nemo::grpo, batch_std}) {
+      INFO("B " << B << " scale " << int(c.scale));
+      buffer<float, Bk> a1(B, -7.f), a2(B, -7.f), t1(B * Tn, -7.f), t2(B * Tn, -7.f);
+      const group_stats s1 = group_advantages(tag{}, s.cview1(), contiguous_groups{G}, L, a1.view1(), t1.view2(B, Tn), c);
+      async_env<group_stats> env;
+      group_advantages(env.be(), s.cview1(), contiguous_groups{G}, L, a2.view1(), t2.view2(B, Tn), c);
+      CHECK(same_bits(env.value(), s1));
+      CHECK(test::bitwise_equal(a1.to_host(), a2.to_host()));
+      CHECK(test::bitwise_equal(t1.to_host(), t2.to_host()));
+      CHECK(check_message(env.be()) == "no exception");
+      const auto tok = t2.to_host();
+      const auto adv = a2.to_host();
+      const auto mask = m.to_host();
+      std::size_t wrong = 0;
+      for (index_t i = 0; i < B * Tn; ++i)
+        if (tok[i] != (mask[i] ? adv[i / Tn] : 0.f)) ++wrong;
+      CHECK(wrong == 0);
+    }
+    // A non-finite score under nonfinite_policy::error: nothing written, the same exception.
+    {
+      auto bad = sc;
+      bad[B - 3] = std::numeric_limits<float>::infinity();
+      buffer<float, Bk> sb(bad), a(B, -7.f), t(B * Tn, -7.f);
+      advantage_config strict;
+      strict.nonfinite = nonfinite_policy::error;
+      const std::string msg = message_of(
+          [&] { group_advantages(tag{}, sb.cview1(), contiguous_groups{G}, L, a.view1(), t.view2(B, Tn), strict); });
+      CHECK(msg.find("'scores'") != std::string::npos);
+      async_env<group_stats> env;
+      group_advantages(env.be(), sb.cview1(), contiguous_groups{G}, L, a.view1(), t.view2(B, Tn), strict);
+      CHECK(a.to_host() == std::vector<float>(static_cast<std::size_t>(B), -7.f));
+      CHECK(t.to_host() == std::vector<float>(static_cast<std::size_t>(B * Tn), -7.f));
+      CHECK(env.untouched());
+      CHECK(check_message(env.be()) == msg);
+    }
+    // An advantage that overflows float on a row with valid tokens (leave-one-out baseline, no
+    // scale: 3e38 - (-3e38)): group_advantages succeeds and writes A, the broadcast's check
+    // fails and no token is written.
+    {
+      auto big = sc;
+      big[32] = 3e38f;
+      for (index_t j = 33; j < 48; ++j) big[j] = -3e38f;
+      buffer<float, Bk> sb(big), a(B, -7.f), t(B * Tn, -7.f);
+      advantage_config loo;
+      loo.baseline = baseline_kind::leave_one_out;
+      loo.scale = scale_kind::none;
+      const std::string msg = message_of(
+          [&] { group_advantages(tag{}, sb.cview1(), contiguous_groups{G}, L, a.view1(), t.view2(B, Tn), loo); });
+      CHECK(msg.find("index 32") != std::string::npos);
+      const auto a_sync = a.to_host();
+      CHECK(std::isinf(a_sync[32]));
+      buffer<float, Bk> a2(B, -7.f);
+      async_env<group_stats> env;
+      group_advantages(env.be(), sb.cview1(), contiguous_groups{G}, L, a2.view1(), t.view2(B, Tn), loo);
+      CHECK(test::bitwise_equal(a2.to_host(), a_sync));
+      CHECK(t.to_host() == std::vector<float>(static_cast<std::size_t>(B * Tn), -7.f));
+      CHECK(check_message(env.be()) == msg);
+    }
+  }
+}
+
 TEST_CASE("async: kl_penalized_rewards publishes the synchronous statistics; errors write nothing",
           "[async][kl]") {
   auto g = test::rng(1104);

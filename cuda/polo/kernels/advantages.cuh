@@ -32,10 +32,13 @@
 /// error takes precedence in step 4, so that nothing is written for malformed offsets.
 ///
 /// Batches of at most `fused_max` (2048) sequences, the common case, take none of steps 1-4:
-/// group_advantages_fused_kernel does all of it in ONE block (1024 threads; 512 when it also
-/// segments labelled groups; one launch), finds the first error before writing anything,
-/// and in the combined call also makes the broadcast's check, so that the combined call is two
-/// launches (that kernel and broadcast_kernel) and, synchronously, one read-back.
+/// one block does all of it (one launch), finds the first error before writing anything, and
+/// in the combined call also makes the broadcast's check, so that the combined call is two
+/// launches (that kernel and broadcast_kernel) and, synchronously, one read-back. Contiguous
+/// groups: group_advantages_contiguous_kernel (512 threads; each group in registers of a few
+/// lanes, the batch statistics after the advantages, which it releases to the broadcast
+/// through broadcast_params::ready as soon as they and the first error are final). Labelled
+/// groups: group_advantages_fused_kernel (512 threads; the segmentation, one warp per group).
 ///
 /// Every reduction has a fixed shape that depends on B (and G) only: no floating-point atomics,
 /// so results are bitwise identical run to run (determinism::run_to_run).
@@ -50,8 +53,9 @@
 ///                                 mask ? value : 0, vector mask loads where aligned; with a gate
 ///                                 it writes nothing when the check found an error. Launched as
 ///                                 a programmatic dependent (detail/row_reduce.cuh): its blocks
-///                                 load the mask while the check (or the fused group_advantages
-///                                 kernel) runs, then wait for it before reading the values
+///                                 load the mask while the check (or the one-block
+///                                 group_advantages kernel) runs, then wait for it (or for its
+///                                 release of `ready`) before reading the values
 
 #include <cuda_runtime.h>
 
@@ -638,15 +642,31 @@ cudaError_t launch_group_stats(const group_stats_params<T, Map>& p, cudaStream_t
 // Advantage pass
 // =============================================================================================
 
-/// A_i of one scoreable-or-not score x of a group, exactly as the CPU backend's pass 2.
-POLO_HD_INLINE double advantage_of(double x, bool ok, const group_info& gi, const advantage_config& c,
-                                   double batch_sigma, bool batch_zero) {
+/// σ_g of a group with k >= 2 scoreable members (0 when they are all equal), as the CPU
+/// backend computes it; 0 for smaller groups.
+POLO_HD_INLINE double group_sigma(const group_info& gi, const advantage_config& c) {
+  bool defined = false;
+  return gi.k >= 2 && !gi.constant() ? std_from_m2(gi.m2, gi.k, c.std, defined) : 0.0;
+}
+
+/// A_i of one scoreable-or-not score x of a group, exactly as the CPU backend's pass 2, up to
+/// the batch σ: returns A_i itself, or (sets `batch`, scale_kind::batch_std only) the value v
+/// with A_i = scaled_advantage(v, batch σ, batch σ is zero, c), so that a kernel can compute
+/// everything but that division before the batch statistics exist.
+///
+/// `sg` is the group's σ as group_sigma gives it (used by scale_kind::group_std only).
+POLO_HD_INLINE double advantage_pre(double x, bool ok, const group_info& gi, const advantage_config& c, double sg,
+                                    bool& batch) {
+  batch = false;
   double a = 0.0;
   if (ok && gi.k == 1) {
     if (c.singleton == singleton_rule::raw) {
       switch (c.scale) {
         case scale_kind::none: a = x; break;
-        case scale_kind::batch_std: a = scaled_advantage(x, batch_sigma, batch_zero, c); break;
+        case scale_kind::batch_std:
+          a = x;
+          batch = true;
+          break;
         default: a = x / scale_divisor(1.0, c); break;
       }
     }
@@ -661,12 +681,7 @@ POLO_HD_INLINE double advantage_of(double x, bool ok, const group_info& gi, cons
     const double centred = x - b;
     switch (c.scale) {
       case scale_kind::none: a = centred; break;
-      case scale_kind::group_std: {
-        bool defined = false;
-        const double sg = constant ? 0.0 : std_from_m2(gi.m2, gi.k, c.std, defined);
-        a = scaled_advantage(centred, sg, constant, c);
-        break;
-      }
+      case scale_kind::group_std: a = scaled_advantage(centred, sg, constant, c); break;
       case scale_kind::leave_one_out_std: {
         // The others are all equal when the group is constant, or x is the group's only copy
         // of one extreme and every other member sits at the other extreme.
@@ -685,10 +700,22 @@ POLO_HD_INLINE double advantage_of(double x, bool ok, const group_info& gi, cons
         a = scaled_advantage(centred, so, others_equal || !defined, c);
         break;
       }
-      case scale_kind::batch_std: a = scaled_advantage(centred, batch_sigma, batch_zero, c); break;
+      case scale_kind::batch_std:
+        a = centred;
+        batch = true;
+        break;
     }
   }
   return a;
+}
+
+/// A_i of one scoreable-or-not score x of a group, exactly as the CPU backend's pass 2
+/// (advantage_pre, then the batch σ's division where it asks for one).
+POLO_HD_INLINE double advantage_of(double x, bool ok, const group_info& gi, const advantage_config& c,
+                                   double batch_sigma, bool batch_zero) {
+  bool batch = false;
+  const double a = advantage_pre(x, ok, gi, c, c.scale == scale_kind::group_std ? group_sigma(gi, c) : 0.0, batch);
+  return batch ? scaled_advantage(a, batch_sigma, batch_zero, c) : a;
 }
 
 /// Params of launch_group_advantages.
@@ -890,6 +917,7 @@ struct broadcast_check {
   unsigned long long decrease = 0;    ///< ~(i + 1) for the smallest i with offsets[i+1] < offsets[i]; 0: none
   unsigned long long nonfinite = 0;   ///< ~i for the smallest row i with a non-finite value and a valid token
   cuda::status status{};              ///< the resolved first error (code 0: none)
+  unsigned int ready = 0;             ///< the one-block group_advantages' release of its values (broadcast_params::ready)
 };
 
 inline constexpr int check_threads = 256;              ///< broadcast_check_kernel block
@@ -908,6 +936,10 @@ struct broadcast_params {
   const cuda::status* gate = nullptr;     ///< broadcast_kernel writes nothing if gate->code != 0
   const cuda::status* gate2 = nullptr;    ///< likewise (an earlier step's error), or null
   cuda::status* deferred = nullptr;       ///< caller's deferred status, or null
+  /// Set: the values and gates are final once *ready != 0 (the one-block group_advantages
+  /// releases it before its statistics), and broadcast_kernel waits for that instead of the
+  /// kernel's completion. Null: it waits for the kernel before it to complete.
+  const unsigned* ready = nullptr;
 };
 
 /// Rows of the layout.
@@ -1019,13 +1051,29 @@ struct alignas(sizeof(Mask) * V) mask_vec {
   Mask m[V];
 };
 
-/// One block per (row, slice of the row): out = mask ? value : 0 with 16-byte stores.
-/// Launched as a programmatic dependent of the kernel that checks (and, in the combined call,
-/// computes) the values: for padded layouts the block's first mask vectors are loaded before
-/// grid_dependency_wait (the mask is an input); the values and the gates are read after it,
-/// and packed rows are only touched after it (their offsets are checked before).
+/// Loads a flag with acquire semantics at GPU scope.
+__device__ __forceinline__ unsigned load_acquire(const unsigned* f) {
+  unsigned v;
+  asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(f) : "memory");
+  return v;
+}
+
+/// broadcast_kernel's wait for its values and gates: *p.ready != 0 when set (thread 0 polls,
+/// the block waits at a barrier), else the completion of the kernel before it.
 template <class T, class L>
-__global__ void __launch_bounds__(broadcast_threads) broadcast_kernel(broadcast_params<T, L> p) {
+__device__ __forceinline__ void wait_for_values(const broadcast_params<T, L>& p) {
+  if (p.ready != nullptr) {
+    if (threadIdx.x == 0)
+      while (load_acquire(p.ready) == 0u) __nanosleep(64);
+    __syncthreads();
+  } else {
+    grid_dependency_wait();
+  }
+}
+
+/// The body of broadcast_kernel (one block).
+template <class T, class L>
+__device__ __forceinline__ void broadcast_block(const broadcast_params<T, L>& p) {
   using Mask = typename L::mask_type;
   constexpr int V = vec16<T>::width;
   constexpr int U = broadcast_unroll;
@@ -1033,7 +1081,7 @@ __global__ void __launch_bounds__(broadcast_threads) broadcast_kernel(broadcast_
     return (p.gate != nullptr && p.gate->code != 0) || (p.gate2 != nullptr && p.gate2->code != 0);
   };
   if constexpr (L::is_packed) {
-    grid_dependency_wait();
+    wait_for_values(p);
     if (gates_closed()) return;  // a check failed: write nothing
   }
   const index_t i = blockIdx.x;
@@ -1072,7 +1120,7 @@ __global__ void __launch_bounds__(broadcast_threads) broadcast_kernel(broadcast_
   index_t k0 = vlo + t;
   if (mb != nullptr && k0 < vhi) load(k0);
   if constexpr (!L::is_packed) {
-    grid_dependency_wait();
+    wait_for_values(p);
     if (gates_closed()) return;  // a check failed: write nothing
   }
   if (n == 0) return;
@@ -1105,6 +1153,20 @@ __global__ void __launch_bounds__(broadcast_threads) broadcast_kernel(broadcast_
   }
 }
 
+/// One block per (row, slice of the row): out = mask ? value : 0 with 16-byte stores.
+/// Launched as a programmatic dependent of the kernel that checks (and, in the combined call,
+/// computes) the values: for padded layouts the block's first mask vectors are loaded before
+/// the wait for the values (wait_for_values: the kernel before it completes, or releases
+/// p.ready); the values and the gates are read after it, and packed rows are only touched
+/// after it (their offsets are checked before).
+template <class T, class L>
+__global__ void __launch_bounds__(broadcast_threads) broadcast_kernel(broadcast_params<T, L> p) {
+  broadcast_block(p);
+  // Released early by p.ready, the block still ends after the kernel before it (a later kernel
+  // of the stream then finds both complete): by then it has, in practice, long finished.
+  if (p.ready != nullptr) grid_dependency_wait();
+}
+
 /// Enqueues broadcast_kernel over every row, as a programmatic dependent of the kernel before
 /// it (row_reduce.cuh: launch_dependent). Rows split into slices so that a block writes about
 /// broadcast_threads * broadcast_unroll vectors.
@@ -1133,8 +1195,9 @@ cudaError_t launch_broadcast(const broadcast_params<T, L>& p, cudaStream_t strea
 // =============================================================================================
 
 inline constexpr index_t fused_max = 2048;  ///< largest B of the one-block path
-/// Threads of the one block: 1024 for contiguous groups, 512 when the block also sorts labels
-/// (the radix sort's shared memory); each thread takes fused_max / threads positions.
+/// Threads of group_advantages_fused_kernel: 512 when the block also sorts labels (the radix
+/// sort's shared memory), else 1024 (contiguous groups take group_advantages_contiguous_kernel
+/// instead); each thread takes fused_max / threads positions.
 template <class Seg>
 inline constexpr int fused_threads_of = 1024;
 static_assert(fused_max <= segment_small_max, "labelled groups of the one-block path are segmented in one block");
@@ -1164,6 +1227,7 @@ struct fused_advantages_params {
   detail::result_target<group_stats> result{};   ///< slot error: the first error (the gate of the broadcast)
   Seg seg{};
   L layout{};
+  unsigned* ready = nullptr;  ///< contiguous kernel: 0 at its start, 1 once `out` and the gate are final (or null)
 };
 
 #if defined(__CUDACC__)
@@ -1296,6 +1360,433 @@ template <class T, class Map, class Seg, class L>
 cudaError_t launch_group_advantages_fused(const fused_advantages_params<T, Map, Seg, L>& p, cudaStream_t stream) {
   if (p.n < 1 || p.n > fused_max) return cudaErrorInvalidValue;
   group_advantages_fused_kernel<T, Map, Seg, L><<<1, fused_threads_of<Seg>, 0, stream>>>(p);
+  return cudaGetLastError();
+}
+
+#endif  // __CUDACC__
+
+// =============================================================================================
+// group_advantages of contiguous groups in one block (B <= fused_max)
+// =============================================================================================
+
+inline constexpr int contiguous_threads = 512;  ///< the one block of group_advantages_contiguous_kernel
+
+/// Lanes of a warp that take one contiguous group of G together (of `groups`): the smallest
+/// power of two >= G, at most 32, halved while the groups would not all fit in the block at
+/// once (a warp takes 32 / lanes groups at once; lane l of a group takes its members l,
+/// l + lanes, ...). H100, 1024 x 8192 in groups of 16: 8 lanes of 2 members each took 10.9
+/// us against 14.7 for 16 lanes of one member in 1,024 threads.
+POLO_HD_INLINE int group_lanes(index_t G, index_t groups) {
+  int s = 1;
+  while (s < 32 && index_t(s) < G) s <<= 1;
+  while (s > 1 && groups * s > contiguous_threads) s >>= 1;
+  return s;
+}
+
+/// The first fold of the one-block kernel: what the batch statistics take from the groups
+/// before the batch mean is known. Counts are 32 bits (B <= fused_max).
+struct contiguous_partial {
+  detail::neumaier_sum sum{};  ///< Σ of the scoreable scores
+  double min = 0.0, max = 0.0;  ///< of the scoreable scores (+inf / -inf before any)
+  double std_sum = 0.0;         ///< Σσ_g over groups with k >= 2
+  unsigned count = 0, empty = 0, singleton = 0, zero_std = 0, nonfinite = 0, std_count = 0;
+  unsigned first_nonfinite = UINT_MAX;  ///< smallest sequence with a non-finite score
+  unsigned first_singleton = UINT_MAX;  ///< smallest group with one scoreable member
+};
+
+/// The second fold: ΣA and the batch M2 about the batch mean.
+struct contiguous_sums {
+  detail::neumaier_sum a{}, m2{};
+};
+
+#if defined(__CUDACC__)
+
+/// __shfl_xor_sync of a trivially copyable value of any size (as 32-bit words).
+template <class V>
+__device__ __forceinline__ V shfl_xor_value(const V& v, int d) {
+  static_assert(sizeof(V) % 4 == 0, "shfl_xor_value: a multiple of 4 bytes");
+  constexpr int N = sizeof(V) / 4;
+  unsigned w[N];
+  memcpy(w, &v, sizeof(V));
+#pragma unroll
+  for (int k = 0; k < N; ++k) w[k] = __shfl_xor_sync(0xffffffffu, w[k], d);
+  V r;
+  memcpy(&r, w, sizeof(V));
+  return r;
+}
+
+/// Butterfly over aligned sets of S lanes (S a power of two <= 32, the same in the whole warp):
+/// every lane returns merge of its set's values, pairs (l, l^1), then (l, l^2), ..., the lower
+/// lanes' value always the first argument, so that every lane of a set holds the same bits.
+/// Call from a whole warp.
+template <class V, class Merge>
+__device__ __forceinline__ V lanes_allreduce(V v, int S, Merge&& merge) {
+  const int lane = int(threadIdx.x & 31);
+#pragma unroll
+  for (int d = 1; d < 32; d <<= 1) {
+    if (d < S) {  // warp-uniform
+      const V o = shfl_xor_value(v, d);
+      v = (lane & d) ? merge(o, v) : merge(v, o);
+    }
+  }
+  return v;
+}
+
+/// A warp's first-fold partial in lane 0 (other lanes: the integers only): the sum, σ sum and
+/// extremes in warp_tree_fold's fixed tree, the counts and first indices by warp-wide integer
+/// sums and minima (exact in any order). Call from a whole warp.
+__device__ __forceinline__ contiguous_partial warp_partial(contiguous_partial v) {
+  struct doubles {
+    detail::neumaier_sum sum;
+    double min, max, std_sum;
+  };
+  const doubles d = warp_tree_fold(doubles{v.sum, v.min, v.max, v.std_sum}, [](doubles a, const doubles& b) {
+    a.sum = merge_sums(a.sum, b.sum);
+    a.min = detail::min_of(a.min, b.min);
+    a.max = detail::max_of(a.max, b.max);
+    a.std_sum += b.std_sum;
+    return a;
+  });
+  v.sum = d.sum;
+  v.min = d.min;
+  v.max = d.max;
+  v.std_sum = d.std_sum;
+  v.count = __reduce_add_sync(0xffffffffu, v.count);
+  v.empty = __reduce_add_sync(0xffffffffu, v.empty);
+  v.singleton = __reduce_add_sync(0xffffffffu, v.singleton);
+  v.zero_std = __reduce_add_sync(0xffffffffu, v.zero_std);
+  v.nonfinite = __reduce_add_sync(0xffffffffu, v.nonfinite);
+  v.std_count = __reduce_add_sync(0xffffffffu, v.std_count);
+  v.first_nonfinite = __reduce_min_sync(0xffffffffu, v.first_nonfinite);
+  v.first_singleton = __reduce_min_sync(0xffffffffu, v.first_singleton);
+  return v;
+}
+
+/// A warp's second-fold sums in lane 0 (warp_tree_fold's fixed tree). Call from a whole warp.
+__device__ __forceinline__ contiguous_sums warp_sums(const contiguous_sums& v) {
+  return warp_tree_fold(v, [](contiguous_sums a, const contiguous_sums& b) {
+    a.a = merge_sums(a.a, b.a);
+    a.m2 = merge_sums(a.m2, b.m2);
+    return a;
+  });
+}
+
+/// group_advantages of contiguous groups of G in one block, B <= fused_max, any G.
+///
+///     groups      each group is taken by group_lanes(G, groups) lanes of one warp (a warp takes
+///                 32 / lanes groups at once): its count by ballots, its Neumaier sum, extremes,
+///                 mean and M2 (two passes, x staged in shared memory) by butterflies, so that
+///                 every lane holds the group's statistics; then A_i up to the batch σ
+///                 (advantage_pre) in shared memory
+///     first error the first non-finite score and the first group of one (warp minima, then a
+///                 minimum over the warps in every thread): whether A may be written
+///     write       A at positions t, t + threads, ... (only without an error), ΣA per thread,
+///                 the broadcast's check; then the gate (the slot's error) and, when p.ready is
+///                 set, the release of *p.ready: the broadcast's blocks start from there
+///     statistics  after the release (before the write under scale_kind::batch_std without a
+///                 given batch, whose σ it needs): the batch count, sum, extremes and σ sum
+///                 (warp trees, then one warp over the warps) -> the batch mean; the batch M2 =
+///                 Σ (x - mean)² over the scoreable scores (a two-pass variance) and ΣA in a
+///                 second fold; the group_stats published
+///
+/// No global scratch, no atomics but an integer minimum; bitwise the same from run to run
+/// (every floating-point merge in a fixed order).
+template <class T, class L>
+__global__ void __launch_bounds__(contiguous_threads)
+    group_advantages_contiguous_kernel(fused_advantages_params<T, contiguous_map, no_segment, L> p) {
+  constexpr int W = contiguous_threads / 32;
+  static_assert(W <= 32, "one warp folds the warps' partials, one per lane");
+  __shared__ double xs[fused_max];                 // the scores, by position
+  __shared__ double stage[fused_max];              // A_i before the batch σ, by position
+  __shared__ unsigned char batch_flag[fused_max];  // stage[q] still takes the batch σ's division
+  __shared__ detail::shared_array<contiguous_partial, W> part;
+  __shared__ detail::shared_array<contiguous_sums, W> sums;
+  __shared__ unsigned first_bad[W], first_one[W];  // per warp: first non-finite score, first group of one
+  __shared__ double batch_mean, batch_sigma, batch_m2;
+  __shared__ int pre_failed, batch_zero;
+  __shared__ unsigned long long bad_row;
+  const int t = threadIdx.x, lane = t & 31, w = t >> 5;
+  if (t == 0) {
+    // The block lets the broadcast launch at the first launch_dependents any of its threads
+    // issues: only this thread issues it, after the flag of the previous call is cleared.
+    if (p.ready != nullptr) {
+      *p.ready = 0u;
+      __threadfence();
+    }
+    allow_dependent_launch();  // the broadcast's blocks may load the mask on the other SMs meanwhile
+    pre_failed = p.pre != nullptr && p.pre->code != detail::status_ok;
+    bad_row = ULLONG_MAX;
+  }
+  // Positions, groups and counts in 32 bits: B <= fused_max.
+  const int n = static_cast<int>(p.n), G = static_cast<int>(p.groups.size), ngroups = static_cast<int>(p.groups.n_groups);
+  const advantage_config& c = p.cfg;
+  const int S = group_lanes(G, ngroups), per_warp = 32 / S;
+  const int l = lane & (S - 1), base = lane & ~(S - 1);
+  const unsigned set = S == 32 ? 0xffffffffu : ((1u << S) - 1u) << base;  // this lane's set
+  const int chunks = (G + S - 1) / S;
+  contiguous_partial acc;
+  acc.min = INFINITY;
+  acc.max = -INFINITY;
+  for (int first = w * per_warp; first < ngroups; first += W * per_warp) {  // warp-uniform
+    const int g = first + lane / S;
+    const bool here = g < ngroups;
+    // Pass 1: stage x; count, Neumaier sum, min, max of the scoreable members.
+    detail::neumaier_sum sum;
+    double mn = INFINITY, mx = -INFINITY;
+    int k = 0;
+    for (int m = 0; m < chunks; ++m) {
+      const int j = m * S + l, q = g * G + j;
+      const bool member = here && j < G;
+      double x = 0.0;
+      if (member) {
+        x = double(p.scores[index_t(q) * p.scores_stride]);
+        xs[q] = x;
+      }
+      const bool ok = member && detail::is_finite(x);
+      if (ok) {
+        sum.add(x);
+        mn = detail::min_of(mn, x);
+        mx = detail::max_of(mx, x);
+      } else if (member) {
+        ++acc.nonfinite;
+        if (static_cast<unsigned>(q) < acc.first_nonfinite) acc.first_nonfinite = static_cast<unsigned>(q);
+      }
+      k += __popc(__ballot_sync(0xffffffffu, ok) & set);
+    }
+    sum = lanes_allreduce(sum, S, [](const detail::neumaier_sum& a, const detail::neumaier_sum& b) { return merge_sums(a, b); });
+    {
+      struct extremes {
+        double mn, mx;
+      };
+      const extremes e = lanes_allreduce(extremes{mn, mx}, S, [](extremes a, const extremes& b) {
+        return extremes{detail::min_of(a.mn, b.mn), detail::max_of(a.mx, b.mx)};
+      });
+      mn = e.mn;
+      mx = e.mx;
+    }
+    group_info gi;
+    gi.k = k;
+    gi.sum = sum.value();
+    gi.min = k > 0 ? mn : 0.0;
+    gi.max = k > 0 ? mx : 0.0;
+    const bool constant = gi.constant();
+    gi.mean = k > 0 ? (constant ? mn : gi.sum / double(k)) : 0.0;
+    // Pass 2 (x from shared memory): multiplicities of min and max, M2 about the mean.
+    const bool need_m2 = k > 1 && !constant;
+    detail::neumaier_sum m2;
+    int n_min = 0, n_max = 0;
+    for (int m = 0; m < chunks; ++m) {
+      const int j = m * S + l, q = g * G + j;
+      const bool member = here && j < G;
+      const double x = member ? xs[q] : 0.0;
+      const bool ok = member && detail::is_finite(x);
+      if (ok && need_m2) {
+        const double d = x - gi.mean;
+        m2.add(d * d);
+      }
+      if (c.scale == scale_kind::leave_one_out_std) {  // block-uniform: only it reads them
+        n_min += __popc(__ballot_sync(0xffffffffu, ok && x == gi.min) & set);
+        n_max += __popc(__ballot_sync(0xffffffffu, ok && x == gi.max) & set);
+      }
+    }
+    m2 = lanes_allreduce(m2, S, [](const detail::neumaier_sum& a, const detail::neumaier_sum& b) { return merge_sums(a, b); });
+    gi.m2 = need_m2 ? m2.value() : 0.0;
+    gi.n_min = n_min;
+    gi.n_max = n_max;
+    const double sg = group_sigma(gi, c);
+    // Pass 3: A_i up to the batch σ.
+    for (int m = 0; m < chunks; ++m) {
+      const int j = m * S + l, q = g * G + j;
+      if (here && j < G) {
+        const double x = xs[q];
+        bool batch = false;
+        stage[q] = advantage_pre(x, detail::is_finite(x), gi, c, sg, batch);
+        batch_flag[q] = batch ? 1 : 0;
+      }
+    }
+    if (here && l == 0) {  // the group's part of the batch statistics, in its first lane
+      acc.count += static_cast<unsigned>(k);
+      if (k == 0) ++acc.empty;
+      if (k == 1) {
+        ++acc.singleton;
+        if (static_cast<unsigned>(g) < acc.first_singleton) acc.first_singleton = static_cast<unsigned>(g);
+      }
+      if (k > 0) {
+        acc.sum = merge_sums(acc.sum, sum);
+        acc.min = detail::min_of(acc.min, gi.min);
+        acc.max = detail::max_of(acc.max, gi.max);
+      }
+      if (k >= 2) {
+        acc.std_sum += sg;
+        ++acc.std_count;
+        if (constant) ++acc.zero_std;
+      }
+    }
+  }
+  {
+    const unsigned fb = __reduce_min_sync(0xffffffffu, acc.first_nonfinite);
+    const unsigned fs = __reduce_min_sync(0xffffffffu, acc.first_singleton);
+    if (lane == 0) {
+      first_bad[w] = fb;
+      first_one[w] = fs;
+    }
+  }
+  __syncthreads();
+  unsigned fb = UINT_MAX, fs = UINT_MAX;
+#pragma unroll
+  for (int v = 0; v < W; ++v) {
+    fb = detail::min_of(fb, first_bad[v]);
+    fs = detail::min_of(fs, first_one[v]);
+  }
+  // The first error as advantages_error orders them (pre's, a non-finite score, a group of one).
+  const bool ok = !pre_failed && !(c.nonfinite == nonfinite_policy::error && fb != UINT_MAX) &&
+                  !(c.singleton == singleton_rule::error && fs != UINT_MAX);
+  // The batch statistics: the first fold (-> the batch mean), then the scores' M2 about it.
+  auto first_fold = [&] {
+    const contiguous_partial wp = warp_partial(acc);
+    if (lane == 0) part[w] = wp;
+    __syncthreads();
+    if (w == 0) {
+      contiguous_partial mine;
+      mine.min = INFINITY;
+      mine.max = -INFINITY;
+      if (lane < W) mine = part[lane];
+      const contiguous_partial b = warp_partial(mine);
+      if (lane == 0) {
+        batch_mean = b.count == 0 ? 0.0 : b.min == b.max ? b.min : b.sum.value() / double(b.count);  // exact when all equal
+        part[0] = b;  // (read after the next barrier)
+      }
+    }
+    __syncthreads();
+  };
+  auto scores_m2 = [&] {
+    detail::neumaier_sum m2;
+    const double mean = batch_mean;
+    for (int q = t; q < n; q += contiguous_threads) {
+      const double x = xs[q];
+      if (detail::is_finite(x)) {
+        const double d = x - mean;
+        m2.add(d * d);
+      }
+    }
+    return m2;
+  };
+  auto make_partial = [&](const contiguous_partial& b, double m2) {
+    batch_partial bp;
+    bp.groups = ngroups;
+    bp.empty = b.empty;
+    bp.singleton = b.singleton;
+    bp.zero_std = b.zero_std;
+    bp.nonfinite = b.nonfinite;
+    if (b.first_nonfinite != UINT_MAX) bp.first_nonfinite = b.first_nonfinite;
+    if (b.first_singleton != UINT_MAX) {
+      bp.first_singleton = b.first_singleton;
+      bp.first_singleton_seq = index_t(b.first_singleton) * G;
+    }
+    bp.scores.count = b.count;
+    if (b.count > 0) {
+      bp.min = b.min;
+      bp.max = b.max;
+      bp.scores.mean = batch_mean;
+      bp.scores.m2 = m2;
+    }
+    bp.std_sum = b.std_sum;
+    bp.std_count = b.std_count;
+    return bp;
+  };
+  contiguous_sums mine;
+  const bool m2_first = c.scale == scale_kind::batch_std && c.batch.count == 0;  // block-uniform
+  if (c.scale == scale_kind::batch_std) {  // the batch σ, before A
+    if (m2_first) {
+      first_fold();
+      mine.m2 = scores_m2();
+      const contiguous_sums ws = warp_sums(mine);
+      if (lane == 0) sums[w] = ws;
+      __syncthreads();
+      if (w == 0) {
+        const contiguous_sums b = warp_sums(lane < W ? sums[lane] : contiguous_sums{});
+        if (lane == 0) {
+          batch_m2 = b.m2.value();
+          const advantages_status st = batch_status(make_partial(part[0], batch_m2), p.scores, p.scores_stride, c);
+          batch_sigma = st.batch_sigma;
+          batch_zero = st.batch_zero;
+        }
+      }
+    } else if (t == 0) {  // from the given batch moments
+      const advantages_status st = batch_status(batch_partial{}, p.scores, p.scores_stride, c);
+      batch_sigma = st.batch_sigma;
+      batch_zero = st.batch_zero;
+    }
+    __syncthreads();
+  }
+  const double bsig = c.scale == scale_kind::batch_std ? batch_sigma : 0.0;
+  const bool bzero = c.scale == scale_kind::batch_std ? batch_zero != 0 : true;
+  for (int q = t; q < n; q += contiguous_threads) {
+    double v = stage[q];
+    if (batch_flag[q]) v = scaled_advantage(v, bsig, bzero, c);
+    const T a = static_cast<T>(v);
+    mine.a.add(double(a));
+    if (ok) {
+      p.out[index_t(q) * p.out_stride] = a;
+      if constexpr (!std::is_same_v<L, no_token_check>) {
+        if (!detail::is_finite(a) && row_has_valid(p.layout, q))
+          atomicMin(&bad_row, static_cast<unsigned long long>(q));  // integer minimum: order-free
+      }
+    }
+  }
+  __syncthreads();  // every A written, bad_row final
+  cuda::status e;  // the first error of both steps (thread 0)
+  if (t == 0) {
+    advantages_status st;  // what advantages_error reads: the first non-finite score and group of one
+    st.batch.nonfinite = fb != UINT_MAX ? 1 : 0;
+    if (fb != UINT_MAX) st.batch.first_nonfinite = fb;
+    st.batch.singleton = fs != UINT_MAX ? 1 : 0;
+    if (fs != UINT_MAX) {
+      st.batch.first_singleton = fs;
+      st.batch.first_singleton_seq = index_t(fs) * G;
+    }
+    st.first_nonfinite_value = fb != UINT_MAX ? double(p.scores[index_t(fb) * p.scores_stride]) : 0.0;
+    e = advantages_error(p.pre, c, st);
+    if (ok && bad_row != ULLONG_MAX) {  // the broadcast's check (group_advantages itself succeeded)
+      const index_t at = static_cast<index_t>(bad_row);
+      e = cuda::status{};
+      e.entry = detail::entry_broadcast_to_tokens;
+      e.code = detail::status_nonfinite_value;
+      e.index = at;
+      e.value = double(p.out[at * p.out_stride]);
+    }
+    p.result.slot->error = e;  // the broadcast's gate
+    if (p.ready != nullptr) {
+      __threadfence();  // A (written by the whole block before the barrier) and the gate, then the flag
+      atomicExch(p.ready, 1u);
+    }
+  }
+  // The statistics, while the broadcast writes.
+  if (!m2_first) {
+    first_fold();
+    mine.m2 = scores_m2();
+  }
+  const contiguous_sums ws = warp_sums(mine);
+  if (lane == 0) sums[w] = ws;  // (after m2_first's fold: its reads ended before its barrier)
+  __syncthreads();
+  if (w == 0) {
+    const contiguous_sums total = warp_sums(lane < W ? sums[lane] : contiguous_sums{});
+    if (lane == 0) {
+      const group_stats st = make_group_stats(make_partial(part[0], m2_first ? batch_m2 : total.m2.value()), n, total.a.value());
+      p.result.slot->value = st;
+      if (p.result.result != nullptr && ok) *p.result.result = st;
+      detail::record_status(p.result.deferred, e);
+    }
+  }
+}
+
+/// Enqueues group_advantages_contiguous_kernel (one block). 1 <= p.n <= fused_max, p.n a
+/// multiple of the group size.
+template <class T, class L>
+cudaError_t launch_group_advantages_contiguous(const fused_advantages_params<T, contiguous_map, no_segment, L>& p,
+                                               cudaStream_t stream) {
+  if (p.n < 1 || p.n > fused_max || p.groups.size < 1) return cudaErrorInvalidValue;
+  group_advantages_contiguous_kernel<T, L><<<1, contiguous_threads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
