@@ -6,7 +6,9 @@
 #include "support/polo_test.hpp"
 #include "reference/advantages.hpp"
 
+#include <algorithm>
 #include <array>
+#include <map>
 #include <utility>
 
 namespace {
@@ -277,25 +279,24 @@ std::vector<double> shaped_scores(std::mt19937_64& g, index_t B, index_t G) {
   return s;
 }
 
-/// What group_stats should say about `s` in contiguous groups of G, in float64 (the moments
+/// What group_stats should say about `s` in the groups `labels` names, in float64 (the moments
 /// straight from their definitions, the σ sum from each group's two-pass std).
 struct naive_group_stats {
-  index_t empty = 0, singleton = 0, nonfinite = 0, std_count = 0, count = 0;
+  index_t groups = 0, empty = 0, singleton = 0, nonfinite = 0, std_count = 0, count = 0;
   double mean = 0.0, m2 = 0.0, std_sum = 0.0;
 };
-naive_group_stats naive_stats(const std::vector<double>& s, index_t G, std_kind k) {
+naive_group_stats naive_stats(const std::vector<double>& s, const std::vector<long long>& labels, std_kind k) {
   naive_group_stats r;
+  std::map<long long, std::vector<double>> members;  // finite scores of each group
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    auto& m = members[labels[i]];
+    if (std::isfinite(s[i])) m.push_back(s[i]);
+    else ++r.nonfinite;
+  }
   std::vector<double> all;
-  for (index_t g = 0; g * G < index_t(s.size()); ++g) {
-    std::vector<double> m;
-    for (index_t i = g * G; i < (g + 1) * G; ++i) {
-      if (std::isfinite(s[i])) {
-        m.push_back(s[i]);
-        all.push_back(s[i]);
-      } else {
-        ++r.nonfinite;
-      }
-    }
+  for (const auto& [label, m] : members) {
+    ++r.groups;
+    all.insert(all.end(), m.begin(), m.end());
     if (m.empty()) ++r.empty;
     if (m.size() == 1) ++r.singleton;
     if (m.size() >= 2) {
@@ -308,6 +309,26 @@ naive_group_stats naive_stats(const std::vector<double>& s, index_t G, std_kind 
   for (double x : all) r.mean += x / double(all.size());
   for (double x : all) r.m2 += (x - r.mean) * (x - r.mean);
   return r;
+}
+
+/// Checks group_stats against naive_stats and the reference's advantages.
+void check_stats(const group_stats& st, const naive_group_stats& expect, const ref::advantages_result& want,
+                 index_t Bn) {
+  CHECK(st.sequences == Bn);
+  CHECK(st.groups == expect.groups);
+  CHECK(st.empty_groups == expect.empty);
+  CHECK(st.singleton_groups == expect.singleton);
+  CHECK(st.zero_std_groups == want.zero_std_groups);
+  CHECK(st.nonfinite_scores == expect.nonfinite);
+  CHECK(st.scores.count == expect.count);
+  CHECK(st.scores.mean == Approx(expect.mean).epsilon(1e-12).margin(1e-12));
+  CHECK(st.scores.m2 == Approx(expect.m2).epsilon(1e-11));
+  CHECK(st.group_std.count == expect.std_count);
+  CHECK(st.group_std.sum == Approx(expect.std_sum).epsilon(1e-11));
+  double asum = 0.0;
+  for (double x : want.adv) asum += x;
+  CHECK(st.advantage.count == Bn);
+  CHECK(st.advantage.sum == Approx(asum).margin(1e-9 * double(Bn)));
 }
 
 }  // namespace
@@ -359,29 +380,58 @@ TEMPLATE_LIST_TEST_CASE("group_advantages over every contiguous group size and b
       CHECK(test::bitwise_equal(a.to_host(), std::vector<float>(std::size_t(Bn), -7.0f)));
       continue;
     }
-    const auto expect = naive_stats(scores, G, c.std);
+    const auto expect = naive_stats(scores, contiguous_labels(Bn, G), c.std);
     group_stats st;
     const auto got = run<B, double>(scores, nullptr, G, c, &st);
     test::require_close(got, want.adv);
     test::require_close(run<B, float>(scores, nullptr, G, c), want.adv, 2e-5, 5e-5);
-    CHECK(st.sequences == Bn);
-    CHECK(st.groups == Bn / G);
-    CHECK(st.empty_groups == expect.empty);
-    CHECK(st.singleton_groups == expect.singleton);
-    CHECK(st.zero_std_groups == want.zero_std_groups);
-    CHECK(st.nonfinite_scores == expect.nonfinite);
-    CHECK(st.scores.count == expect.count);
-    CHECK(st.scores.mean == Approx(expect.mean).epsilon(1e-12).margin(1e-12));
-    CHECK(st.scores.m2 == Approx(expect.m2).epsilon(1e-11));
-    CHECK(st.group_std.count == expect.std_count);
-    CHECK(st.group_std.sum == Approx(expect.std_sum).epsilon(1e-11));
-    double asum = 0.0;
-    for (double x : want.adv) asum += x;
-    CHECK(st.advantage.count == Bn);
-    CHECK(st.advantage.sum == Approx(asum).margin(1e-9 * double(Bn)));
+    check_stats(st, expect, want, Bn);
     // Run to run: the same bits, advantages and statistics.
     group_stats st2;
     CHECK(test::bitwise_equal(got, run<B, double>(scores, nullptr, G, c, &st2)));
+    CHECK(std::memcmp(&st, &st2, sizeof st) == 0);
+  }
+}
+
+TEMPLATE_LIST_TEST_CASE("group_advantages over labelled groups of uneven sizes", "[advantages][shapes]", backends) {
+  // Shuffled labels, groups of 1 to 40 members and one of 300, at batch sizes up to 2048 (one
+  // block on the GPU, which sorts the labels itself) and above.
+  using B = TestType;
+  auto g = test::rng(23);
+  INFO("seed " << test::base_seed());
+  std::vector<advantage_config> configs(3);
+  for (auto& c : configs) {
+    c.nonfinite = nonfinite_policy::zero_advantage;
+    c.singleton = singleton_rule::raw;
+  }
+  configs[1].baseline = baseline_kind::leave_one_out;
+  configs[1].scale = scale_kind::leave_one_out_std;
+  configs[2].scale = scale_kind::batch_std;
+  std::size_t k = 0;
+  for (index_t Bn : {index_t(48), index_t(1000), index_t(2048), index_t(2049)}) {
+    std::vector<long long> labels;
+    std::uniform_int_distribution<int> size(1, 40);
+    long long next = 0;
+    if (Bn >= 1000) labels.assign(300, 7777);
+    while (index_t(labels.size()) < Bn) {
+      const int sz = std::min<int>(size(g), int(Bn - index_t(labels.size())));
+      labels.insert(labels.end(), std::size_t(sz), 31 * next++ - 500);
+    }
+    std::shuffle(labels.begin(), labels.end(), g);
+    auto scores = shaped_scores(g, Bn, 1);
+    for (index_t i = 0; i < Bn; ++i)
+      if (labels[i] == 31 * 3 - 500) scores[i] = 0.75;  // a constant group
+    const advantage_config& c = configs[k++ % configs.size()];
+    INFO("B " << Bn << " config " << describe(c));
+    const auto want = ref::group_advantages(scores, labels, c);
+    const auto expect = naive_stats(scores, labels, c.std);
+    group_stats st;
+    const auto got = run<B, double>(scores, &labels, 1, c, &st);
+    test::require_close(got, want.adv);
+    test::require_close(run<B, float>(scores, &labels, 1, c), want.adv, 2e-5, 5e-5);
+    check_stats(st, expect, want, Bn);
+    group_stats st2;
+    CHECK(test::bitwise_equal(got, run<B, double>(scores, &labels, 1, c, &st2)));
     CHECK(std::memcmp(&st, &st2, sizeof st) == 0);
   }
 }

@@ -267,7 +267,7 @@ TEST_CASE("async: group_advantages publishes the synchronous statistics; bad off
 
 TEST_CASE("async: the one-block group_advantages releases the broadcast early; the same bits and errors",
           "[async][advantages]") {
-  // B <= 2048 in contiguous groups: the broadcast's blocks start on the kernel's flag, before it
+  // B <= 2048: the broadcast's blocks start on the kernel's flag, before it
   // folds the statistics (broadcast_params::ready). Long rows keep the broadcast running while
   // the statistics are folded.
   auto g = test::rng(1109);
@@ -296,6 +296,22 @@ TEST_CASE("async: the one-block group_advantages releases the broadcast early; t
       for (index_t i = 0; i < B * Tn; ++i)
         if (tok[i] != (mask[i] ? adv[i / Tn] : 0.f)) ++wrong;
       CHECK(wrong == 0);
+    }
+    // Labelled groups (shuffled groups of 16; the same block sorts them first).
+    {
+      std::vector<std::int64_t> lab(static_cast<std::size_t>(B));
+      for (index_t i = 0; i < B; ++i) lab[i] = (i * 7919) % (B / 16);
+      buffer<std::int64_t, Bk> lb(lab);
+      const auto groups = groups_by_label(lb.cview1());
+      buffer<float, Bk> a1(B, -7.f), a2(B, -7.f), t1(B * Tn, -7.f), t2(B * Tn, -7.f);
+      const group_stats s1 = group_advantages(tag{}, s.cview1(), groups, L, a1.view1(), t1.view2(B, Tn));
+      async_env<group_stats> env;
+      group_advantages(env.be(), s.cview1(), groups, L, a2.view1(), t2.view2(B, Tn));
+      CHECK(s1.groups == B / 16);
+      CHECK(same_bits(env.value(), s1));
+      CHECK(test::bitwise_equal(a1.to_host(), a2.to_host()));
+      CHECK(test::bitwise_equal(t1.to_host(), t2.to_host()));
+      CHECK(check_message(env.be()) == "no exception");
     }
     // A non-finite score under nonfinite_policy::error: nothing written, the same exception.
     {

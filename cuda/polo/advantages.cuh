@@ -28,8 +28,8 @@
 ///   (kernels::fused_max) the statistics, the advantages and the broadcast's check are one
 ///   kernel and the broadcast a second: one synchronization in all (it reads the first error
 ///   of both steps); above, one synchronization plus the broadcast's. None with `be.result`
-///   and `be.deferred_errors`. With contiguous groups the first kernel lets the broadcast start
-///   once the advantages and the gate are final, before it folds the statistics.
+///   and `be.deferred_errors`. There the first kernel lets the broadcast start once the
+///   advantages and the gate are final, before it folds the statistics.
 
 #include <cuda_runtime.h>
 
@@ -226,12 +226,11 @@ struct backend_impl<cuda, advantages_tag> {
   }
 
   /// B <= kernels::fused_max: the whole of group_advantages in one launch
-  /// (kernels::group_advantages_contiguous_kernel for contiguous groups,
-  /// kernels::group_advantages_fused_kernel for labelled ones), which writes `out` only when no
-  /// error is found and, for the combined call (L a layout), also makes the broadcast's check:
-  /// the slot's error is then the first error of both steps. `ready` (contiguous groups only,
-  /// else null): the flag the kernel releases once `out` and that error are final, for the
-  /// broadcast (kernels::broadcast_params::ready). Scratch: the same regions as the
+  /// (kernels::group_advantages_block_kernel; labelled groups are segmented by the same block),
+  /// which writes `out` only when no error is found and, for the combined call (L a layout),
+  /// also makes the broadcast's check: the slot's error is then the first error of both steps.
+  /// `ready` (or null): the flag the kernel releases once `out` and that error are final, for
+  /// the broadcast (kernels::broadcast_params::ready). Scratch: the same regions as the
   /// multi-kernel path. Returns where the statistics are published.
   template <class T, class Groups, class L>
   static result_target<group_stats> enqueue_fused(const cuda& be, view<const T, 1, device_space> s, const Groups& groups,
@@ -249,19 +248,14 @@ struct backend_impl<cuda, advantages_tag> {
       p.n = B;
       p.groups = map;
       p.cfg = c;
-      p.info = r.info;
       p.out = out.data;
       p.out_stride = out.stride;
       p.pre = pre;
       p.result = make_result_target(be, r.slot, async);
       p.seg = seg;
       p.layout = layout;
-      p.ready = ready;  // (only the contiguous kernel releases it: callers pass null for labels)
-      if constexpr (std::is_same_v<Map, kernels::contiguous_map>) {
-        POLO_CUDA_TRY(kernels::launch_group_advantages_contiguous(p, stream));
-      } else {
-        POLO_CUDA_TRY(kernels::launch_group_advantages_fused(p, stream));
-      }
+      p.ready = ready;
+      POLO_CUDA_TRY(kernels::launch_group_advantages_block(p, stream));
       return p.result;
     };
     if constexpr (is_labelled_groups<Groups>::value) {
@@ -346,9 +340,9 @@ struct backend_impl<cuda, advantages_tag> {
     if (B > 0 && B <= kernels::fused_max) {
       // One launch for the statistics, the advantages and the broadcast's check (its error is
       // the slot's when group_advantages itself succeeds), then the broadcast gated on it.
-      // Contiguous groups: the kernel releases the broadcast (bc->ready) once the advantages
-      // and the gate are final, before it folds the statistics.
-      unsigned* ready = is_labelled_groups<Groups>::value ? nullptr : &bc->ready;
+      // The kernel releases the broadcast (bc->ready) once the advantages and the gate are
+      // final, before it folds the statistics.
+      unsigned* ready = &bc->ready;
       const result_target<group_stats> t = enqueue_fused<T>(be, s, groups, out, c, sp, async, pre, layout, ready);
       const group_stats st = finish(be, t);  // synchronous: the one read-back, throws first
       if constexpr (!L::is_packed) {

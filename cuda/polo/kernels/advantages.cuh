@@ -32,13 +32,13 @@
 /// error takes precedence in step 4, so that nothing is written for malformed offsets.
 ///
 /// Batches of at most `fused_max` (2048) sequences, the common case, take none of steps 1-4:
-/// one block does all of it (one launch), finds the first error before writing anything, and
-/// in the combined call also makes the broadcast's check, so that the combined call is two
-/// launches (that kernel and broadcast_kernel) and, synchronously, one read-back. Contiguous
-/// groups: group_advantages_contiguous_kernel (512 threads; each group in registers of a few
-/// lanes, the batch statistics after the advantages, which it releases to the broadcast
-/// through broadcast_params::ready as soon as they and the first error are final). Labelled
-/// groups: group_advantages_fused_kernel (512 threads; the segmentation, one warp per group).
+/// group_advantages_block_kernel does all of it in one block of 512 threads (one launch):
+/// labelled groups are first segmented by that block; each group is held in the registers of
+/// a few lanes; the first error is found before anything is written; A is written, then (the
+/// combined call) the broadcast's check and the release of the broadcast through
+/// broadcast_params::ready; the batch statistics are folded last, while the broadcast writes.
+/// The combined call is two launches (that kernel and broadcast_kernel) and, synchronously,
+/// one read-back.
 ///
 /// Every reduction has a fixed shape that depends on B (and G) only: no floating-point atomics,
 /// so results are bitwise identical run to run (determinism::run_to_run).
@@ -232,6 +232,7 @@ using label_key_t = std::conditional_t<std::is_same_v<std::remove_cv_t<Label>, b
 /// Params of launch_segment_labels.
 template <class Label>
 struct segment_labels_params {
+  using label_type = Label;
   using key_type = label_key_t<Label>;
   const Label* labels = nullptr;  ///< [B] at stride labels_stride
   index_t labels_stride = 1;
@@ -273,20 +274,36 @@ std::size_t segment_temp_bytes(int n) {
 /// One block sorts (label, index) pairs of a batch of at most segment_small_max and writes the
 /// whole segmentation.
 /// (The block-wide body; every thread of a block of Threads calls it.)
+/// Shared memory of segment_small_block (the caller's, so that it can share it with what
+/// follows the segmentation).
 template <class Label, int Threads, int Items>
-__device__ void segment_small_block(const segment_labels_params<Label>& p) {
-  // Preconditions: p.n <= Threads * Items; one block.
+struct segment_small_storage {
   using K = label_key_t<Label>;
   using UK = std::make_unsigned_t<K>;
   using W = std::conditional_t<std::is_signed_v<K>, long long, unsigned long long>;
   using sort_t = cub::BlockRadixSort<UK, Threads, Items, int>;
   using scan_t = cub::BlockScan<int, Threads>;
-  __shared__ union {
+  union {
     typename sort_t::TempStorage sort;
     typename scan_t::TempStorage scan;
   } tmp;
-  __shared__ UK last_key[Threads];
-  __shared__ W warp_lo[Threads / 32], warp_hi[Threads / 32];
+  UK last_key[Threads];
+  W warp_lo[Threads / 32], warp_hi[Threads / 32];
+};
+
+template <class Label, int Threads, int Items>
+__device__ void segment_small_block(const segment_labels_params<Label>& p, segment_small_storage<Label, Threads, Items>& sh) {
+  // Preconditions: p.n <= Threads * Items; one block.
+  using S = segment_small_storage<Label, Threads, Items>;
+  using K = typename S::K;
+  using UK = typename S::UK;
+  using W = typename S::W;
+  using sort_t = typename S::sort_t;
+  using scan_t = typename S::scan_t;
+  auto& tmp = sh.tmp;
+  auto& last_key = sh.last_key;
+  auto& warp_lo = sh.warp_lo;
+  auto& warp_hi = sh.warp_hi;
   K raw[Items];
   UK keys[Items];
   int vals[Items];
@@ -359,7 +376,8 @@ __device__ void segment_small_block(const segment_labels_params<Label>& p) {
 
 template <class Label, int Threads = segment_small_threads, int Items = segment_small_items>
 __global__ void __launch_bounds__(Threads) segment_small_kernel(segment_labels_params<Label> p) {
-  segment_small_block<Label, Threads, Items>(p);
+  __shared__ segment_small_storage<Label, Threads, Items> sh;
+  segment_small_block<Label, Threads, Items>(p, sh);
 }
 
 /// keys_in[i] = labels[i], idx_in[i] = i.
@@ -1195,24 +1213,19 @@ cudaError_t launch_broadcast(const broadcast_params<T, L>& p, cudaStream_t strea
 // =============================================================================================
 
 inline constexpr index_t fused_max = 2048;  ///< largest B of the one-block path
-/// Threads of group_advantages_fused_kernel: 512 when the block also sorts labels (the radix
-/// sort's shared memory), else 1024 (contiguous groups take group_advantages_contiguous_kernel
-/// instead); each thread takes fused_max / threads positions.
-template <class Seg>
-inline constexpr int fused_threads_of = 1024;
+inline constexpr int block_threads = 512;   ///< the one block of group_advantages_block_kernel
 static_assert(fused_max <= segment_small_max, "labelled groups of the one-block path are segmented in one block");
-static_assert(fused_max % 1024 == 0, "fused_max: whole items per thread");
+static_assert(fused_max % block_threads == 0, "fused_max: whole items per thread of the segmentation");
 
 /// No label segmentation (contiguous groups) / no token check (group_advantages alone).
 struct no_segment {};
 struct no_token_check {};
-template <class Label>
-inline constexpr int fused_threads_of<segment_labels_params<Label>> = 512;
 
-/// Params of launch_group_advantages_fused. Seg: segment_labels_params<Label> (labelled
-/// groups: `groups` points into its outputs) or no_segment. L: the token layout of the
-/// combined call, whose broadcast check (a non-finite advantage on a row with a valid token)
-/// this kernel makes, or no_token_check.
+/// Params of launch_group_advantages_block. Map: contiguous_map, or segmented_map with Seg =
+/// segment_labels_params<Label> (labelled groups: `groups` points into its outputs, which the
+/// kernel writes first); Seg no_segment otherwise. L: the token layout of the combined call,
+/// whose broadcast check (a non-finite advantage on a row with a valid token) this kernel
+/// makes, or no_token_check.
 template <class T, class Map, class Seg, class L>
 struct fused_advantages_params {
   const T* scores = nullptr;  ///< [B] at stride scores_stride
@@ -1220,24 +1233,26 @@ struct fused_advantages_params {
   index_t n = 0;              ///< B, 1 <= B <= fused_max
   Map groups{};
   advantage_config cfg{};
-  group_info* info = nullptr;  ///< [max groups] scratch
   T* out = nullptr;            ///< [B] at stride out_stride: the advantages (written only without error)
   index_t out_stride = 1;
   const cuda::status* pre = nullptr;             ///< an earlier check whose error comes first, or null
   detail::result_target<group_stats> result{};   ///< slot error: the first error (the gate of the broadcast)
   Seg seg{};
   L layout{};
-  unsigned* ready = nullptr;  ///< contiguous kernel: 0 at its start, 1 once `out` and the gate are final (or null)
+  unsigned* ready = nullptr;  ///< 0 at the kernel's start, 1 once `out` and the gate are final (or null)
+};
+
+/// Shared memory of the segmentation in the one-block kernel (none for contiguous groups).
+template <class Seg>
+struct block_segment_storage {
+  unsigned char unused;
+};
+template <class Label>
+struct block_segment_storage<segment_labels_params<Label>> {
+  segment_small_storage<Label, block_threads, static_cast<int>(fused_max / block_threads)> sort;
 };
 
 #if defined(__CUDACC__)
-
-template <int Threads, int Items, class Label>
-__device__ void segment_block(const segment_labels_params<Label>& p) {
-  segment_small_block<Label, Threads, Items>(p);
-}
-template <int Threads, int Items>
-__device__ void segment_block(const no_segment&) {}
 
 /// True when row i of the layout has a valid token (the broadcast check's condition).
 template <class L>
@@ -1250,136 +1265,20 @@ __device__ bool row_has_valid(const L& layout, index_t i) {
   return false;
 }
 
-/// The whole of group_advantages in one block: the segmentation of labelled groups, one warp
-/// per group (warp w takes groups w, w + 32, ... and merges their partials in that order),
-/// the warps' partials in a fixed tree, the batch σ, A for positions q = t·items + j (ΣA:
-/// per thread in order, then cub's fixed block tree), the first error, then the write of A
-/// only when there is none, and the broadcast check. One launch instead of four to six;
-/// bitwise the same from run to run.
-template <class T, class Map, class Seg, class L>
-__global__ void __launch_bounds__(fused_threads_of<Seg>)
-    group_advantages_fused_kernel(fused_advantages_params<T, Map, Seg, L> p) {
-  constexpr int fused_threads = fused_threads_of<Seg>;
-  constexpr int fused_items = static_cast<int>(fused_max / fused_threads);
-  constexpr int W = fused_threads / 32;
-  using reduce_t = cub::BlockReduce<detail::neumaier_sum, fused_threads>;
-  __shared__ typename reduce_t::TempStorage red;
-  __shared__ detail::shared_array<batch_partial, W> part;
-  __shared__ detail::shared_array<advantages_status, 1> bs;
-  __shared__ detail::shared_array<cuda::status, 1> err;
-  __shared__ unsigned long long bad_row;
-  const int t = threadIdx.x, lane = t & 31, w = t >> 5;
-  allow_dependent_launch();  // the broadcast's blocks may load the mask on the other SMs meanwhile
-  // Every score into L1 at once: the warps then read their groups without one HBM round trip
-  // per group (the scores are read 2-3 times each below).
-  for (index_t q = t; q < p.n; q += fused_threads) {
-#if defined(__CUDA_ARCH__)
-    asm volatile("prefetch.global.L1 [%0];" ::"l"(p.scores + q * p.scores_stride));
-#endif
-  }
-  segment_block<fused_threads, fused_items>(p.seg);
-  __syncthreads();  // the segmentation (global scratch) is visible to the whole block
-  batch_partial acc;
-  const index_t G = p.groups.num_groups();
-  for (index_t g = w; g < G; g += W) {  // warp-uniform
-    group_info gi;
-    batch_partial one;
-    warp_group_stats(p.scores, p.scores_stride, p.groups, p.cfg, g, lane, gi, one);
-    if (lane == 0) {
-      p.info[g] = gi;
-      merge(acc, one);
-    }
-  }
-  if (lane == 0) part[w] = acc;
-  __syncthreads();
-#pragma unroll
-  for (int s = 1; s < W; s <<= 1) {
-    if (t < W && t % (2 * s) == 0) merge(part[t], part[t + s]);
-    __syncthreads();
-  }
-  if (t == 0) bs[0] = batch_status(part[0], p.scores, p.scores_stride, p.cfg);
-  __syncthreads();
-  const double bsig = bs[0].batch_sigma;
-  const bool bzero = bs[0].batch_zero != 0;
-  T a[fused_items];
-  detail::neumaier_sum mine;
-#pragma unroll
-  for (int j = 0; j < fused_items; ++j) {
-    const index_t q = index_t(t) * fused_items + j;
-    a[j] = T(0);
-    if (q < p.n) {
-      const index_t i = p.groups.seq(q);
-      const group_info gi = p.info[p.groups.group_of(q)];
-      const double x = double(p.scores[i * p.scores_stride]);
-      a[j] = static_cast<T>(advantage_of(x, detail::is_finite(x), gi, p.cfg, bsig, bzero));
-      mine.add(double(a[j]));
-    }
-  }
-  const detail::neumaier_sum total = reduce_t(red).Reduce(mine, neumaier_merge_op{});
-  if (t == 0) {
-    err[0] = advantages_error(p.pre, p.cfg, bs[0]);
-    bad_row = ULLONG_MAX;
-  }
-  __syncthreads();
-  const bool ok = err[0].code == detail::status_ok;
-  if (ok) {
-#pragma unroll
-    for (int j = 0; j < fused_items; ++j) {
-      const index_t q = index_t(t) * fused_items + j;
-      if (q < p.n) {
-        const index_t i = p.groups.seq(q);
-        p.out[i * p.out_stride] = a[j];
-        if constexpr (!std::is_same_v<L, no_token_check>) {
-          if (!detail::is_finite(a[j]) && row_has_valid(p.layout, i))
-            atomicMin(&bad_row, static_cast<unsigned long long>(i));  // integer minimum: order-free
-        }
-      }
-    }
-  }
-  __syncthreads();
-  if (t == 0) {
-    const group_stats st = make_group_stats(bs[0].batch, p.n, total.value());
-    cuda::status e = err[0];
-    if (ok && bad_row != ULLONG_MAX) {  // the broadcast's check (group_advantages itself succeeded)
-      const index_t at = static_cast<index_t>(bad_row);
-      e = cuda::status{};
-      e.entry = detail::entry_broadcast_to_tokens;
-      e.code = detail::status_nonfinite_value;
-      e.index = at;
-      e.value = double(p.out[at * p.out_stride]);
-    }
-    p.result.slot->error = e;
-    p.result.slot->value = st;
-    if (p.result.result != nullptr && ok) *p.result.result = st;
-    detail::record_status(p.result.deferred, e);
-  }
-}
-
-/// Enqueues group_advantages_fused_kernel (one block). 1 <= p.n <= fused_max.
-template <class T, class Map, class Seg, class L>
-cudaError_t launch_group_advantages_fused(const fused_advantages_params<T, Map, Seg, L>& p, cudaStream_t stream) {
-  if (p.n < 1 || p.n > fused_max) return cudaErrorInvalidValue;
-  group_advantages_fused_kernel<T, Map, Seg, L><<<1, fused_threads_of<Seg>, 0, stream>>>(p);
-  return cudaGetLastError();
-}
-
 #endif  // __CUDACC__
 
-// =============================================================================================
-// group_advantages of contiguous groups in one block (B <= fused_max)
+// group_advantages_block_kernel: the whole of group_advantages in one block (B <= fused_max)
 // =============================================================================================
 
-inline constexpr int contiguous_threads = 512;  ///< the one block of group_advantages_contiguous_kernel
-
-/// Lanes of a warp that take one contiguous group of G together (of `groups`): the smallest
-/// power of two >= G, at most 32, halved while the groups would not all fit in the block at
-/// once (a warp takes 32 / lanes groups at once; lane l of a group takes its members l,
-/// l + lanes, ...). H100, 1024 x 8192 in groups of 16: 8 lanes of 2 members each took 10.9
+/// Lanes of a warp that take one group together, for groups of at most G members (of
+/// `groups`): the smallest power of two >= G, at most 32, halved while the groups would not all
+/// fit in the block at once (a warp takes 32 / lanes groups at once; lane l of a group takes
+/// its members l, l + lanes, ...). H100, 1024 x 8192 in groups of 16: 8 lanes of 2 members each took 10.9
 /// us against 14.7 for 16 lanes of one member in 1,024 threads.
 POLO_HD_INLINE int group_lanes(index_t G, index_t groups) {
   int s = 1;
   while (s < 32 && index_t(s) < G) s <<= 1;
-  while (s > 1 && groups * s > contiguous_threads) s >>= 1;
+  while (s > 1 && groups * s > block_threads) s >>= 1;
   return s;
 }
 
@@ -1471,10 +1370,13 @@ __device__ __forceinline__ contiguous_sums warp_sums(const contiguous_sums& v) {
   });
 }
 
-/// group_advantages of contiguous groups of G in one block, B <= fused_max, any G.
+/// group_advantages in one block, B <= fused_max, contiguous or labelled groups of any size.
 ///
-///     groups      each group is taken by group_lanes(G, groups) lanes of one warp (a warp takes
-///                 32 / lanes groups at once): its count by ballots, its Neumaier sum, extremes,
+///     segment     labelled groups only: the block sorts (label, sequence) pairs
+///                 (segment_small_block; its shared memory then holds the scores) and finds the
+///                 largest group
+///     groups      each group is taken by group_lanes(largest, groups) lanes of one warp (a warp
+///                 takes 32 / lanes groups at once): its count by ballots, its Neumaier sum, extremes,
 ///                 mean and M2 (two passes, x staged in shared memory) by butterflies, so that
 ///                 every lane holds the group's statistics; then A_i up to the batch σ
 ///                 (advantage_pre) in shared memory
@@ -1491,12 +1393,17 @@ __device__ __forceinline__ contiguous_sums warp_sums(const contiguous_sums& v) {
 ///
 /// No global scratch, no atomics but an integer minimum; bitwise the same from run to run
 /// (every floating-point merge in a fixed order).
-template <class T, class L>
-__global__ void __launch_bounds__(contiguous_threads)
-    group_advantages_contiguous_kernel(fused_advantages_params<T, contiguous_map, no_segment, L> p) {
-  constexpr int W = contiguous_threads / 32;
+template <class T, class Map, class Seg, class L>
+__global__ void __launch_bounds__(block_threads)
+    group_advantages_block_kernel(fused_advantages_params<T, Map, Seg, L> p) {
+  constexpr int W = block_threads / 32;
+  constexpr bool labelled = !std::is_same_v<Seg, no_segment>;
   static_assert(W <= 32, "one warp folds the warps' partials, one per lane");
-  __shared__ double xs[fused_max];                 // the scores, by position
+  __shared__ union {
+    block_segment_storage<Seg> seg;  // the segmentation's, until it ends
+    double xs[fused_max];            // then the scores, by position (group order)
+  } u;
+  double* const xs = u.xs;
   __shared__ double stage[fused_max];              // A_i before the batch σ, by position
   __shared__ unsigned char batch_flag[fused_max];  // stage[q] still takes the batch σ's division
   __shared__ detail::shared_array<contiguous_partial, W> part;
@@ -1505,6 +1412,7 @@ __global__ void __launch_bounds__(contiguous_threads)
   __shared__ double batch_mean, batch_sigma, batch_m2;
   __shared__ int pre_failed, batch_zero;
   __shared__ unsigned long long bad_row;
+  __shared__ int largest[W];  // per warp: the largest group (labelled groups)
   const int t = threadIdx.x, lane = t & 31, w = t >> 5;
   if (t == 0) {
     // The block lets the broadcast launch at the first launch_dependents any of its threads
@@ -1518,8 +1426,26 @@ __global__ void __launch_bounds__(contiguous_threads)
     bad_row = ULLONG_MAX;
   }
   // Positions, groups and counts in 32 bits: B <= fused_max.
-  const int n = static_cast<int>(p.n), G = static_cast<int>(p.groups.size), ngroups = static_cast<int>(p.groups.n_groups);
+  const int n = static_cast<int>(p.n);
   const advantage_config& c = p.cfg;
+  int G = 0;  // the largest group
+  if constexpr (labelled) {
+    segment_small_block<typename Seg::label_type, block_threads, static_cast<int>(fused_max / block_threads)>(
+        p.seg, u.seg.sort);
+    __syncthreads();  // the segmentation (global scratch) is visible to the whole block
+    const int ng = static_cast<int>(p.groups.num_groups());
+    int big = 0;
+    for (int g = t; g < ng; g += block_threads)
+      big = detail::max_of(big, static_cast<int>(p.groups.end(g) - p.groups.begin(g)));
+    big = __reduce_max_sync(0xffffffffu, big);
+    if (lane == 0) largest[w] = big;
+    __syncthreads();  // (also: the sort's shared memory is free for the scores)
+#pragma unroll
+    for (int v = 0; v < W; ++v) G = detail::max_of(G, largest[v]);
+  } else {
+    G = static_cast<int>(p.groups.size);
+  }
+  const int ngroups = static_cast<int>(p.groups.num_groups());
   const int S = group_lanes(G, ngroups), per_warp = 32 / S;
   const int l = lane & (S - 1), base = lane & ~(S - 1);
   const unsigned set = S == 32 ? 0xffffffffu : ((1u << S) - 1u) << base;  // this lane's set
@@ -1530,16 +1456,20 @@ __global__ void __launch_bounds__(contiguous_threads)
   for (int first = w * per_warp; first < ngroups; first += W * per_warp) {  // warp-uniform
     const int g = first + lane / S;
     const bool here = g < ngroups;
+    const int lo = here ? static_cast<int>(p.groups.begin(g)) : 0;      // first position
+    const int size = here ? static_cast<int>(p.groups.end(g)) - lo : 0;  // members
     // Pass 1: stage x; count, Neumaier sum, min, max of the scoreable members.
     detail::neumaier_sum sum;
     double mn = INFINITY, mx = -INFINITY;
     int k = 0;
     for (int m = 0; m < chunks; ++m) {
-      const int j = m * S + l, q = g * G + j;
-      const bool member = here && j < G;
+      const int j = m * S + l, q = lo + j;
+      const bool member = j < size;
       double x = 0.0;
+      int i = 0;  // the member's sequence
       if (member) {
-        x = double(p.scores[index_t(q) * p.scores_stride]);
+        i = static_cast<int>(p.groups.seq(q));
+        x = double(p.scores[index_t(i) * p.scores_stride]);
         xs[q] = x;
       }
       const bool ok = member && detail::is_finite(x);
@@ -1549,7 +1479,7 @@ __global__ void __launch_bounds__(contiguous_threads)
         mx = detail::max_of(mx, x);
       } else if (member) {
         ++acc.nonfinite;
-        if (static_cast<unsigned>(q) < acc.first_nonfinite) acc.first_nonfinite = static_cast<unsigned>(q);
+        if (static_cast<unsigned>(i) < acc.first_nonfinite) acc.first_nonfinite = static_cast<unsigned>(i);
       }
       k += __popc(__ballot_sync(0xffffffffu, ok) & set);
     }
@@ -1576,8 +1506,8 @@ __global__ void __launch_bounds__(contiguous_threads)
     detail::neumaier_sum m2;
     int n_min = 0, n_max = 0;
     for (int m = 0; m < chunks; ++m) {
-      const int j = m * S + l, q = g * G + j;
-      const bool member = here && j < G;
+      const int j = m * S + l, q = lo + j;
+      const bool member = j < size;
       const double x = member ? xs[q] : 0.0;
       const bool ok = member && detail::is_finite(x);
       if (ok && need_m2) {
@@ -1596,8 +1526,8 @@ __global__ void __launch_bounds__(contiguous_threads)
     const double sg = group_sigma(gi, c);
     // Pass 3: A_i up to the batch σ.
     for (int m = 0; m < chunks; ++m) {
-      const int j = m * S + l, q = g * G + j;
-      if (here && j < G) {
+      const int j = m * S + l, q = lo + j;
+      if (j < size) {
         const double x = xs[q];
         bool batch = false;
         stage[q] = advantage_pre(x, detail::is_finite(x), gi, c, sg, batch);
@@ -1662,7 +1592,7 @@ __global__ void __launch_bounds__(contiguous_threads)
   auto scores_m2 = [&] {
     detail::neumaier_sum m2;
     const double mean = batch_mean;
-    for (int q = t; q < n; q += contiguous_threads) {
+    for (int q = t; q < n; q += block_threads) {
       const double x = xs[q];
       if (detail::is_finite(x)) {
         const double d = x - mean;
@@ -1681,7 +1611,7 @@ __global__ void __launch_bounds__(contiguous_threads)
     if (b.first_nonfinite != UINT_MAX) bp.first_nonfinite = b.first_nonfinite;
     if (b.first_singleton != UINT_MAX) {
       bp.first_singleton = b.first_singleton;
-      bp.first_singleton_seq = index_t(b.first_singleton) * G;
+      bp.first_singleton_seq = p.groups.seq(p.groups.begin(b.first_singleton));
     }
     bp.scores.count = b.count;
     if (b.count > 0) {
@@ -1721,16 +1651,17 @@ __global__ void __launch_bounds__(contiguous_threads)
   }
   const double bsig = c.scale == scale_kind::batch_std ? batch_sigma : 0.0;
   const bool bzero = c.scale == scale_kind::batch_std ? batch_zero != 0 : true;
-  for (int q = t; q < n; q += contiguous_threads) {
+  for (int q = t; q < n; q += block_threads) {
     double v = stage[q];
     if (batch_flag[q]) v = scaled_advantage(v, bsig, bzero, c);
     const T a = static_cast<T>(v);
     mine.a.add(double(a));
     if (ok) {
-      p.out[index_t(q) * p.out_stride] = a;
+      const index_t i = p.groups.seq(q);
+      p.out[i * p.out_stride] = a;
       if constexpr (!std::is_same_v<L, no_token_check>) {
-        if (!detail::is_finite(a) && row_has_valid(p.layout, q))
-          atomicMin(&bad_row, static_cast<unsigned long long>(q));  // integer minimum: order-free
+        if (!detail::is_finite(a) && row_has_valid(p.layout, i))
+          atomicMin(&bad_row, static_cast<unsigned long long>(i));  // integer minimum: order-free
       }
     }
   }
@@ -1743,7 +1674,7 @@ __global__ void __launch_bounds__(contiguous_threads)
     st.batch.singleton = fs != UINT_MAX ? 1 : 0;
     if (fs != UINT_MAX) {
       st.batch.first_singleton = fs;
-      st.batch.first_singleton_seq = index_t(fs) * G;
+      st.batch.first_singleton_seq = p.groups.seq(p.groups.begin(fs));
     }
     st.first_nonfinite_value = fb != UINT_MAX ? double(p.scores[index_t(fb) * p.scores_stride]) : 0.0;
     e = advantages_error(p.pre, c, st);
@@ -1780,13 +1711,12 @@ __global__ void __launch_bounds__(contiguous_threads)
   }
 }
 
-/// Enqueues group_advantages_contiguous_kernel (one block). 1 <= p.n <= fused_max, p.n a
-/// multiple of the group size.
-template <class T, class L>
-cudaError_t launch_group_advantages_contiguous(const fused_advantages_params<T, contiguous_map, no_segment, L>& p,
-                                               cudaStream_t stream) {
-  if (p.n < 1 || p.n > fused_max || p.groups.size < 1) return cudaErrorInvalidValue;
-  group_advantages_contiguous_kernel<T, L><<<1, contiguous_threads, 0, stream>>>(p);
+/// Enqueues group_advantages_block_kernel (one block). 1 <= p.n <= fused_max; contiguous
+/// groups: p.n a multiple of the group size.
+template <class T, class Map, class Seg, class L>
+cudaError_t launch_group_advantages_block(const fused_advantages_params<T, Map, Seg, L>& p, cudaStream_t stream) {
+  if (p.n < 1 || p.n > fused_max) return cudaErrorInvalidValue;
+  group_advantages_block_kernel<T, Map, Seg, L><<<1, block_threads, 0, stream>>>(p);
   return cudaGetLastError();
 }
 
