@@ -292,7 +292,8 @@ struct segment_small_storage {
 };
 
 template <class Label, int Threads, int Items>
-__device__ void segment_small_block(const segment_labels_params<Label>& p, segment_small_storage<Label, Threads, Items>& sh) {
+__device__ void segment_small_block(const segment_labels_params<Label>& p,
+                                    segment_small_storage<Label, Threads, Items>& sh) {
   // Preconditions: p.n <= Threads * Items; one block.
   using S = segment_small_storage<Label, Threads, Items>;
   using K = typename S::K;
@@ -1284,7 +1285,7 @@ POLO_HD_INLINE int group_lanes(index_t G, index_t groups) {
 
 /// The first fold of the one-block kernel: what the batch statistics take from the groups
 /// before the batch mean is known. Counts are 32 bits (B <= fused_max).
-struct contiguous_partial {
+struct block_partial {
   detail::neumaier_sum sum{};  ///< Σ of the scoreable scores
   double min = 0.0, max = 0.0;  ///< of the scoreable scores (+inf / -inf before any)
   double std_sum = 0.0;         ///< Σσ_g over groups with k >= 2
@@ -1294,7 +1295,7 @@ struct contiguous_partial {
 };
 
 /// The second fold: ΣA and the batch M2 about the batch mean.
-struct contiguous_sums {
+struct block_sums {
   detail::neumaier_sum a{}, m2{};
 };
 
@@ -1334,7 +1335,7 @@ __device__ __forceinline__ V lanes_allreduce(V v, int S, Merge&& merge) {
 /// A warp's first-fold partial in lane 0 (other lanes: the integers only): the sum, σ sum and
 /// extremes in warp_tree_fold's fixed tree, the counts and first indices by warp-wide integer
 /// sums and minima (exact in any order). Call from a whole warp.
-__device__ __forceinline__ contiguous_partial warp_partial(contiguous_partial v) {
+__device__ __forceinline__ block_partial warp_partial(block_partial v) {
   struct doubles {
     detail::neumaier_sum sum;
     double min, max, std_sum;
@@ -1362,8 +1363,8 @@ __device__ __forceinline__ contiguous_partial warp_partial(contiguous_partial v)
 }
 
 /// A warp's second-fold sums in lane 0 (warp_tree_fold's fixed tree). Call from a whole warp.
-__device__ __forceinline__ contiguous_sums warp_sums(const contiguous_sums& v) {
-  return warp_tree_fold(v, [](contiguous_sums a, const contiguous_sums& b) {
+__device__ __forceinline__ block_sums warp_sums(const block_sums& v) {
+  return warp_tree_fold(v, [](block_sums a, const block_sums& b) {
     a.a = merge_sums(a.a, b.a);
     a.m2 = merge_sums(a.m2, b.m2);
     return a;
@@ -1375,11 +1376,11 @@ __device__ __forceinline__ contiguous_sums warp_sums(const contiguous_sums& v) {
 ///     segment     labelled groups only: the block sorts (label, sequence) pairs
 ///                 (segment_small_block; its shared memory then holds the scores) and finds the
 ///                 largest group
-///     groups      each group is taken by group_lanes(largest, groups) lanes of one warp (a warp
-///                 takes 32 / lanes groups at once): its count by ballots, its Neumaier sum, extremes,
-///                 mean and M2 (two passes, x staged in shared memory) by butterflies, so that
-///                 every lane holds the group's statistics; then A_i up to the batch σ
-///                 (advantage_pre) in shared memory
+///     groups      each group is taken by group_lanes(largest, groups) lanes of one warp (a
+///                 warp takes 32 / lanes groups at once): its count by ballots, its Neumaier
+///                 sum, extremes, mean and M2 (two passes, x staged in shared memory) by
+///                 butterflies, so that every lane holds the group's statistics; then A_i up to
+///                 the batch σ (advantage_pre) in shared memory
 ///     first error the first non-finite score and the first group of one (warp minima, then a
 ///                 minimum over the warps in every thread): whether A may be written
 ///     write       A at positions t, t + threads, ... (only without an error), ΣA per thread,
@@ -1391,8 +1392,8 @@ __device__ __forceinline__ contiguous_sums warp_sums(const contiguous_sums& v) {
 ///                 Σ (x - mean)² over the scoreable scores (a two-pass variance) and ΣA in a
 ///                 second fold; the group_stats published
 ///
-/// No global scratch, no atomics but an integer minimum; bitwise the same from run to run
-/// (every floating-point merge in a fixed order).
+/// No global scratch but the segmentation's, no atomics but an integer minimum; bitwise the
+/// same from run to run (every floating-point merge in a fixed order).
 template <class T, class Map, class Seg, class L>
 __global__ void __launch_bounds__(block_threads)
     group_advantages_block_kernel(fused_advantages_params<T, Map, Seg, L> p) {
@@ -1406,8 +1407,8 @@ __global__ void __launch_bounds__(block_threads)
   double* const xs = u.xs;
   __shared__ double stage[fused_max];              // A_i before the batch σ, by position
   __shared__ unsigned char batch_flag[fused_max];  // stage[q] still takes the batch σ's division
-  __shared__ detail::shared_array<contiguous_partial, W> part;
-  __shared__ detail::shared_array<contiguous_sums, W> sums;
+  __shared__ detail::shared_array<block_partial, W> part;
+  __shared__ detail::shared_array<block_sums, W> sums;
   __shared__ unsigned first_bad[W], first_one[W];  // per warp: first non-finite score, first group of one
   __shared__ double batch_mean, batch_sigma, batch_m2;
   __shared__ int pre_failed, batch_zero;
@@ -1450,7 +1451,7 @@ __global__ void __launch_bounds__(block_threads)
   const int l = lane & (S - 1), base = lane & ~(S - 1);
   const unsigned set = S == 32 ? 0xffffffffu : ((1u << S) - 1u) << base;  // this lane's set
   const int chunks = (G + S - 1) / S;
-  contiguous_partial acc;
+  block_partial acc;
   acc.min = INFINITY;
   acc.max = -INFINITY;
   for (int first = w * per_warp; first < ngroups; first += W * per_warp) {  // warp-uniform
@@ -1483,7 +1484,7 @@ __global__ void __launch_bounds__(block_threads)
       }
       k += __popc(__ballot_sync(0xffffffffu, ok) & set);
     }
-    sum = lanes_allreduce(sum, S, [](const detail::neumaier_sum& a, const detail::neumaier_sum& b) { return merge_sums(a, b); });
+    sum = lanes_allreduce(sum, S, neumaier_merge_op{});
     {
       struct extremes {
         double mn, mx;
@@ -1519,7 +1520,7 @@ __global__ void __launch_bounds__(block_threads)
         n_max += __popc(__ballot_sync(0xffffffffu, ok && x == gi.max) & set);
       }
     }
-    m2 = lanes_allreduce(m2, S, [](const detail::neumaier_sum& a, const detail::neumaier_sum& b) { return merge_sums(a, b); });
+    m2 = lanes_allreduce(m2, S, neumaier_merge_op{});
     gi.m2 = need_m2 ? m2.value() : 0.0;
     gi.n_min = n_min;
     gi.n_max = n_max;
@@ -1573,17 +1574,18 @@ __global__ void __launch_bounds__(block_threads)
                   !(c.singleton == singleton_rule::error && fs != UINT_MAX);
   // The batch statistics: the first fold (-> the batch mean), then the scores' M2 about it.
   auto first_fold = [&] {
-    const contiguous_partial wp = warp_partial(acc);
+    const block_partial wp = warp_partial(acc);
     if (lane == 0) part[w] = wp;
     __syncthreads();
     if (w == 0) {
-      contiguous_partial mine;
+      block_partial mine;
       mine.min = INFINITY;
       mine.max = -INFINITY;
       if (lane < W) mine = part[lane];
-      const contiguous_partial b = warp_partial(mine);
+      const block_partial b = warp_partial(mine);
       if (lane == 0) {
-        batch_mean = b.count == 0 ? 0.0 : b.min == b.max ? b.min : b.sum.value() / double(b.count);  // exact when all equal
+        // (exactly the common value when all are equal)
+        batch_mean = b.count == 0 ? 0.0 : b.min == b.max ? b.min : b.sum.value() / double(b.count);
         part[0] = b;  // (read after the next barrier)
       }
     }
@@ -1601,7 +1603,7 @@ __global__ void __launch_bounds__(block_threads)
     }
     return m2;
   };
-  auto make_partial = [&](const contiguous_partial& b, double m2) {
+  auto make_partial = [&](const block_partial& b, double m2) {
     batch_partial bp;
     bp.groups = ngroups;
     bp.empty = b.empty;
@@ -1624,17 +1626,17 @@ __global__ void __launch_bounds__(block_threads)
     bp.std_count = b.std_count;
     return bp;
   };
-  contiguous_sums mine;
+  block_sums mine;
   const bool m2_first = c.scale == scale_kind::batch_std && c.batch.count == 0;  // block-uniform
   if (c.scale == scale_kind::batch_std) {  // the batch σ, before A
     if (m2_first) {
       first_fold();
       mine.m2 = scores_m2();
-      const contiguous_sums ws = warp_sums(mine);
+      const block_sums ws = warp_sums(mine);
       if (lane == 0) sums[w] = ws;
       __syncthreads();
       if (w == 0) {
-        const contiguous_sums b = warp_sums(lane < W ? sums[lane] : contiguous_sums{});
+        const block_sums b = warp_sums(lane < W ? sums[lane] : block_sums{});
         if (lane == 0) {
           batch_m2 = b.m2.value();
           const advantages_status st = batch_status(make_partial(part[0], batch_m2), p.scores, p.scores_stride, c);
@@ -1697,13 +1699,14 @@ __global__ void __launch_bounds__(block_threads)
     first_fold();
     mine.m2 = scores_m2();
   }
-  const contiguous_sums ws = warp_sums(mine);
+  const block_sums ws = warp_sums(mine);
   if (lane == 0) sums[w] = ws;  // (after m2_first's fold: its reads ended before its barrier)
   __syncthreads();
   if (w == 0) {
-    const contiguous_sums total = warp_sums(lane < W ? sums[lane] : contiguous_sums{});
+    const block_sums total = warp_sums(lane < W ? sums[lane] : block_sums{});
     if (lane == 0) {
-      const group_stats st = make_group_stats(make_partial(part[0], m2_first ? batch_m2 : total.m2.value()), n, total.a.value());
+      const batch_partial bp = make_partial(part[0], m2_first ? batch_m2 : total.m2.value());
+      const group_stats st = make_group_stats(bp, n, total.a.value());
       p.result.slot->value = st;
       if (p.result.result != nullptr && ok) *p.result.result = st;
       detail::record_status(p.result.deferred, e);
