@@ -324,18 +324,31 @@ __device__ __forceinline__ void step_each(index_t c, index_t f, index_t len, int
   }
 }
 
-/// __shfl_down_sync of a trivially copyable value of any size (as 32-bit words).
-template <class V>
-__device__ __forceinline__ V shfl_down_value(const V& v, int d) {
-  static_assert(sizeof(V) % 4 == 0, "shfl_down_value: a multiple of 4 bytes");
+/// A warp shuffle of a trivially copyable value of any size: `shfl` applied to each of its
+/// 32-bit words.
+template <class V, class Shfl>
+__device__ __forceinline__ V shfl_words(const V& v, Shfl&& shfl) {
+  static_assert(sizeof(V) % 4 == 0, "shuffled values: a multiple of 4 bytes");
   constexpr int N = sizeof(V) / 4;
   unsigned w[N];
   memcpy(w, &v, sizeof(V));
 #pragma unroll
-  for (int k = 0; k < N; ++k) w[k] = __shfl_down_sync(0xffffffffu, w[k], d);
+  for (int k = 0; k < N; ++k) w[k] = shfl(w[k]);
   V r;
   memcpy(&r, w, sizeof(V));
   return r;
+}
+
+/// __shfl_down_sync of a trivially copyable value of any size (as 32-bit words).
+template <class V>
+__device__ __forceinline__ V shfl_down_value(const V& v, int d) {
+  return shfl_words(v, [d](unsigned x) { return __shfl_down_sync(0xffffffffu, x, d); });
+}
+
+/// __shfl_xor_sync of a trivially copyable value of any size (as 32-bit words).
+template <class V>
+__device__ __forceinline__ V shfl_xor_value(const V& v, int d) {
+  return shfl_words(v, [d](unsigned x) { return __shfl_xor_sync(0xffffffffu, x, d); });
 }
 
 /// Fixed binary tree over the lanes of a warp: returns merge of every lane's `v` in lane order

@@ -1301,20 +1301,6 @@ struct block_sums {
 
 #if defined(__CUDACC__)
 
-/// __shfl_xor_sync of a trivially copyable value of any size (as 32-bit words).
-template <class V>
-__device__ __forceinline__ V shfl_xor_value(const V& v, int d) {
-  static_assert(sizeof(V) % 4 == 0, "shfl_xor_value: a multiple of 4 bytes");
-  constexpr int N = sizeof(V) / 4;
-  unsigned w[N];
-  memcpy(w, &v, sizeof(V));
-#pragma unroll
-  for (int k = 0; k < N; ++k) w[k] = __shfl_xor_sync(0xffffffffu, w[k], d);
-  V r;
-  memcpy(&r, w, sizeof(V));
-  return r;
-}
-
 /// Butterfly over aligned sets of S lanes (S a power of two <= 32, the same in the whole warp):
 /// every lane returns merge of its set's values, pairs (l, l^1), then (l, l^2), ..., the lower
 /// lanes' value always the first argument, so that every lane of a set holds the same bits.
