@@ -271,9 +271,6 @@ std::size_t segment_temp_bytes(int n) {
 
 #if defined(__CUDACC__)
 
-/// One block sorts (label, index) pairs of a batch of at most segment_small_max and writes the
-/// whole segmentation.
-/// (The block-wide body; every thread of a block of Threads calls it.)
 /// Shared memory of segment_small_block (the caller's, so that it can share it with what
 /// follows the segmentation).
 template <class Label, int Threads, int Items>
@@ -291,6 +288,9 @@ struct segment_small_storage {
   W warp_lo[Threads / 32], warp_hi[Threads / 32];
 };
 
+/// One block sorts (label, index) pairs of a batch of at most segment_small_max and writes the
+/// whole segmentation.
+/// (The block-wide body; every thread of a block of Threads calls it.)
 template <class Label, int Threads, int Items>
 __device__ void segment_small_block(const segment_labels_params<Label>& p,
                                     segment_small_storage<Label, Threads, Items>& sh) {
@@ -1268,14 +1268,15 @@ __device__ bool row_has_valid(const L& layout, index_t i) {
 
 #endif  // __CUDACC__
 
+// =============================================================================================
 // group_advantages_block_kernel: the whole of group_advantages in one block (B <= fused_max)
 // =============================================================================================
 
 /// Lanes of a warp that take one group together, for groups of at most G members (of
 /// `groups`): the smallest power of two >= G, at most 32, halved while the groups would not all
 /// fit in the block at once (a warp takes 32 / lanes groups at once; lane l of a group takes
-/// its members l, l + lanes, ...). H100, 1024 x 8192 in groups of 16: 8 lanes of 2 members each took 10.9
-/// us against 14.7 for 16 lanes of one member in 1,024 threads.
+/// its members l, l + lanes, ...). H100, 1024 x 8192 in groups of 16: 8 lanes of 2 members
+/// each took 10.9 us against 14.7 for 16 lanes of one member in 1,024 threads.
 POLO_HD_INLINE int group_lanes(index_t G, index_t groups) {
   int s = 1;
   while (s < 32 && index_t(s) < G) s <<= 1;
@@ -1284,7 +1285,8 @@ POLO_HD_INLINE int group_lanes(index_t G, index_t groups) {
 }
 
 /// The first fold of the one-block kernel: what the batch statistics take from the groups
-/// before the batch mean is known. Counts are 32 bits (B <= fused_max).
+/// before the batch mean is known. Counts are 32 bits (B <= fused_max). The first indices are
+/// a lane's own (the kernel takes their minima over the block once, for the first error).
 struct block_partial {
   detail::neumaier_sum sum{};  ///< Σ of the scoreable scores
   double min = 0.0, max = 0.0;  ///< of the scoreable scores (+inf / -inf before any)
@@ -1318,9 +1320,9 @@ __device__ __forceinline__ V lanes_allreduce(V v, int S, Merge&& merge) {
   return v;
 }
 
-/// A warp's first-fold partial in lane 0 (other lanes: the integers only): the sum, σ sum and
-/// extremes in warp_tree_fold's fixed tree, the counts and first indices by warp-wide integer
-/// sums and minima (exact in any order). Call from a whole warp.
+/// A warp's first-fold partial in lane 0 (other lanes: the counts only): the sum, σ sum and
+/// extremes in warp_tree_fold's fixed tree, the counts by warp-wide integer sums (exact in any
+/// order); the first indices are left as they are. Call from a whole warp.
 __device__ __forceinline__ block_partial warp_partial(block_partial v) {
   struct doubles {
     detail::neumaier_sum sum;
@@ -1343,8 +1345,6 @@ __device__ __forceinline__ block_partial warp_partial(block_partial v) {
   v.zero_std = __reduce_add_sync(0xffffffffu, v.zero_std);
   v.nonfinite = __reduce_add_sync(0xffffffffu, v.nonfinite);
   v.std_count = __reduce_add_sync(0xffffffffu, v.std_count);
-  v.first_nonfinite = __reduce_min_sync(0xffffffffu, v.first_nonfinite);
-  v.first_singleton = __reduce_min_sync(0xffffffffu, v.first_singleton);
   return v;
 }
 
@@ -1596,10 +1596,10 @@ __global__ void __launch_bounds__(block_threads)
     bp.singleton = b.singleton;
     bp.zero_std = b.zero_std;
     bp.nonfinite = b.nonfinite;
-    if (b.first_nonfinite != UINT_MAX) bp.first_nonfinite = b.first_nonfinite;
-    if (b.first_singleton != UINT_MAX) {
-      bp.first_singleton = b.first_singleton;
-      bp.first_singleton_seq = p.groups.seq(p.groups.begin(b.first_singleton));
+    if (fb != UINT_MAX) bp.first_nonfinite = fb;
+    if (fs != UINT_MAX) {
+      bp.first_singleton = fs;
+      bp.first_singleton_seq = p.groups.seq(p.groups.begin(fs));
     }
     bp.scores.count = b.count;
     if (b.count > 0) {
@@ -1657,13 +1657,9 @@ __global__ void __launch_bounds__(block_threads)
   cuda::status e;  // the first error of both steps (thread 0)
   if (t == 0) {
     advantages_status st;  // what advantages_error reads: the first non-finite score and group of one
+    st.batch = make_partial(block_partial{}, 0.0);
     st.batch.nonfinite = fb != UINT_MAX ? 1 : 0;
-    if (fb != UINT_MAX) st.batch.first_nonfinite = fb;
     st.batch.singleton = fs != UINT_MAX ? 1 : 0;
-    if (fs != UINT_MAX) {
-      st.batch.first_singleton = fs;
-      st.batch.first_singleton_seq = p.groups.seq(p.groups.begin(fs));
-    }
     st.first_nonfinite_value = fb != UINT_MAX ? double(p.scores[index_t(fb) * p.scores_stride]) : 0.0;
     e = advantages_error(p.pre, c, st);
     if (ok && bad_row != ULLONG_MAX) {  // the broadcast's check (group_advantages itself succeeded)
